@@ -1,0 +1,33 @@
+"""ambient_mri: diffusion models trained only on corrupted data, and MRI reconstruction with them."""
+
+from . import coils, masks, metrics
+from .errors import AmbientMRIError, DataFileError, RecipeError
+from .operators import (
+    Identity,
+    LinearOperator,
+    MultiCoilMRI,
+    PixelMask,
+    SingleCoilMRI,
+    adjointness_error,
+    fft2c,
+    ifft2c,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbientMRIError",
+    "DataFileError",
+    "Identity",
+    "LinearOperator",
+    "MultiCoilMRI",
+    "PixelMask",
+    "RecipeError",
+    "SingleCoilMRI",
+    "adjointness_error",
+    "coils",
+    "fft2c",
+    "ifft2c",
+    "masks",
+    "metrics",
+]

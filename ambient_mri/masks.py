@@ -1,0 +1,207 @@
+"""Sampling masks: fastMRI k-space masks, variable-density masks, pixel masks, and the further corruption Ã ⊂ A.
+
+Column masks (one value per phase-encode column, the last axis W) are returned with shape (1, W) so that they
+broadcast over rows; 2-D masks have shape (H, W). All masks are float32, 1 = acquired / kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .errors import AmbientMRIError
+
+KSPACE_KINDS = ("random", "equispaced", "gaussian1d", "uniform1d", "poisson2d")
+
+
+def seed_from(seed) -> int | tuple[int, ...] | None:
+    """fastMRI's convention: a file name seeds as ``tuple(map(ord, name))``; ints and tuples pass through."""
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return seed
+    if isinstance(seed, str):
+        return tuple(map(ord, seed))
+    return tuple(int(s) for s in seed)
+
+
+def _rng(seed) -> np.random.RandomState:
+    return np.random.RandomState(seed_from(seed))
+
+
+def num_low_frequencies(width: int, center_fraction: float) -> int:
+    """Number of ACS columns, as fastMRI computes it."""
+    return round(width * center_fraction)
+
+
+def center_block(width: int, num_low: int) -> slice:
+    """Columns of the centre block, starting at (W - num_low + 1) // 2 as in fastMRI."""
+    start = (width - num_low + 1) // 2
+    return slice(start, start + num_low)
+
+
+def _check(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float) -> tuple[int, int]:
+    if kind not in KSPACE_KINDS:
+        raise AmbientMRIError(f"unknown mask kind {kind!r}; choose one of {', '.join(KSPACE_KINDS)}")
+    if len(shape) < 1:
+        raise AmbientMRIError(f"mask shape must be (H, W) or (W,), got {tuple(shape)}")
+    if not acceleration or acceleration < 1:
+        raise AmbientMRIError(f"acceleration must be >= 1, got {acceleration}")
+    if not 0 < center_fraction < 1:
+        raise AmbientMRIError(f"center_fraction must be in (0, 1), got {center_fraction}")
+    H = int(shape[-2]) if len(shape) >= 2 else 1
+    return H, int(shape[-1])
+
+
+def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float = 0.08,
+                seed=None) -> np.ndarray:
+    """A k-space sampling mask. Returns float32 (1, W) for column masks, (H, W) for ``poisson2d``.
+
+    kind:
+        ``random``      fastMRI ``RandomMaskFunc`` (Bernoulli columns, line count varies),
+        ``equispaced``  fastMRI ``EquispacedMaskFractionFunc`` (W/R columns in total, centre included),
+        ``gaussian1d``  exactly round(W/R) columns: the centre block plus columns drawn without replacement
+                        with a Gaussian density (std W/6) around the centre,
+        ``uniform1d``   exactly round(W/R) columns: the centre block plus uniformly drawn columns (A-DPS anchor),
+        ``poisson2d``   sigpy's variable-density Poisson disc over (H, W) with a square calibration region.
+    seed: int, tuple, or a file name (fastMRI's ``tuple(map(ord, fname))``); same seed -> same mask.
+    """
+    H, W = _check(kind, shape, acceleration, center_fraction)
+    num_low = num_low_frequencies(W, center_fraction)
+    if kind in ("random", "equispaced"):
+        from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
+
+        cls = RandomMaskFunc if kind == "random" else EquispacedMaskFractionFunc
+        # fastMRI masks columns of a real view (..., W, 2): shape[-2] is the column count.
+        m, _ = cls([center_fraction], [acceleration])((1, W, 1), seed=seed_from(seed))
+        return m.numpy().reshape(1, W).astype(np.float32)
+    if kind == "poisson2d":
+        import sigpy.mri
+
+        calib = (max(num_low_frequencies(H, center_fraction), 1), max(num_low, 1))
+        s = seed_from(seed)
+        int_seed = int(np.random.RandomState(s).randint(0, 2**31 - 1)) if s is not None else None
+        m = sigpy.mri.poisson((H, W), acceleration, calib=calib, dtype=np.float32, seed=int_seed)
+        return np.asarray(m, dtype=np.float32)
+    total = int(round(W / acceleration))
+    if total < num_low:
+        raise AmbientMRIError(f"acceleration {acceleration} keeps {total} columns, fewer than the {num_low} ACS lines")
+    mask = np.zeros(W, dtype=np.float32)
+    mask[center_block(W, num_low)] = 1
+    outside = np.flatnonzero(mask == 0)
+    if kind == "gaussian1d":
+        p = np.exp(-0.5 * ((outside - W / 2) / (W / 6)) ** 2)
+        p /= p.sum()
+    else:
+        p = None
+    chosen = _rng(seed).choice(outside, size=total - num_low, replace=False, p=p)
+    mask[chosen] = 1
+    return mask.reshape(1, W)
+
+
+def acquired_columns(mask) -> np.ndarray:
+    """Boolean (W,) of columns with any acquired sample."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    m = m.reshape(-1, m.shape[-1])
+    return (m != 0).any(axis=0)
+
+
+def acs_width(mask) -> int:
+    """Width of the contiguous block of acquired columns around the k-space centre (W // 2); 0 if the centre
+    column was not acquired."""
+    cols = acquired_columns(mask)
+    c = cols.shape[0] // 2
+    if not cols[c]:
+        return 0
+    lo, hi = c, c
+    while lo > 0 and cols[lo - 1]:
+        lo -= 1
+    while hi < cols.shape[0] - 1 and cols[hi + 1]:
+        hi += 1
+    return hi - lo + 1
+
+
+def calibration_width(mask) -> int:
+    """Largest n whose columns [W//2 - n//2, W//2 - n//2 + n) were all acquired: the calibration region that
+    sigpy's centred crop takes, symmetric even when a random line sits next to the ACS block."""
+    cols = acquired_columns(mask)
+    W, n = cols.shape[0], 0
+    while n < W and cols[W // 2 - (n + 1) // 2: W // 2 - (n + 1) // 2 + n + 1].all():
+        n += 1
+    return n
+
+
+def achieved_acceleration(mask) -> float:
+    """Achieved acceleration: W / acquired columns for column masks, H*W / acquired samples for 2-D masks."""
+    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float64)
+    m = m.reshape(-1, m.shape[-1]) if m.ndim > 1 else m.reshape(1, -1)
+    if m.shape[0] == 1 or np.all(m == m[:1]):
+        n = np.count_nonzero(m[0])
+        return m.shape[-1] / n if n else float("inf")
+    n = np.count_nonzero(m)
+    return m.size / n if n else float("inf")
+
+
+def pixel_mask(shape: Sequence[int], p: float, seed=None) -> np.ndarray:
+    """Float32 mask of ``shape`` with each pixel missing (0) independently with probability p in [0, 1)."""
+    if not 0 <= p < 1:
+        raise AmbientMRIError(f"missing-pixel probability p must be in [0, 1), got {p}")
+    return (_rng(seed).uniform(size=tuple(shape)) >= p).astype(np.float32)
+
+
+def _is_column_mask(m: np.ndarray) -> bool:
+    flat = m.reshape(-1, m.shape[-2], m.shape[-1]) if m.ndim >= 2 else m.reshape(1, 1, -1)
+    return flat.shape[1] == 1 or bool(np.all(flat == flat[:, :1]))
+
+
+def further_mask(mask, extra_lines: int | None = None, delta: float | None = None, acs_lines: int | None = None,
+                 seed=None):
+    """The further corruption Ã ⊂ A: a sub-mask of ``mask`` that drops acquired samples, never adds one.
+
+    Column masks (shape (..., 1, W), (W,), or (..., H, W) constant along H): ``extra_lines`` removes that many
+    acquired non-ACS columns (A-DPS; fixed count), or ``delta`` drops each acquired non-ACS column with probability
+    δ. The ACS block is never touched: ``acs_lines`` central columns if given, else the contiguous acquired block
+    around the centre. Pixel masks (anything else): ``delta`` drops each kept pixel with probability δ (Daras et
+    al. 2023). A leading batch dimension is handled example by example from one seeded generator.
+    Returns the same type (numpy or torch) and shape as ``mask``.
+    """
+    if (extra_lines is None) == (delta is None):
+        raise AmbientMRIError("further_mask needs exactly one of extra_lines or delta")
+    if delta is not None and not 0 <= delta < 1:
+        raise AmbientMRIError(f"delta must be in [0, 1), got {delta}")
+    is_torch = isinstance(mask, torch.Tensor)
+    m = np.asarray(mask.detach().cpu() if is_torch else mask, dtype=np.float32)
+    rng = _rng(seed)
+    if _is_column_mask(m):
+        out = _further_columns(m, extra_lines, delta, acs_lines, rng)
+    else:
+        if extra_lines is not None:
+            raise AmbientMRIError("extra_lines needs a column mask; use delta for pixel masks")
+        out = m * (rng.uniform(size=m.shape) >= delta)
+    out = out.astype(np.float32)
+    return torch.from_numpy(out).to(device=mask.device, dtype=mask.dtype) if is_torch else out
+
+
+def _further_columns(m: np.ndarray, extra_lines, delta, acs_lines, rng) -> np.ndarray:
+    W = m.shape[-1]
+    rows = m.reshape(-1, m.shape[-2] if m.ndim >= 2 else 1, W)
+    out = rows.copy()
+    for b in range(rows.shape[0]):
+        cols = rows[b].any(axis=0)
+        protect = np.zeros(W, dtype=bool)
+        if acs_lines is not None:
+            protect[center_block(W, acs_lines)] = True
+        else:
+            n = acs_width(cols[None].astype(np.float32))
+            protect[center_block(W, n)] = n > 0
+        candidates = np.flatnonzero(cols & ~protect)
+        if extra_lines is not None:
+            if extra_lines > candidates.size:
+                raise AmbientMRIError(
+                    f"cannot remove {extra_lines} lines: only {candidates.size} lines lie outside the ACS block"
+                )
+            drop = rng.choice(candidates, size=int(extra_lines), replace=False)
+        else:
+            drop = candidates[rng.uniform(size=candidates.size) < delta]
+        out[b][:, drop] = 0
+    return out.reshape(m.shape)

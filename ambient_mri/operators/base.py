@@ -1,0 +1,90 @@
+"""A small linear-operator algebra: forward, adjoint, normal, ``.H`` and composition (``A @ B``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearOperator(nn.Module):
+    """Base class. Subclasses implement ``forward`` and ``adjoint``; ``normal`` defaults to A^H A.
+
+    Operators are ``nn.Module``s so that ``.to(device)`` moves masks and maps (stored as buffers).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not define adjoint")
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """A^H A x."""
+        return self.adjoint(self.forward(x))
+
+    @property
+    def H(self) -> LinearOperator:
+        """The adjoint operator A^H (its ``.H`` is A again)."""
+        return AdjointOperator(self)
+
+    def __matmul__(self, other: LinearOperator) -> LinearOperator:
+        if not isinstance(other, LinearOperator):
+            return NotImplemented
+        return ComposedOperator(self, other)
+
+
+class AdjointOperator(LinearOperator):
+    def __init__(self, op: LinearOperator):
+        super().__init__()
+        self.op = op
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.op.adjoint(y)
+
+    def adjoint(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.forward(x)
+
+    @property
+    def H(self) -> LinearOperator:
+        return self.op
+
+
+class ComposedOperator(LinearOperator):
+    """(A @ B) x = A(B(x)); adjoint B^H A^H."""
+
+    def __init__(self, outer: LinearOperator, inner: LinearOperator):
+        super().__init__()
+        self.outer, self.inner = outer, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(self.inner(x))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.adjoint(self.outer.adjoint(y))
+
+
+class Identity(LinearOperator):
+    """x -> x for any shape and dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """<a, b> = sum(a * conj(b)) (complex or real), a 0-d tensor."""
+    return torch.sum(a * b.conj()) if a.is_complex() or b.is_complex() else torch.sum(a * b)
+
+
+def adjointness_error(A: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
+    """|<Ax, y> - <x, A^H y>| / (|Ax| |y|); ~machine precision for a correct adjoint."""
+    with torch.no_grad():
+        Ax = A(x)
+        lhs = inner(Ax, y)
+        rhs = inner(x, A.adjoint(y))
+        return float(torch.abs(lhs - rhs) / (torch.linalg.vector_norm(Ax) * torch.linalg.vector_norm(y)))

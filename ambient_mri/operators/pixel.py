@@ -1,0 +1,24 @@
+"""Pixel masking: y = M ⊙ x for images (B, C, H, W), real or complex."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import LinearOperator
+from .mri import _tensor
+
+
+class PixelMask(LinearOperator):
+    """A x = M ⊙ x. mask broadcastable to (B, C, H, W); usually (B, 1, H, W), shared across channels."""
+
+    def __init__(self, mask):
+        super().__init__()
+        m = _tensor(mask, "mask")
+        if not m.is_floating_point():
+            m = m.to(torch.float32)
+        self.register_buffer("mask", m, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask.to(x.real.dtype) * x
+
+    adjoint = forward

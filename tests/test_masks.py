@@ -1,0 +1,103 @@
+"""Masks: fastMRI parity, acceleration, further corruption Ã ⊂ A, pixel masks."""
+
+import numpy as np
+import pytest
+import torch
+from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
+
+import ambient_mri as am
+from ambient_mri.masks import achieved_acceleration, acs_width, calibration_width, further_mask, kspace_mask
+
+
+@pytest.mark.parametrize("width", [320, 368, 372, 396])
+@pytest.mark.parametrize("R,cf", [(4, 0.08), (8, 0.04)])
+def test_random_and_equispaced_equal_fastmri(width, R, cf):
+    for seed in list(range(12)) + ["file1000001.h5", "file_brain_AXT2_200_2000019.h5"]:
+        fm_seed = tuple(map(ord, seed)) if isinstance(seed, str) else seed
+        for kind, cls in (("random", RandomMaskFunc), ("equispaced", EquispacedMaskFractionFunc)):
+            ref, _ = cls([cf], [R])((640, width, 2), seed=fm_seed)
+            ours = kspace_mask(kind, (640, width), R, cf, seed=seed)
+            assert ours.shape == (1, width) and ours.dtype == np.float32
+            np.testing.assert_array_equal(ours[0], ref.numpy().reshape(width), err_msg=f"{kind} seed={seed}")
+
+
+def test_mask_same_seed_same_mask_and_centre_block():
+    a = kspace_mask("random", (640, 320), 4, 0.08, seed="vol.h5")
+    b = kspace_mask("random", (640, 320), 4, 0.08, seed="vol.h5")
+    c = kspace_mask("random", (640, 320), 4, 0.08, seed="vol2.h5")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    start = (320 - 26 + 1) // 2
+    assert a[0, start: start + 26].all()
+
+
+@pytest.mark.parametrize("kind", ["gaussian1d", "uniform1d"])
+@pytest.mark.parametrize("R", [2, 4, 6, 8])
+def test_fixed_count_masks(kind, R):
+    m = kspace_mask(kind, (384, 320), R, 20 / 320, seed=7)
+    assert m.sum() == round(320 / R)
+    assert acs_width(m) >= 20
+    assert achieved_acceleration(m) == pytest.approx(320 / round(320 / R))
+
+
+def test_gaussian1d_is_denser_in_the_centre():
+    m = np.mean([kspace_mask("gaussian1d", (1, 320), 4, 0.04, seed=s)[0] for s in range(50)], axis=0)
+    assert m[120:200].mean() > 2 * np.concatenate([m[:60], m[-60:]]).mean()
+
+
+def test_poisson2d():
+    m = kspace_mask("poisson2d", (64, 64), 4, 0.125, seed=1)
+    assert m.shape == (64, 64)
+    assert 2.5 < achieved_acceleration(m) < 6
+    assert m[28:36, 28:36].all()
+    np.testing.assert_array_equal(m, kspace_mask("poisson2d", (64, 64), 4, 0.125, seed=1))
+
+
+def test_achieved_acceleration_reports_real_count():
+    m = kspace_mask("random", (640, 320), 4, 0.08, seed=0)
+    assert achieved_acceleration(m) == pytest.approx(320 / m.sum())
+
+
+@pytest.mark.parametrize("R,before,after", [(2, 160, 106), (4, 80, 64), (6, 53, 45), (8, 40, 35)])
+def test_further_mask_adps_line_counts(R, before, after):
+    a = kspace_mask("uniform1d", (384, 320), 320 / before, 20 / 320, seed=R)
+    assert a.sum() == before
+    b = further_mask(a, extra_lines=before - after, acs_lines=20, seed=11)
+    assert b.sum() == after
+    assert np.all(b <= a)  # never adds a line
+    start = (320 - 20 + 1) // 2
+    assert b[0, start: start + 20].all()  # never drops ACS
+
+
+def test_further_mask_delta_pixels_and_columns():
+    p = am.masks.pixel_mask((2, 1, 64, 64), 0.5, seed=0)
+    q = further_mask(p, delta=0.1, seed=1)
+    assert np.all(q <= p)
+    dropped = (p.sum() - q.sum()) / p.sum()
+    assert 0.07 < dropped < 0.13
+    col = kspace_mask("random", (64, 128), 2, 0.1, seed=0)
+    full2d = np.repeat(col, 64, axis=0)
+    out = further_mask(full2d, delta=0.3, seed=2)
+    assert np.all(out == out[:1]) and np.all(out <= full2d)  # stays a column mask
+    assert calibration_width(out) >= round(128 * 0.1)
+
+
+def test_further_mask_torch_in_torch_out_and_batches():
+    a = torch.from_numpy(np.stack([kspace_mask("uniform1d", (1, 64), 2, 0.125, seed=s) for s in range(3)]))
+    b = further_mask(a, extra_lines=5, seed=0)
+    assert isinstance(b, torch.Tensor) and b.shape == a.shape
+    assert torch.all(a.sum(-1) - b.sum(-1) == 5)
+    assert not torch.equal(b[0], b[1])
+
+
+def test_mask_bad_input():
+    with pytest.raises(am.AmbientMRIError, match="unknown mask kind"):
+        kspace_mask("radial", (64, 64), 4, 0.08)
+    with pytest.raises(am.AmbientMRIError, match="center_fraction"):
+        kspace_mask("random", (64, 64), 4, 1.5)
+    with pytest.raises(am.AmbientMRIError, match=r"\[0, 1\)"):
+        am.masks.pixel_mask((8, 8), 1.0)
+    with pytest.raises(am.AmbientMRIError, match="outside the ACS"):
+        further_mask(kspace_mask("uniform1d", (1, 64), 4, 0.125, seed=0), extra_lines=20)
+    with pytest.raises(am.AmbientMRIError, match="exactly one"):
+        further_mask(np.ones((1, 8)))
