@@ -1,6 +1,6 @@
 """ambient_mri: diffusion models trained only on corrupted data, and MRI reconstruction with them."""
 
-from . import coils, masks, metrics
+from . import coils, data, masks, metrics
 from .errors import AmbientMRIError, DataFileError, RecipeError
 from .operators import (
     Identity,
@@ -26,6 +26,7 @@ __all__ = [
     "SingleCoilMRI",
     "adjointness_error",
     "coils",
+    "data",
     "fft2c",
     "ifft2c",
     "masks",

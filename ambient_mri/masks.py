@@ -155,7 +155,7 @@ def _is_column_mask(m: np.ndarray) -> bool:
 
 
 def further_mask(mask, extra_lines: int | None = None, delta: float | None = None, acs_lines: int | None = None,
-                 seed=None):
+                 seed=None, kind: str | None = None):
     """The further corruption Ã ⊂ A: a sub-mask of ``mask`` that drops acquired samples, never adds one.
 
     Column masks (shape (..., 1, W), (W,), or (..., H, W) constant along H): ``extra_lines`` removes that many
@@ -163,6 +163,7 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     δ. The ACS block is never touched: ``acs_lines`` central columns if given, else the contiguous acquired block
     around the centre. Pixel masks (anything else): ``delta`` drops each kept pixel with probability δ (Daras et
     al. 2023). A leading batch dimension is handled example by example from one seeded generator.
+    kind: "lines" or "pixels" forces the mode (default: lines when the mask is constant along H).
     Returns the same type (numpy or torch) and shape as ``mask``.
     """
     if (extra_lines is None) == (delta is None):
@@ -172,7 +173,9 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     is_torch = isinstance(mask, torch.Tensor)
     m = np.asarray(mask.detach().cpu() if is_torch else mask, dtype=np.float32)
     rng = _rng(seed)
-    if _is_column_mask(m):
+    if kind not in (None, "lines", "pixels"):
+        raise AmbientMRIError(f"further_mask kind must be 'lines' or 'pixels', got {kind!r}")
+    if kind == "lines" or (kind is None and _is_column_mask(m)):
         out = _further_columns(m, extra_lines, delta, acs_lines, rng)
     else:
         if extra_lines is not None:

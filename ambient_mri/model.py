@@ -1,0 +1,103 @@
+"""A trained model: the EDM denoiser in image terms, what it was trained on, and its safe file format.
+
+A model file is ``torch.save({"format": ..., "info": {...}, "config": {...}, "state_dict": {...}})`` and is read
+back with ``torch.load(weights_only=True)``, so loading never runs pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .corruption import cond_channels, is_complex
+from .errors import AmbientMRIError, DataFileError
+from .nets import build_denoiser, channels_to_complex, complex_to_channels
+
+FORMAT = "ambient_mri.model/1"
+
+
+class Denoiser(nn.Module):
+    """D_θ(x, σ, M̃) on images: complex (B, H, W) for MRI, real (B, C, H, W) otherwise.
+
+    ``info`` records how the model was trained: operator, ambient (bool), mask settings, further corruption,
+    sigma_n, image_shape, sigma_data, cond (extra input channels).
+    """
+
+    def __init__(self, config: dict[str, Any], info: dict[str, Any]):
+        super().__init__()
+        self.config, self.info = dict(config), dict(info)
+        self.precond = build_denoiser(self.config)
+        self.complex = is_complex(self.info.get("operator", "identity"))
+        self.cond = tuple(self.info.get("cond", ()))
+
+    def forward(self, x: torch.Tensor, sigma, mask_tilde: torch.Tensor | None = None) -> torch.Tensor:
+        h = complex_to_channels(x) if self.complex else x
+        B, _, H, W = h.shape
+        cond = cond_channels(self.cond, mask_tilde, B, H, W, device=h.device)
+        out = self.precond(h, sigma, cond)
+        return channels_to_complex(out) if self.complex else out
+
+
+def atomic_torch_save(obj: Any, path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path, map_location="cpu") -> dict:
+    """torch.load with weights_only=True; a clear error naming the file on anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+        raise DataFileError(path, f"not a loadable ambient_mri file ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
+    """Write a model file (``state_dict`` defaults to the model's own, e.g. pass the EMA weights)."""
+    sd = state_dict if state_dict is not None else model.state_dict()
+    atomic_torch_save({"format": FORMAT, "config": _plain(model.config), "info": _plain(model.info),
+                       "state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path)
+
+
+def load_model(path, device=None) -> Denoiser:
+    """Read a model file (or a training checkpoint) safely; ``model.info`` says how it was trained."""
+    obj = safe_load(path)
+    if not isinstance(obj, dict) or "info" not in obj or ("state_dict" not in obj and "ema" not in obj):
+        raise DataFileError(path, "not an ambient_mri model file (missing info/state_dict)")
+    model = Denoiser(obj["config"], obj["info"])
+    try:
+        model.load_state_dict(obj.get("ema", obj.get("state_dict")))
+    except RuntimeError as e:
+        raise DataFileError(path, f"weights do not match the recorded network config ({str(e)[:200]})") from None
+    return model.eval().to(device or "cpu")
+
+
+def _plain(obj):
+    """Recipes hold tuples and numpy scalars; the safe loader accepts only plain containers."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    raise AmbientMRIError(f"cannot store {type(obj).__name__} in a model file")

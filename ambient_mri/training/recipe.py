@@ -1,0 +1,207 @@
+"""The recipe schema: typed sections with defaults; unknown keys and bad values are rejected by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import RecipeError
+
+
+@dataclass
+class DataConfig:
+    kind: str = "prepared"          # prepared (MRI volumes from `ambient-mri prepare`)
+    path: str = ""                  # folder of prepared volumes / images; relative to the recipe file
+    image_size: list[int] | None = None  # images: resize to (H, W)
+    grayscale: bool = True          # images: convert to one channel
+    limit: int | None = None        # use only the first N examples
+    holdout: int = 2                # examples kept out of training for the preview PNG
+
+
+@dataclass
+class CorruptionConfig:
+    operator: str = "multicoil"     # multicoil | singlecoil | pixel | identity
+    ambient: bool = True            # train on Ã ⊂ A (False: Ã = A, e.g. the fully-sampled oracle)
+    extra_lines: int | None = None  # further corruption: acquired non-ACS columns removed from A
+    delta: float | None = None      # further corruption: drop probability of each acquired column / kept pixel
+    acs_lines: int | None = None    # protected centre columns (default: the acquired centre block)
+    redraw: bool = False            # draw a new Ã every time an example is used (anchors: fixed)
+    p: float = 0.0                  # images: probability that a pixel is missing from A
+    box: int | None = None          # images: side of a missing square box in A
+    sigma_n: float = 0.0            # images: additive Gaussian noise of the training data
+    cond: list[str] = field(default_factory=lambda: ["mask", "ones"])
+
+
+@dataclass
+class NetworkConfig:
+    model_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_blocks: int = 4
+    attn_levels: list[int] = field(default_factory=lambda: [2])
+    dropout: float = 0.1
+    sigma_data: float = 0.5
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 10000
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup_steps: int = 1000
+    weight_decay: float = 0.0
+    ema_halflife_images: float = 500_000
+    grad_clip: float = 1.0
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    consistency_weight: float = 0.0
+    amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | none
+    compile: bool = False
+    num_workers: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    output: str = "runs"            # run directory = output/name; relative to the working directory
+    data: DataConfig = field(default_factory=DataConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "corruption": CorruptionConfig, "network": NetworkConfig, "training": TrainingConfig}
+
+
+def _check_value(where: str, value: Any, tp: Any) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise RecipeError(f"{where}: must not be empty")
+    if args and type(None) in args:  # Optional[X]
+        tp = next(a for a in args if a is not type(None))
+        origin, args = get_origin(tp), get_args(tp)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise RecipeError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RecipeError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise RecipeError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise RecipeError(f"unknown recipe key {(where + '.' if where else '') + key!r}; allowed: {sorted(known)}")
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        kwargs[key] = _build(SECTIONS[key], value, key) if not where and key in SECTIONS else \
+            _check_value(name, value, hints[key])
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) == 1 and path[0] not in {f.name for f in fields(Recipe)}:
+        owners = [s for s, cls in SECTIONS.items() if path[0] in {f.name for f in fields(cls)}]
+        if len(owners) != 1:
+            raise RecipeError(f"unknown recipe key {path[0]!r}" if not owners else
+                              f"ambiguous key {path[0]!r}: write one of {', '.join(o + '.' + path[0] for o in owners)}")
+        path = [owners[0], path[0]]
+    return path, yaml.safe_load(raw)
+
+
+def validate(recipe: Recipe) -> Recipe:
+    c, t = recipe.corruption, recipe.training
+    from ..corruption import COND_CHANNELS, OPERATORS
+
+    if c.operator not in OPERATORS:
+        raise RecipeError(f"corruption.operator: {c.operator!r} is not one of {', '.join(OPERATORS)}")
+    if c.extra_lines is not None and c.delta is not None:
+        raise RecipeError("corruption: give extra_lines or delta, not both")
+    if c.delta is not None and not 0 <= c.delta < 1:
+        raise RecipeError(f"corruption.delta: must be in [0, 1), got {c.delta}")
+    if not 0 <= c.p < 1:
+        raise RecipeError(f"corruption.p: must be in [0, 1), got {c.p}")
+    if c.sigma_n < 0:
+        raise RecipeError(f"corruption.sigma_n: must be >= 0, got {c.sigma_n}")
+    for ch in c.cond:
+        if ch not in COND_CHANNELS:
+            raise RecipeError(f"corruption.cond: unknown channel {ch!r}; choose from {', '.join(COND_CHANNELS)}")
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        if getattr(t, name) < 1:
+            raise RecipeError(f"training.{name}: must be >= 1, got {getattr(t, name)}")
+    if t.lr <= 0:
+        raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    if t.amp not in ("auto", "bf16", "none"):
+        raise RecipeError(f"training.amp: {t.amp!r} is not one of auto, bf16, none")
+    if recipe.data.kind not in ("prepared",):
+        raise RecipeError(f"data.kind: {recipe.data.kind!r} is not one of: prepared")
+    return recipe
+
+
+def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None) -> Recipe:
+    """A Recipe from a YAML file, a dict or a Recipe, with ``key=value`` (or dotted ``section.key=value``)
+    overrides. Relative ``data.path`` in a file is taken relative to that file."""
+    base_dir = None
+    if isinstance(recipe, Recipe):
+        values = recipe.to_dict()
+    elif isinstance(recipe, dict):
+        values = dict(recipe)
+    else:
+        path = Path(recipe)
+        if not path.is_file():
+            raise RecipeError(f"{path}: recipe file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        base_dir = path.parent
+        values.setdefault("name", path.stem)
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    items = overrides.items() if isinstance(overrides, dict) else [_parse_override(o) for o in overrides or []]
+    for path_, value in items:
+        keys = path_.split(".") if isinstance(path_, str) else path_
+        if isinstance(path_, str) and len(keys) == 1:
+            keys, _ = _parse_override(f"{path_}=0")
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    r = validate(_build(Recipe, values, ""))
+    if base_dir is not None and r.data.path and not Path(r.data.path).is_absolute():
+        candidate = base_dir / r.data.path
+        if candidate.exists() or not Path(r.data.path).exists():
+            r.data.path = str(candidate)
+    return r

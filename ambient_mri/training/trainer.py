@@ -1,0 +1,274 @@
+"""The trainer: one loop for every corruption (EDM-style: sample σ, one loss, Adam, EMA, checkpoints).
+
+Runs as one process or under ``torchrun`` (DDP; NCCL on GPUs, gloo on CPU). The global batch of each step is a
+pure function of (seed, step): example indices, σ and noise are drawn for the whole global batch and each rank
+takes its shard, so any number of processes follows the same trajectory and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from ..corruption import is_complex
+from ..errors import AmbientMRIError
+from ..model import Denoiser, atomic_torch_save, safe_load, save_model
+from .losses import consistency_loss, measurement_loss, sample_sigma
+from .recipe import Recipe, load_recipe
+
+log = logging.getLogger("ambient_mri.train")
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+
+class StepPlan(Sampler):
+    """Yields this rank's example indices for steps [start, steps): epoch-wise permutations seeded by (seed, epoch)."""
+
+    def __init__(self, indices: np.ndarray, global_batch: int, start: int, steps: int, seed: int, rank: int,
+                 world: int):
+        self.indices, self.G, self.start, self.steps = indices, global_batch, start, steps
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def global_batch(self, step: int) -> np.ndarray:
+        n = len(self.indices)
+        out = []
+        pos = step * self.G
+        while len(out) < self.G:
+            epoch, off = divmod(pos, n)
+            perm = np.random.RandomState((self.seed, epoch)).permutation(n)
+            take = perm[off: off + self.G - len(out)]
+            out.extend(self.indices[take])
+            pos += len(take)
+        return np.asarray(out)
+
+    def __iter__(self):
+        per = self.G // self.world
+        for step in range(self.start, self.steps):
+            yield self.global_batch(step)[self.rank * per: (self.rank + 1) * per].tolist()
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+
+def _dist_env() -> tuple[int, int, int]:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AmbientMRIError(f"training.device is {name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _image_shape(item: dict, operator: str) -> tuple[int, ...]:
+    y = item["y"]
+    return tuple(y.shape[-2:]) if is_complex(operator) else tuple(y.shape)
+
+
+def model_info(recipe: Recipe, dataset_info: dict, image_shape: tuple[int, ...]) -> dict:
+    """What a model file records about its training (reconstruct builds Ã from it)."""
+    c = recipe.corruption
+    return {
+        "operator": c.operator, "ambient": c.ambient, "cond": list(c.cond) if c.ambient else
+        [ch for ch in c.cond if ch == "ones"], "further": {"extra_lines": c.extra_lines, "delta": c.delta,
+                                                        "acs_lines": c.acs_lines, "redraw": c.redraw},
+        "sigma_n": c.sigma_n, "image_shape": list(image_shape), "sigma_data": recipe.network.sigma_data,
+        "data": dataset_info, "recipe": recipe.to_dict(),
+    }
+
+
+def network_config(recipe: Recipe, image_channels: int, cond_channels: int) -> dict:
+    n = recipe.network
+    return dict(img_channels=image_channels, cond_channels=cond_channels, model_channels=n.model_channels,
+                channel_mult=list(n.channel_mult), num_blocks=n.num_blocks, attn_levels=list(n.attn_levels),
+                dropout=n.dropout, sigma_data=n.sigma_data)
+
+
+def _setup_logging(run_dir: Path, rank: int) -> None:
+    if rank != 0:
+        return
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def train(recipe, overrides=None, resume: str | Path | None = None, progress: bool = True,
+          dataset=None) -> Path:
+    """Train from a recipe (YAML path, dict or Recipe); returns the run directory.
+
+    The run directory is ``output/name`` (or ``resume``). If it holds a checkpoint, training resumes from it
+    exactly (model, EMA, optimiser, step). ``dataset`` overrides the recipe's data section (tests, notebooks).
+    """
+    from ..data.factory import build_training_data
+
+    r = load_recipe(recipe, overrides)
+    rank, world, local_rank = _dist_env()
+    device = _device(r.training.device, local_rank)
+    t = r.training
+    if t.batch_size % world:
+        raise AmbientMRIError(f"training.batch_size {t.batch_size} is not divisible by the {world} processes")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    run_dir = Path(resume) if resume else Path(r.output) / r.name
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and not ckpt_path.is_file():
+        raise AmbientMRIError(f"{run_dir}: no {CHECKPOINT} to resume from")
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(__import__("yaml").safe_dump(r.to_dict(), sort_keys=False))
+    if world > 1:
+        dist.barrier()
+    _setup_logging(run_dir, rank)
+
+    data, data_info = dataset if dataset is not None else build_training_data(r)
+    if len(data) <= r.data.holdout:
+        raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
+    first = data[0]
+    img_shape = _image_shape(first, r.corruption.operator)
+    info = model_info(r, data_info, img_shape)
+    img_ch = 2 if is_complex(r.corruption.operator) else img_shape[0]
+    torch.manual_seed(t.seed)  # same initial weights on every rank and in every rerun
+    model = Denoiser(network_config(r, img_ch, len(info["cond"])), info).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    start = 0
+    if ckpt_path.is_file():
+        ck = safe_load(ckpt_path)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+        log.info("resumed from %s at step %d", ckpt_path, start)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else model
+    fwd = torch.compile(net) if t.compile else net
+    use_bf16 = t.amp == "bf16" or (t.amp == "auto" and device.type == "cuda")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    n_train = len(data) - r.data.holdout
+    plan = StepPlan(np.arange(n_train), t.batch_size, start, t.steps, t.seed, rank, world)
+    loader = DataLoader(data, batch_sampler=plan, num_workers=t.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    per = t.batch_size // world
+    sl = slice(rank * per, (rank + 1) * per)
+    ema_beta = 0.5 ** (t.batch_size / max(t.ema_halflife_images, 1e-8))
+    noise_dtype = torch.complex64 if is_complex(r.corruption.operator) else torch.float32
+    sigma_data = r.network.sigma_data
+    log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed below
+    bar = tqdm(total=t.steps, initial=start, disable=not progress or rank != 0, desc=r.name, unit="step")
+    tic, step = time.time(), start
+    try:
+        for step, batch in enumerate(loader, start=start):
+            batch = _to(batch, device)
+            g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+            sigma_n = batch.get("sigma_n")
+            sigma_g = sample_sigma(t.batch_size, t.P_mean, t.P_std, g)
+            noise = torch.randn(t.batch_size, *img_shape, generator=g, dtype=noise_dtype)[sl].to(device)
+            sigma = sigma_g[sl].to(device)
+            if sigma_n is not None and bool((sigma_n > 0).any()):
+                sigma = torch.sqrt(sigma**2 + sigma_n.float() ** 2)
+            for group in opt.param_groups:
+                group["lr"] = t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
+            with autocast():
+                loss = measurement_loss(fwd, batch, r.corruption.operator, sigma, noise, sigma_data).mean()
+                if t.consistency_weight > 0 and sigma_n is not None and bool((sigma_n > 0).all()):
+                    u = torch.rand(per, generator=g).to(device)
+                    sc = sigma_n.float() * (0.05 + 0.9 * u)
+                    noise2 = torch.randn(noise.shape, generator=g, dtype=noise_dtype).to(device)
+                    loss = loss + t.consistency_weight * consistency_loss(
+                        lambda x, s, m: fwd(x, s, None), batch["y"], sigma_n.float(), sc, noise2, sigma_data).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p_ in model.parameters():  # a NaN gradient must not reach the weights
+                if p_.grad is not None:
+                    torch.nan_to_num_(p_.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm.detach(), 1 - ema_beta)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
+            done = step + 1
+            loss_val = loss.detach()
+            if world > 1:
+                dist.all_reduce(loss_val)
+                loss_val /= world
+            bar.update(1)
+            if rank == 0 and (done % t.log_every == 0 or done == t.steps):
+                rec = {"step": done, "loss": float(loss_val), "lr": opt.param_groups[0]["lr"],
+                       "grad_norm": float(gnorm), "seconds": round(time.time() - tic, 3),
+                       "images_per_second": round(t.log_every * t.batch_size / max(time.time() - tic, 1e-9), 3)}
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                tic = time.time()
+            if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps):
+                atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(),
+                                   "optimizer": opt.state_dict(), "step": done, "recipe": r.to_dict()}, ckpt_path)
+                save_model(ema, run_dir / MODEL)
+                _preview(ema, data, n_train, r, run_dir / f"preview_{done:07d}.png", device)
+                log.info("step %d: checkpoint and model written", done)
+            if world > 1 and done % t.checkpoint_every == 0:
+                dist.barrier()
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+@torch.no_grad()
+def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) -> None:
+    """PNG: zero-filled A^H y and the one-step reconstruction D(A^H y, M, σ_min) of the held-back examples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..corruption import make_operator
+
+    idx = list(range(n_train, len(data)))
+    if not idx:
+        return
+    items = [data[i] for i in idx]
+    batch = _to({k: torch.stack([it[k] for it in items]) for k in ("y", "mask") if k in items[0]} |
+                ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
+    A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
+    zf = A.adjoint(batch["y"])
+    rec = model(zf, 0.002, batch["mask"])
+    fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
+    for row, (a, b) in enumerate(zip(zf, rec)):
+        for col, (img, title) in enumerate(((a, "zero-filled A^H y"), (b, "one-step D"))):
+            im = img.abs() if img.is_complex() else img.mean(0)
+            axes[row, col].imshow(im.float().cpu().numpy(), cmap="gray")
+            axes[row, col].set_title(title)
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

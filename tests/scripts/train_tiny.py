@@ -1,0 +1,24 @@
+"""Train the tiny synthetic run: python train_tiny.py OUT STEPS CHECKPOINT_EVERY [SLEEP_PER_STEP]."""
+
+import sys
+import time
+
+from helpers import multicoil_measurements, tiny_recipe
+
+from ambient_mri.data.factory import with_further
+from ambient_mri.training import trainer
+from ambient_mri.training.recipe import load_recipe
+
+out, steps, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+recipe = tiny_recipe(out, steps=steps, checkpoint_every=every, batch_size=4)
+base, _ = multicoil_measurements()
+if sleep:
+    orig = trainer.measurement_loss
+
+    def slow(*a, **k):
+        time.sleep(sleep)
+        return orig(*a, **k)
+
+    trainer.measurement_loss = slow
+trainer.train(recipe, dataset=(with_further(base, load_recipe(recipe)), {"source": "synthetic"}), progress=False)

@@ -1,0 +1,145 @@
+"""Trainer: end to end, exact resume after SIGKILL, DDP equivalence, no fully-sampled data in the loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import multicoil_measurements, tiny_recipe
+
+import ambient_mri as am
+from ambient_mri.data.factory import with_further
+from ambient_mri.model import load_model
+from ambient_mri.training import measurement_loss
+from ambient_mri.training.recipe import load_recipe
+from ambient_mri.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def dataset_for(recipe):
+    base, _ = multicoil_measurements()
+    return with_further(base, load_recipe(recipe)), {"source": "synthetic"}
+
+
+def test_train_end_to_end_writes_loadable_model(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    run = train(recipe, dataset=dataset_for(recipe), progress=False)
+    assert len(losses(run)) == 4 and all(l == l for l in losses(run))
+    model = load_model(run / "model.pt")
+    assert model.info["operator"] == "multicoil" and model.info["ambient"] is True
+    assert model.info["further"]["extra_lines"] == 2 and model.info["image_shape"] == [32, 32]
+    assert (run / "preview_0000004.png").stat().st_size > 1000
+    x = torch.randn(2, 32, 32, dtype=torch.complex64)
+    assert model(x, 1.0, torch.ones(2, 1, 1, 32)).shape == (2, 32, 32)
+
+
+def test_ambient_loss_never_sees_unacquired_kspace():
+    """Changing k-space outside the acquired mask (e.g. putting the fully-sampled data back) changes nothing."""
+    data, _ = multicoil_measurements(n=4)
+    full = torch.stack([data[i]["y"] for i in range(4)])
+    mask = torch.stack([data[i]["mask"] for i in range(4)])
+    maps = torch.stack([data[i]["maps"] for i in range(4)])
+    mt = am.masks.further_mask(mask, extra_lines=2, seed=0)
+    net = load_model_free_denoiser()
+    sigma = torch.tensor([0.5, 1.0, 2.0, 0.1])
+    noise = torch.randn(4, 32, 32, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    garbage = full + (1 - mask) * torch.randn(full.shape, dtype=torch.complex64)
+    a = measurement_loss(net, {"y": full, "mask": mask, "mask_tilde": mt, "maps": maps}, "multicoil", sigma, noise,
+                         0.5)
+    b = measurement_loss(net, {"y": garbage, "mask": mask, "mask_tilde": mt, "maps": maps}, "multicoil", sigma,
+                         noise, 0.5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def load_model_free_denoiser():
+    torch.manual_seed(0)
+    from helpers import TINY_NET
+
+    from ambient_mri.model import Denoiser
+    from ambient_mri.training.trainer import network_config
+
+    r = load_recipe({"network": TINY_NET})
+    net = Denoiser(network_config(r, 2, 2), {"operator": "multicoil", "cond": ["mask", "ones"]})
+    with torch.no_grad():  # make the output depend on the input
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_sigkill_between_checkpoints_resumes_exactly(tmp_path):
+    script = ROOT / "tests" / "scripts" / "train_tiny.py"
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(ref_dir), "12", "4"], check=True, env=env, timeout=300)
+    # The killed run sleeps after each step, so SIGKILL lands between checkpoints 4 and 8.
+    proc = subprocess.Popen([sys.executable, str(script), str(kill_dir), "12", "4", "0.3"], env=env)
+    ckpt = kill_dir / "tiny" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpt.exists() and len(losses(kill_dir / "tiny")) >= 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _weights(ckpt)["step"] == 4
+    assert not list((kill_dir / "tiny").glob("*.tmp")) and not list((kill_dir / "tiny").glob(".*tmp"))
+    subprocess.run([sys.executable, str(script), str(kill_dir), "12", "4"], check=True, env=env, timeout=300)
+    a, b = _weights(ref_dir / "tiny" / "checkpoint.pt"), _weights(ckpt)
+    assert a["step"] == b["step"] == 12
+    for key in ("model", "ema"):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=0, atol=0, msg=f"{key}.{k}")
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa:
+        for k in sa[i]:
+            torch.testing.assert_close(sa[i][k], sb[i][k], rtol=0, atol=0)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    script = ROOT / "tests" / "scripts" / "train_tiny.py"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "6", "6"], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                    str(script), str(tmp_path / "two"), "6", "6"], check=True, env=env, timeout=300)
+    one, two = losses(tmp_path / "one" / "tiny"), losses(tmp_path / "two" / "tiny")
+    assert len(one) == len(two) == 6
+    assert one == pytest.approx(two, rel=1e-4, abs=1e-6)
+    a = _weights(tmp_path / "one" / "tiny" / "checkpoint.pt")["model"]
+    b = _weights(tmp_path / "two" / "tiny" / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    with pytest.raises(am.RecipeError, match="stesp"):
+        load_recipe({"training": {"stesp": 3}})
+    with pytest.raises(am.RecipeError, match="unknown recipe key 'lrr'"):
+        load_recipe({}, ["lrr=3"])
+    with pytest.raises(am.RecipeError, match="batch_size"):
+        load_recipe({"training": {"batch_size": "eight"}})
+    with pytest.raises(am.RecipeError, match="operator"):
+        load_recipe({"corruption": {"operator": "radial"}})
+    bad = tmp_path / "r.yaml"
+    bad.write_text("training: {steps: [1,\n")
+    with pytest.raises(am.RecipeError, match="YAML"):
+        load_recipe(bad)
+
+    recipe = tiny_recipe(tmp_path, batch_size=3)
+    with pytest.raises(am.AmbientMRIError, match="divisible"), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANK", "0")
+        mp.setenv("WORLD_SIZE", "2")
+        train(recipe, dataset=dataset_for(recipe), progress=False)
+    with pytest.raises(am.AmbientMRIError, match="no checkpoint.pt"):
+        train(tiny_recipe(tmp_path), resume=tmp_path / "nowhere", dataset=dataset_for(recipe), progress=False)
