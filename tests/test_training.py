@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import multicoil_measurements, tiny_recipe
 
 import ambient_mri as am
 from ambient_mri.data.factory import with_further
@@ -18,6 +17,7 @@ from ambient_mri.model import load_model
 from ambient_mri.training import measurement_loss
 from ambient_mri.training.recipe import load_recipe
 from ambient_mri.training.trainer import train
+from helpers import multicoil_measurements, tiny_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,9 @@ def test_ambient_loss_never_sees_unacquired_kspace():
 
 def load_model_free_denoiser():
     torch.manual_seed(0)
-    from helpers import TINY_NET
-
     from ambient_mri.model import Denoiser
     from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
 
     r = load_recipe({"network": TINY_NET})
     net = Denoiser(network_config(r, 2, 2), {"operator": "multicoil", "cond": ["mask", "ones"]})
