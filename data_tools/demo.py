@@ -1,0 +1,128 @@
+"""The embedded demo data set, built offline from the MNI152 T1 template (nilearn) in well under a minute.
+
+Layout under ``DIR``:
+
+    raw/train/demo_train_XX.h5       simulated fastMRI multi-coil files (volumes of up to 8 axial slices)
+    raw/val/demo_val_00.h5           one validation volume from a disjoint slab of the template
+    prepared_r4/train                R=4 fastMRI ``random`` masks (per slice), for ambient training
+    prepared_r4/{val,val_reference}  the validation volume at R=4, and its fully-sampled reference
+    prepared_r8/{val,val_reference}  the validation volume at R=8
+    prepared_full/train              the training volumes fully sampled (R=1), for the oracle model
+    demo.json                        what was built (sizes, slices, masks, noise)
+
+Simulation (data_tools.simulate.make_fastmri_volume): magnitude slice -> 2x readout oversampling -> smooth random
+phase -> birdcage coils -> centred FFT -> complex Gaussian noise; written in the official fastMRI layout, then
+prepared with exactly the pipeline used for real fastMRI files (data_tools.prepare).
+
+Slice split: the template's brain-containing axial range is cut into a central validation slab and the two
+slabs around it, separated by a gap of ``GAP`` slices (1 mm apart neighbours are near duplicates), so no
+validation slice has a near copy in training.
+
+Masks are drawn per slice (seed = file name + slice): with only a few training volumes, per-volume masks would
+leave most phase-encode columns never acquired in any training example. The ACS width is fastMRI's
+(0.08 at R=4, 0.04 at R=8) but at least 8 (R=4) / 6 (R=8) lines, since ESPIRiT needs >= 6 calibration lines;
+at the default 64 columns that gives center fractions 0.125 and 0.09375.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ambient_mri.errors import AmbientMRIError
+
+from .prepare import prepare_fastmri
+from .simulate import make_fastmri_volume
+from .sources import mni152_brain_range, mni152_slices
+
+VOLUME_SLICES = 8
+GAP = 4
+VAL_SPACING = 3
+
+
+def demo_center_fraction(width: int, acceleration: int) -> float:
+    """fastMRI's centre fraction for R (0.08 at 4, 0.04 at 8) with at least 8 (R<=4) / 6 ACS lines."""
+    standard = {4: 0.08, 8: 0.04}.get(acceleration, 0.32 / acceleration)
+    acs = max(round(width * standard), 8 if acceleration <= 4 else 6)
+    return acs / width
+
+
+def demo_slices(slices: int, axis: str = "axial") -> tuple[list[int], list[int]]:
+    """Template slice numbers for (train, val): val from a central slab, train from the slabs around it."""
+    if slices < 2:
+        raise AmbientMRIError(f"the demo needs at least 2 slices (1 train, 1 val), got {slices}")
+    lo, hi = mni152_brain_range(axis)
+    n_val = max(1, min(VOLUME_SLICES, slices // 5))
+    n_train = slices - n_val
+    c = (lo + hi) // 2
+    half = (VAL_SPACING * n_val + 1) // 2
+    val = c - half + VAL_SPACING * np.arange(n_val) + (VAL_SPACING // 2 if n_val == 1 else 0)
+    left = np.arange(lo, c - half - GAP)
+    right = np.arange(c + half + GAP, hi)
+    pool = np.concatenate([left, right])
+    if n_train > pool.size:
+        raise AmbientMRIError(f"--slices {slices} is too many: the template has {pool.size + n_val} usable slices")
+    pick = np.floor((np.arange(n_train) + 0.5) * pool.size / n_train).astype(int)
+    return [int(v) for v in pool[pick]], [int(v) for v in val]
+
+
+def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 40,
+               noise_std: float = 0.005, workers: int = 1, progress: bool = False, axis: str = "axial") -> dict:
+    """Build the demo set (module docstring) under ``output``; returns a dict of the folders (Paths).
+
+    Already built parts are kept (the simulation is deterministic; prepare skips done files).
+    """
+    if size < 16 or size % 2:
+        raise AmbientMRIError(f"--size must be an even number >= 16, got {size}")
+    if coils < 1:
+        raise AmbientMRIError(f"--coils must be >= 1, got {coils}")
+    tic = time.time()
+    out = Path(output)
+    train_ids, val_ids = demo_slices(slices, axis)
+    lo, hi = mni152_brain_range(axis)
+    stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # one normalisation for all
+    images = {i: stack[i - lo] for i in range(lo, hi)}
+
+    raw_train, raw_val = out / "raw" / "train", out / "raw" / "val"
+    volumes = {raw_train / f"demo_train_{v:02d}.h5": train_ids[j: j + VOLUME_SLICES]
+               for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
+    volumes[raw_val / "demo_val_00.h5"] = val_ids
+    for seed, (path, ids) in enumerate(volumes.items()):
+        if not path.exists():
+            make_fastmri_volume(path, np.stack([images[i] for i in ids]), num_coils=coils, oversample=2,
+                                noise_std=noise_std, phase=True, seed=1000 + seed, acquisition="AXT1",
+                                attrs={"mni152_slices": ids, "mni152_axis": axis})
+
+    cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
+    runs = [
+        (raw_train, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="train")),
+        (raw_val, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="val")),
+        (raw_val, out / "prepared_r8", dict(acceleration=8, center_fraction=cf8, split="val")),
+        (raw_train, out / "prepared_full", dict(acceleration=1, center_fraction=cf4, split="train")),
+    ]
+    for src, dst, kw in runs:
+        summary = prepare_fastmri(src, dst, mask="random", per_slice_mask=True, workers=workers,
+                                  progress=progress, **kw)
+        if summary.refused:
+            raise AmbientMRIError("demo preparation failed:\n" + summary.report())
+
+    paths = {
+        "root": out, "raw_train": raw_train, "raw_val": raw_val,
+        "r4_train": out / "prepared_r4" / "train", "r4_val": out / "prepared_r4" / "val",
+        "r4_val_reference": out / "prepared_r4" / "val_reference",
+        "r8_val": out / "prepared_r8" / "val", "r8_val_reference": out / "prepared_r8" / "val_reference",
+        "full_train": out / "prepared_full" / "train",
+    }
+    record = {
+        "source": f"MNI152 2009a T1 template (nilearn), {axis} slices", "image_size": [size, size],
+        "kspace_size": [2 * size, size], "coils": coils, "noise_std": noise_std,
+        "train_slices": train_ids, "val_slices": val_ids, "mask": "random, per slice",
+        "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
+        "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
+    }
+    (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    return paths
