@@ -1,20 +1,53 @@
-"""The ``ambient-mri`` command line."""
+"""The ``ambient-mri`` command line: prepare, train, reconstruct, evaluate, demo."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .errors import AmbientMRIError
+
+
+def _train(args) -> int:
+    from .training.trainer import train
+
+    run = train(args.recipe, overrides=args.set, resume=args.resume, progress=not args.no_progress)
+    print(f"run directory: {run}")
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ambient-mri", description=__doc__)
-    p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from data_tools.prepare_cli import add_prepare_parser
+
+    add_prepare_parser(sub)
+
+    t = sub.add_parser("train", help="train a diffusion model from a YAML recipe (torchrun-ready)")
+    t.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set steps=20 or --set training.lr=1e-4")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    from .commands import add_commands
+
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except AmbientMRIError as e:
+        print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

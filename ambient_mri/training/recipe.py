@@ -49,6 +49,7 @@ class NetworkConfig:
 @dataclass
 class TrainingConfig:
     steps: int = 10000
+    max_minutes: float | None = None  # stop early (with a checkpoint and model) after this much training time
     batch_size: int = 8
     lr: float = 2e-4
     warmup_steps: int = 1000

@@ -178,6 +178,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed below
     bar = tqdm(total=t.steps, initial=start, disable=not progress or rank != 0, desc=r.name, unit="step")
     tic, step = time.time(), start
+    deadline = time.time() + 60 * t.max_minutes if t.max_minutes else None
     try:
         for step, batch in enumerate(loader, start=start):
             batch = _to(batch, device)
@@ -224,7 +225,12 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                 log_file.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 tic = time.time()
-            if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps):
+            out_of_time = deadline is not None and time.time() > deadline
+            if world > 1 and deadline is not None:  # every rank must stop at the same step
+                flag = torch.tensor(float(out_of_time), device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag.item())
+            if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps or out_of_time):
                 atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(),
                                    "optimizer": opt.state_dict(), "step": done, "recipe": r.to_dict()}, ckpt_path)
                 save_model(ema, run_dir / MODEL)
@@ -232,6 +238,9 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                 log.info("step %d: checkpoint and model written", done)
             if world > 1 and done % t.checkpoint_every == 0:
                 dist.barrier()
+            if out_of_time:
+                log.info("training.max_minutes reached at step %d", done)
+                break
     finally:
         bar.close()
         if log_file:

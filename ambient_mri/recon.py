@@ -1,0 +1,304 @@
+"""reconstruct(): accelerated multi-coil k-space in, images out — classical baselines and diffusion samplers.
+
+Every slice is prepared exactly as training data is (``ambient_mri.data.prepared.prepare_slice``): readout
+oversampling cropped to the model's image height, ESPIRiT maps and the intensity scale from the ACS lines only.
+Diffusion methods run on the normalised data, batched over slices (and over posterior samples); the result is
+returned in the original intensity scale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import AmbientMRIError, DataFileError
+from .masks import further_mask, kspace_mask
+from .metrics import center_crop
+from .operators import MultiCoilMRI
+from .solvers import conjugate_gradient
+
+CLASSICAL = ("zero_filled", "sense", "l1_wavelet")
+DIFFUSION = ("adps", "dps", "ald", "one_step", "fast")
+METHODS = CLASSICAL + DIFFUSION
+DEFAULT_STEPS = {"adps": 500, "dps": 500, "ald": 500, "fast": 50, "one_step": 1}
+L1_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass
+class ReconResult:
+    """image (S, H, W) complex in the input's scale; magnitude (S, h, w) at the target size; std (S, h, w) of the
+    magnitude over posterior samples (num_samples > 1); nfe network evaluations per slice; seconds."""
+
+    image: np.ndarray
+    magnitude: np.ndarray
+    std: np.ndarray | None = None
+    nfe: int = 0
+    seconds: float = 0.0
+    method: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _as_numpy(a, name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
+    """-> k-space (S, C, H, W) complex64 zeroed off the mask, and per-slice column masks (S, W)."""
+    k = _as_numpy(kspace, "kspace")
+    if not np.iscomplexobj(k):
+        raise AmbientMRIError(f"kspace must be complex, got {k.dtype}")
+    if k.ndim == 3:
+        k = k[None]
+    if k.ndim != 4:
+        raise AmbientMRIError(f"kspace must be (S, C, H, W) or (C, H, W), got shape {k.shape}")
+    if not np.isfinite(k).all():
+        raise AmbientMRIError("kspace contains NaN or Inf")
+    S, _, H, W = k.shape
+    m = _as_numpy(mask, "mask").astype(np.float32)
+    if m.shape[-1] != W:
+        raise AmbientMRIError(f"mask width {m.shape[-1]} does not match the k-space width {W}")
+    if m.ndim == 2 and m.shape[0] == H and H != S:  # (H, W) column mask
+        m = (m != 0).any(axis=0, keepdims=True).astype(np.float32)
+    m = np.broadcast_to(m.reshape(-1, W), (S, W)).copy() if m.reshape(-1, W).shape[0] in (1, S) else None
+    if m is None:
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W) or one row per slice ({S})")
+    if not (m != 0).any(axis=1).all():
+        raise AmbientMRIError("mask is all zero for at least one slice: nothing was acquired")
+    return (k * m[:, None, None, :]).astype(np.complex64), m
+
+
+def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
+    """Per slice: readout crop, ESPIRiT maps (unless given) and the intensity scale, from the ACS lines only."""
+    from .data.prepared import calibration_columns, calibration_scale, prepare_slice, row_crop
+
+    S, _, _, W = k.shape
+    ks, mps, scales = [], [], []
+    for s in range(S):
+        lines = np.flatnonzero(m[s])
+        if maps is None:
+            try:
+                p = prepare_slice(k[s][..., lines], lines, W, rows=rows)
+            except AmbientMRIError as e:
+                raise AmbientMRIError(f"slice {s}: {e} (pass maps= to reconstruct without ACS lines)") from None
+            full = np.zeros((*p.kspace.shape[:-1], W), np.complex64)
+            full[..., lines] = p.kspace
+            ks.append(full), mps.append(p.maps), scales.append(p.scale)
+        else:
+            full = row_crop(k[s], rows or k.shape[-2])
+            mp = np.asarray(_as_numpy(maps, "maps")[s] if np.ndim(maps) == 4 else _as_numpy(maps, "maps"))
+            if mp.shape != full.shape:
+                raise AmbientMRIError(f"maps of shape {mp.shape} do not match the k-space slice {full.shape}")
+            ks.append(full * m[s]), mps.append(mp.astype(np.complex64))
+            scales.append(calibration_scale(full * m[s], mp, calibration_columns(m[s])))
+    return np.stack(ks), np.stack(mps), np.asarray(scales, np.float32)
+
+
+def _training_type_mask(info: dict, width: int, batch: int, seed: int) -> torch.Tensor:
+    """A fresh Ã of the kind the ambient model was trained with (A-DPS): the training mask settings recorded in
+    the model file, then its further corruption."""
+    d = info.get("data", {}).get("mask", {})
+    kind, R, cf = d.get("kind"), d.get("acceleration"), d.get("center_fraction")
+    if not (kind and R and cf):
+        raise AmbientMRIError("the model file does not record its training mask (mask_kind, acceleration, "
+                              "center_fraction); cannot draw a training-type Ã")
+    fur = {k: v for k, v in info.get("further", {}).items() if k in ("extra_lines", "delta", "acs_lines") and
+           v is not None}
+    rows = []
+    for b in range(batch):
+        a = kspace_mask(kind if kind != "poisson2d" else "random", (1, width), float(R), float(cf), seed=(seed, b))
+        rows.append(further_mask(a, seed=(seed, b, 1), **fur) if fur else a)
+    return torch.from_numpy(np.stack(rows))[:, None]  # (B, 1, 1, W)
+
+
+def _check_model(model, H: int, W: int) -> None:
+    info = model.info
+    if info.get("operator") != "multicoil":
+        raise AmbientMRIError(f"model was trained for the {info.get('operator')!r} operator, not multi-coil MRI")
+    shape = tuple(info.get("image_shape", ()))
+    if shape and shape != (H, W):
+        raise AmbientMRIError(f"model was trained on {shape[0]}x{shape[1]} images but the scan is {H}x{W} after "
+                              "the readout crop; retrain at this size or resample the data")
+
+
+def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):
+    from .sampling import Prior, adps, ald, dps, fast_dc, one_step
+
+    B, _, H, W = y.shape
+    A = MultiCoilMRI(maps, mask)
+    ambient = bool(info.get("ambient"))
+    if method == "one_step":
+        prior = Prior(model)
+        return one_step(prior, y, A, mask, sigma=opts.get("sigma", 0.003)), prior.nfe
+    if ambient:
+        mt = _training_type_mask(info, W, B, seed).to(device)
+        prior = Prior(model, MultiCoilMRI(maps, mt), mt)
+    else:
+        prior = Prior(model)
+    fn = {"adps": adps, "dps": dps, "ald": ald, "fast": fast_dc}[method]
+    if method == "adps" and not ambient:
+        fn = dps
+    x = fn(prior, y, A, (B, H, W), steps=steps, seed=seed, progress=progress, **opts)
+    return x, prior.nfe
+
+
+def _l1_weight(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, seed: int) -> float:
+    """λ for L1-wavelet from the scan's own acquired data: hold out 10% of the non-ACS lines, reconstruct from the
+    rest with each λ of ``L1_GRID`` and keep the λ that best predicts the held-out lines (never the reference)."""
+    import sigpy.mri
+
+    from .masks import acs_width, center_block
+
+    W = mask.shape[-1]
+    acs = np.zeros(W, bool)
+    acs[center_block(W, acs_width(mask[None]))] = True
+    cand = np.flatnonzero((mask != 0) & ~acs)
+    held = np.random.RandomState(seed).choice(cand, size=max(1, len(cand) // 10), replace=False)
+    train = mask.copy()
+    train[held] = 0
+    errs = []
+    for lam in L1_GRID:
+        x = sigpy.mri.app.L1WaveletRecon(y * train, maps, lam, weights=train[None, None, :] * np.ones_like(y.real),
+                                         max_iter=50, show_pbar=False).run()
+        pred = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(maps * x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+        errs.append(float(np.linalg.norm(pred[..., held] - y[..., held])))
+    return L1_GRID[int(np.argmin(errs))]
+
+
+def _classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, opts: dict) -> tuple:
+    if method == "l1_wavelet":
+        import sigpy.mri
+
+        lam = opts.get("lam") or _l1_weight(y[0], maps[0], m[0], seed)
+        out = [sigpy.mri.app.L1WaveletRecon(y[s], maps[s], lam, weights=m[s][None, None, :] * np.ones_like(y[s].real),
+                                            max_iter=opts.get("iters", 100), show_pbar=False).run()
+               for s in range(y.shape[0])]
+        return np.stack(out).astype(np.complex64), {"lambda": lam}
+    A = MultiCoilMRI(torch.from_numpy(maps), torch.from_numpy(m)[:, None, None, :])
+    yt = torch.from_numpy(y)
+    if method == "zero_filled":
+        return A.adjoint(yt).numpy(), {}
+    lam = float(opts.get("lam", 1e-3))
+    iters = int(opts.get("iters", 30))
+    return conjugate_gradient(A.normal, A.adjoint(yt), iters=iters, lam=lam).numpy(), {"lambda": lam, "iters": iters}
+
+
+def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps: int | None = None,
+                num_samples: int = 1, seed: int = 0, device=None, batch_size: int | None = None,
+                progress: bool = True, target_size: tuple[int, int] | None = None, **opts) -> ReconResult:
+    """Reconstruct accelerated multi-coil MRI. See ../docs/reconstruction.md for every method and its cost.
+
+    kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
+    or (S, W). model: a Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
+    Classical baselines: zero_filled (A^H y), sense (CG-SENSE: 30 CG steps on (A^H A + 1e-3 I) x = A^H y),
+    l1_wavelet (sigpy; λ chosen on held-out acquired lines of the scan). target_size: magnitude crop, default
+    (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space.
+    """
+    if method not in METHODS:
+        raise AmbientMRIError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    tic = time.time()
+    k, m = check_inputs(kspace, mask)
+    S, C, H0, W = k.shape
+    if method in DIFFUSION:
+        if model is None:
+            raise AmbientMRIError(f"method {method!r} needs a model (model= a model file or a loaded model)")
+        if isinstance(model, (str, Path)):
+            from .model import load_model
+
+            model = load_model(model)
+        rows = int(model.info.get("image_shape", [H0, W])[0])
+        if rows > H0:
+            raise AmbientMRIError(f"model was trained on {rows} rows, the k-space has only {H0}")
+    else:
+        rows = min(H0, W) if H0 >= 2 * W else H0
+    ks, mps, scales = prepare_scan(k, m, rows, maps)
+    y = ks / scales[:, None, None, None]
+    H = ks.shape[-2]
+    extra: dict = {"scale": scales.tolist()}
+    std = None
+    nfe = 0
+    if method in CLASSICAL:
+        img, info = _classical(method, y, mps, m, seed, opts)
+        extra.update(info)
+    else:
+        _check_model(model, H, W)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = model.to(dev).eval()
+        n_steps = steps or DEFAULT_STEPS[method]
+        reps = max(1, int(num_samples))
+        yy = torch.from_numpy(np.repeat(y, reps, axis=0))
+        mm = torch.from_numpy(np.repeat(m, reps, axis=0))[:, None, None, :]
+        pp = torch.from_numpy(np.repeat(mps, reps, axis=0))
+        bs = batch_size or yy.shape[0]
+        outs = []
+        for i, start in enumerate(range(0, yy.shape[0], bs)):
+            sl = slice(start, start + bs)
+            x, nfe = _diffusion(method, model, yy[sl].to(dev), mm[sl].to(dev), pp[sl].to(dev), n_steps,
+                                seed + 7919 * i, model.info, dev, progress, **opts)
+            outs.append(x.detach().cpu())
+        samples = torch.cat(outs).numpy().reshape(S, reps, H, W)
+        img = samples.mean(1)
+        if reps > 1:
+            std = np.abs(samples * scales[:, None, None, None]).std(1)
+    img = (img * scales[:, None, None]).astype(np.complex64)
+    tsize = target_size or (min(H, W), W)
+    mag = center_crop(np.abs(img), tsize).astype(np.float32)
+    if std is not None:
+        std = center_crop(std, tsize).astype(np.float32)
+    return ReconResult(image=img, magnitude=mag, std=std, nfe=nfe, seconds=time.time() - tic, method=method,
+                       extra=extra)
+
+
+def _zero_filled_rss(k: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """fastMRI's zero-filled baseline: RSS of the inverse FFT of the undersampled k-space, centre-cropped."""
+    from .coils import rss
+    from .operators import ifft2c
+
+    img = rss(ifft2c(torch.from_numpy(k * m.reshape(-1, 1, 1, k.shape[-1])))).numpy()
+    return center_crop(img, size).astype(np.float32)
+
+
+def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: float | None = None,
+                     center_fraction: float | None = None, **options) -> Path:
+    """Official fastMRI file in -> fastMRI-format reconstruction file out (dataset ``reconstruction`` (S, h, w)
+    float32, as ``fastmri.save_reconstructions``), written atomically. Test files use their own ``mask``;
+    fully-sampled files are undersampled retrospectively with ``mask``/``acceleration``/``center_fraction``
+    (seeded by the file name, as fastMRI does)."""
+    import h5py
+
+    from .data import read_fastmri
+
+    vol = read_fastmri(in_path)
+    k = np.asarray(vol.kspace)
+    if k.ndim != 4:
+        raise DataFileError(in_path, "single-coil files are not supported by reconstruct (multi-coil only)")
+    if vol.mask is not None and acceleration is None:
+        m = vol.mask
+    else:
+        if acceleration is None:
+            raise DataFileError(in_path, "has no mask: give acceleration (and mask, center_fraction) to undersample")
+        m = kspace_mask(mask or "random", k.shape[-2:], acceleration, center_fraction or 0.08,
+                        seed=Path(in_path).name)[0]
+    h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
+    res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
+    out_path = Path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=res.magnitude)
+            f.create_dataset("zero_filled", data=_zero_filled_rss(k, m, (int(h), int(w))))
+            if res.std is not None:
+                f.create_dataset("std", data=res.std)
+            f.attrs["method"] = res.method
+            f.attrs["nfe"] = res.nfe
+            f.attrs["acceleration"] = float(m.size / max(np.count_nonzero(m), 1))
+        tmp.replace(out_path)
+    except OSError as e:
+        raise DataFileError(out_path, f"cannot be written ({e.strerror or e})") from None
+    return out_path
