@@ -12,6 +12,9 @@ from .operators import (
     fft2c,
     ifft2c,
 )
+from .model import load_model
+from .recon import reconstruct, reconstruct_file
+from .training.trainer import train
 
 __version__ = "0.1.0"
 
@@ -29,6 +32,10 @@ __all__ = [
     "data",
     "fft2c",
     "ifft2c",
+    "load_model",
+    "reconstruct",
+    "reconstruct_file",
+    "train",
     "masks",
     "metrics",
 ]
