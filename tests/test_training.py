@@ -142,3 +142,18 @@ def test_recipe_errors_name_the_key(tmp_path):
         train(recipe, dataset=dataset_for(recipe), progress=False)
     with pytest.raises(am.AmbientMRIError, match="no checkpoint.pt"):
         train(tiny_recipe(tmp_path), resume=tmp_path / "nowhere", dataset=dataset_for(recipe), progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_is_valid(path):
+    r = load_recipe(path)
+    assert r.name == path.stem
+    if r.corruption.operator == "multicoil" and r.corruption.ambient:
+        assert (r.corruption.extra_lines is None) != (r.corruption.delta is None)
+
+
+def test_adps_anchor_recipes_match_the_paper_line_counts():
+    """REFERENCE.md: Ã keeps 106/64/45/35 of the 160/80/53/40 lines at R = 2/4/6/8."""
+    for R, after in ((2, 106), (4, 64), (6, 45), (8, 35)):
+        r = load_recipe(ROOT / "recipes" / f"fastmri_brain_ambient_r{R}.yaml")
+        assert round(320 / R) - r.corruption.extra_lines == after

@@ -55,6 +55,7 @@ class TrainingConfig:
     warmup_steps: int = 1000
     weight_decay: float = 0.0
     ema_halflife_images: float = 500_000
+    ema_rampup_ratio: float | None = 0.05  # EDM: half-life at most this fraction of the images seen so far
     grad_clip: float = 1.0
     P_mean: float = -1.2
     P_std: float = 1.2

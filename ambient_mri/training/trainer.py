@@ -172,7 +172,6 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                         persistent_workers=False)
     per = t.batch_size // world
     sl = slice(rank * per, (rank + 1) * per)
-    ema_beta = 0.5 ** (t.batch_size / max(t.ema_halflife_images, 1e-8))
     noise_dtype = torch.complex64 if is_complex(r.corruption.operator) else torch.float32
     sigma_data = r.network.sigma_data
     log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed below
@@ -206,6 +205,10 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                     torch.nan_to_num_(p_.grad, nan=0.0, posinf=0.0, neginf=0.0)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
+            halflife = t.ema_halflife_images
+            if t.ema_rampup_ratio is not None:
+                halflife = min(halflife, (step + 1) * t.batch_size * t.ema_rampup_ratio)
+            ema_beta = 0.5 ** (t.batch_size / max(halflife, 1e-8))
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm.detach(), 1 - ema_beta)
