@@ -147,3 +147,37 @@ def test_tweedie_loss_learns_clean_posterior_from_noisy_data():
         print(f"noisy σ={sigma}: tweedie {e_tw:.4f} naive {e_nai:.4f}")
         assert e_tw < 0.05, f"σ={sigma}: Tweedie relative error {e_tw:.3f}"
         assert e_nai > 3 * e_tw, f"σ={sigma}: naive {e_nai:.3f} vs Tweedie {e_tw:.3f}"
+
+
+def test_consistency_loss_is_unbiased_for_a_consistent_denoiser_and_not_otherwise():
+    """Exact Gaussian denoisers satisfy the martingale property, so the consistency residual has zero mean; a
+    denoiser that is Tweedie-correct at σ_n but treats the noisy data as clean below it does not."""
+    from ambient_mri.training import consistency_loss
+
+    mu, cov = gaussian(6)
+    cov, mu = cov.double(), mu.double()
+    sigma_n, sigma_c, n = 0.5, 0.2, 4000
+
+    def exact(c):
+        def den(x, s, m):
+            s = float(torch.as_tensor(s).reshape(-1)[0])
+            K = c @ torch.linalg.inv(c + s**2 * torch.eye(D, dtype=torch.float64))
+            return (mu + (x.reshape(-1, D) - mu) @ K.T).reshape(x.shape)
+        return den
+
+    good, naive = exact(cov), exact(cov + sigma_n**2 * torch.eye(D, dtype=torch.float64))
+    mixed = lambda x, s, m: (naive if float(torch.as_tensor(s).reshape(-1)[0]) < sigma_n else good)(x, s, m)  # noqa
+    gen = torch.Generator().manual_seed(7)
+    y = (draw(mu.float(), cov.float(), n, gen).double() + sigma_n * torch.randn(n, *SHAPE, generator=gen).double())
+    noise = torch.randn(n, *SHAPE, generator=gen, dtype=torch.float64)
+    sn, sc = torch.full((n,), sigma_n, dtype=torch.float64), torch.full((n,), sigma_c, dtype=torch.float64)
+
+    def bias(den):  # d/db of the mean loss for D + b·y at σ_c, relative: zero iff E[D(x_c) - target] ⟂ y
+        def shifted(b):
+            return lambda x, s, m: den(x, s, m) + (b * y if float(torch.as_tensor(s).reshape(-1)[0]) == sigma_c
+                                                    else 0)
+        lp, lm = (consistency_loss(shifted(b), y, sn, sc, noise, 1.0).mean() for b in (0.05, -0.05))
+        return abs(float((lp - lm) / consistency_loss(den, y, sn, sc, noise, 1.0).mean()))
+
+    assert bias(good) < 0.03
+    assert bias(mixed) > 0.06

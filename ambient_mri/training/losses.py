@@ -74,14 +74,15 @@ def consistency_loss(denoiser: DenoiserFn, y: torch.Tensor, sigma_n: torch.Tenso
                      noise: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """Martingale consistency below the data noise level (identity operator, noisy images), per example (B,).
 
-    x_σc is one deterministic DDIM step from y towards the model's own E[x0 | y]; its denoising at σc must equal
-    the expected denoising after re-noising to σ_n, where the Tweedie loss trains the model:
-        E[x0 | x_σc] = E[ E[x0 | x_σn] | x_σc ].
+    The Tweedie loss trains D only for σ > σ_n. Below it, D must satisfy E[x0 | x_σn] = E[ E[x0 | x_σc] | x_σn ]
+    for σc < σ_n: x_σc is drawn by one ancestral (DDPM) step from the data y = x_σn towards the model's own
+    x0_hat = D(y, σ_n), and D(x_σc, σc) is pulled to x0_hat (no gradient through the target). With an exact
+    denoiser of a Gaussian the expected residual is zero.
     """
     s_n, s_c = _per_example(sigma_n, y), _per_example(sigma_c, y)
     with torch.no_grad():
         x0_hat = denoiser(y, sigma_n, None)
-        x_c = x0_hat + (s_c / s_n) * (y - x0_hat)
-        target = denoiser(x_c + torch.sqrt(s_n**2 - s_c**2) * noise, sigma_n, None)
-    err = (denoiser(x_c, sigma_c, None) - target) ** 2
+        r = (s_c / s_n) ** 2
+        x_c = x0_hat + r * (y - x0_hat) + s_c * torch.sqrt(1 - r) * noise
+    err = (denoiser(x_c, sigma_c, None) - x0_hat) ** 2
     return edm_weight(sigma_c, sigma_data) * err.flatten(1).mean(1)
