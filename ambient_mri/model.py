@@ -78,10 +78,11 @@ def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
 
 
 def load_model(path, device=None) -> Denoiser:
-    """Read a model file (or a training checkpoint) safely; ``model.info`` says how it was trained."""
+    """Read a model file (``model.pt`` of a run, EMA weights) safely; ``model.info`` says how it was trained."""
     obj = safe_load(path)
     if not isinstance(obj, dict) or "info" not in obj or ("state_dict" not in obj and "ema" not in obj):
-        raise DataFileError(path, "not an ambient_mri model file (missing info/state_dict)")
+        hint = " (this is a training checkpoint; load model.pt from the same run)" if "optimizer" in obj else ""
+        raise DataFileError(path, f"not an ambient_mri model file (missing info/state_dict){hint}")
     model = Denoiser(obj["config"], obj["info"])
     try:
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))

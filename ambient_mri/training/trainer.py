@@ -182,6 +182,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
         for step, batch in enumerate(loader, start=start):
             batch = _to(batch, device)
             g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+            torch.manual_seed(t.seed * 1_000_003 + step * 1009 + rank)  # dropout: reproducible on resume
             sigma_n = batch.get("sigma_n")
             sigma_g = sample_sigma(t.batch_size, t.P_mean, t.P_std, g)
             noise = torch.randn(t.batch_size, *img_shape, generator=g, dtype=noise_dtype)[sl].to(device)

@@ -3,11 +3,10 @@
 import sys
 import time
 
-from helpers import multicoil_measurements, tiny_recipe
-
 from ambient_mri.data.factory import with_further
 from ambient_mri.training import trainer
 from ambient_mri.training.recipe import load_recipe
+from helpers import multicoil_measurements, tiny_recipe
 
 out, steps, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
