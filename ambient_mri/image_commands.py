@@ -1,0 +1,174 @@
+"""``ambient-mri sample`` and ``ambient-mri memorization``: generation and the memorisation study.
+
+Wire into the main parser with ``add_image_commands(subparsers)``; ``python -m ambient_mri.image_commands`` runs
+them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AmbientMRIError, DataFileError
+
+
+def _writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataFileError(folder, f"output folder cannot be written ({e.strerror or e})") from None
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) real in [-1, 1] -> uint8 (N, H, W[, C]); complex -> magnitude scaled per image."""
+    if np.iscomplexobj(images):
+        mag = np.abs(images)
+        mag = mag / np.maximum(np.percentile(mag.reshape(len(mag), -1), 99.5, axis=1), 1e-12)[:, None, None]
+        return (np.clip(mag, 0, 1) * 255 + 0.5).astype(np.uint8)
+    from .data.images import from_model_scale
+
+    u = (from_model_scale(images) * 255 + 0.5).astype(np.uint8)
+    return u[:, 0] if u.shape[1] == 1 else u.transpose(0, 2, 3, 1)
+
+
+def image_grid(images_u8: np.ndarray, columns: int | None = None, pad: int = 2, scale: int | None = None
+               ) -> np.ndarray:
+    """uint8 (N, H, W[, C]) -> one uint8 grid image (white gaps, nearest-neighbour upscaling for small images)."""
+    n, h, w = images_u8.shape[:3]
+    cols = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    scale = scale or max(1, 64 // max(h, w))
+    if scale > 1:
+        images_u8 = images_u8.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    shape = (rows * (h + pad) + pad, cols * (w + pad) + pad) + images_u8.shape[3:]
+    grid = np.full(shape, 255, np.uint8)
+    for i, im in enumerate(images_u8):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = im
+    return grid
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(img).save(tmp)
+    os.replace(tmp, path)
+
+
+def write_samples(samples, output, meta: dict | None = None) -> dict:
+    """sample_00000.png ... (one per image), samples.npy (all, float32 in [-1, 1] or complex64), grid.png and
+    samples.json (``meta``) in ``output``."""
+    out = Path(output)
+    _writable(out)
+    x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
+    u8 = _to_uint8(x)
+    width = max(5, len(str(len(x) - 1)))
+    for i, im in enumerate(u8):
+        _save_png(out / f"sample_{i:0{width}d}.png", im)
+    tmp = out / ".samples.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
+    os.replace(tmp, out / "samples.npy")
+    _save_png(out / "grid.png", image_grid(u8[:256]))
+    (out / "samples.json").write_text(json.dumps(meta or {}, indent=1))
+    return {"num": len(x), "folder": str(out)}
+
+
+def run_sample(args) -> int:
+    from .images import default_sigma_min, sample_images
+    from .model import load_model
+
+    if args.num < 1:
+        raise AmbientMRIError(f"--num must be >= 1, got {args.num}")
+    out = Path(args.output)
+    _writable(out)
+    model = load_model(args.model, device=args.device)
+    tic = time.time()
+    x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                      sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
+                      progress=not args.no_progress)
+    info = model.info
+    meta = {"model": str(args.model), "num": args.num, "steps": args.steps, "seed": args.seed,
+            "batch_size": args.batch_size, "sampler": "euler" if args.euler else "heun",
+            "sigma_min": default_sigma_min(model, args.sigma_min), "seconds": round(time.time() - tic, 2),
+            "operator": info.get("operator"), "ambient": info.get("ambient"), "sigma_n": info.get("sigma_n"),
+            "further": info.get("further"), "data": {k: v for k, v in (info.get("data") or {}).items()
+                                                     if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
+    write_samples(x, out, meta)
+    print(f"{args.num} samples written to {out} (grid.png, samples.npy) in {meta['seconds']:.1f} s")
+    return 0
+
+
+def run_memorization(args) -> int:
+    from .memorization import load_samples, study, summary_table, write_study
+
+    dirs = list(args.samples)
+    labels = list(args.labels) if args.labels else [Path(d).name or str(d) for d in dirs]
+    if len(labels) != len(dirs):
+        raise AmbientMRIError(f"{len(labels)} --labels for {len(dirs)} --samples folders")
+    if len(set(labels)) != len(labels):
+        raise AmbientMRIError(f"--labels must differ, got {labels}")
+    samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
+    out = Path(args.output) if args.output else Path(dirs[0])
+    _writable(out)
+    result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center)
+    paths = write_study(result, out, num_pairs=args.num_pairs)
+    print(summary_table(result))
+    print(f"written: {paths['json']}, {paths['histogram']}")
+    return 0
+
+
+def add_image_commands(sub) -> None:
+    """Add ``sample`` and ``memorization`` to an argparse subparsers object."""
+    s = sub.add_parser("sample", help="generate images from a trained model (EDM Heun; ambient models: fixed Ã)")
+    s.add_argument("--model", required=True, help="model file (model.pt of a training run)")
+    s.add_argument("--num", type=int, required=True, help="number of samples")
+    s.add_argument("--output", required=True, help="folder for sample_*.png, samples.npy, grid.png, samples.json")
+    s.add_argument("--steps", type=int, default=18, help="sampler steps (default 18, as EDM)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=64, help="samples per network batch")
+    s.add_argument("--sigma-min", type=float, default=None,
+                   help="lowest noise level (default 0.002; σ_n for a model trained on noisy images)")
+    s.add_argument("--euler", action="store_true", help="Euler instead of Heun steps")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cpu)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=run_sample)
+
+    m = sub.add_parser("memorization", help="nearest training image of each generated sample; copy statistics")
+    m.add_argument("--samples", nargs="+", required=True, metavar="DIR",
+                   help="one or more folders written by `ambient-mri sample` (or .npy files)")
+    m.add_argument("--labels", nargs="+", default=None, help="one name per --samples folder (default folder names)")
+    m.add_argument("--train", required=True,
+                   help="the training images: faces | mnist | a folder of images | a .npy/.npz file")
+    m.add_argument("--output", default=None,
+                   help="folder for memorization.json, histogram.png, neighbours_*.png (default: first --samples)")
+    m.add_argument("--thresholds", nargs="+", type=float, default=[0.90, 0.95, 0.99])
+    m.add_argument("--center", action="store_true", help="mean-centre images before the cosine (correlation)")
+    m.add_argument("--num-pairs", type=int, default=8, help="sample / neighbour pairs per figure")
+    m.set_defaults(func=run_memorization)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ambient-mri", description=__doc__)
+    add_image_commands(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AmbientMRIError as e:
+        print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

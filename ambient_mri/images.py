@@ -1,0 +1,311 @@
+"""Images with the MRI engine's samplers: unconditional generation, inpainting, denoising, the memorisation probe.
+
+Everything here is a thin layer over ``ambient_mri.sampling`` (``generate``, ``dps``/``adps``, ``ald``, ``fast_dc``,
+``one_step``) with the image operators ``PixelMask`` and ``Identity``. Images are (B, C, H, W) in [-1, 1] (the
+training scale; ``ambient_mri.data.images.to_model_scale`` maps [0, 1] images there).
+
+How a model's training shapes its sampling (read from ``model.info``):
+    ambient pixel model (trained on Ã ⊂ A)  the denoiser sees Ã^H Ã x and the mask of Ã; Ã is a fresh
+                                           training-type mask (pixels missing with the training p and/or the
+                                           training box, then the further δ), fixed for a whole trajectory
+    noisy model (trained on y = x + σ_n z)  the Tweedie loss trains D only for σ > σ_n: samplers stop at
+                                           σ_min = σ_n and return E[x0 | x_σn] (override with sigma_min)
+    clean model                            the plain EDM denoiser
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import AmbientMRIError
+from .masks import further_mask
+from .operators import Identity, LinearOperator, PixelMask
+from .sampling import Prior, adps, ald, dps, fast_dc, generate, one_step
+
+METHODS = ("dps", "adps", "ald", "fast_dc", "one_step")
+DEFAULT_STEPS = {"dps": 250, "adps": 250, "ald": 250, "fast_dc": 50, "one_step": 1}
+_GEN_TAG = 31337  # generation / inference masks use their own seeded streams, never the training ones
+
+
+@dataclass
+class ImageResult:
+    """A posterior reconstruction: ``image`` (B, C, H, W) in [-1, 1] (the mean when num_samples > 1),
+    ``std`` (B, C, H, W) over the samples or None, all ``samples`` (S, B, C, H, W), network evaluations, seconds."""
+
+    image: torch.Tensor
+    std: torch.Tensor | None
+    samples: torch.Tensor
+    nfe: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------------------------------
+# What the model was trained on
+# --------------------------------------------------------------------------------------------------
+
+
+def _info(model) -> dict:
+    return getattr(model, "info", {}) or {}
+
+
+def is_image_model(model) -> bool:
+    return _info(model).get("operator") in ("pixel", "identity")
+
+
+def model_sigma_n(model) -> float:
+    return float(_info(model).get("sigma_n") or 0.0)
+
+
+def model_image_shape(model) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in _info(model).get("image_shape", ()))
+    if not shape:
+        raise AmbientMRIError("the model file does not record its image shape")
+    return shape
+
+
+def _is_ambient_pixel(model) -> bool:
+    info = _info(model)
+    return info.get("operator") == "pixel" and bool(info.get("ambient"))
+
+
+def training_type_mask(model, batch: int, seed: int = 0) -> torch.Tensor | None:
+    """A fresh Ã (B, 1, H, W) of the kind an ambient pixel model was trained with (None for other models):
+    the training acquisition (missing pixels with probability p, and/or a missing box), then the further
+    corruption (each kept pixel dropped with probability δ). Sample b uses the generators seeded by (seed, b)."""
+    if not _is_ambient_pixel(model):
+        return None
+    from .data.images import box_mask
+
+    info = _info(model)
+    _, H, W = model_image_shape(model)
+    rec = info.get("recipe", {}).get("corruption", {})
+    m = info.get("data", {}).get("mask", {}) or {}
+    p = float(m.get("p", rec.get("p", 0.0)) or 0.0)
+    box = m.get("box", rec.get("box"))
+    delta = (info.get("further") or {}).get("delta")
+    rows = []
+    for b in range(batch):
+        a = (np.random.RandomState((seed, _GEN_TAG, b, 0)).uniform(size=(H, W)) >= p).astype(np.float32)
+        if box is not None:
+            a = a * box_mask((H, W), int(box), seed=(seed, _GEN_TAG, b, 1))
+        if delta is not None:
+            a = further_mask(a, delta=float(delta), seed=(seed, _GEN_TAG, b, 2), kind="pixels")
+        rows.append(a)
+    return torch.from_numpy(np.stack(rows))[:, None]
+
+
+def image_prior(model, batch: int, seed: int = 0, device=None) -> Prior:
+    """The Prior the samplers use: with a fixed training-type Ã per trajectory for ambient pixel models."""
+    mt = training_type_mask(model, batch, seed)
+    if mt is None:
+        if "mask" in (_info(model).get("cond") or ()):  # e.g. an identity model trained with a mask channel
+            _, H, W = model_image_shape(model)[-3:]
+            return Prior(model, None, torch.ones(batch, 1, H, W, device=device))
+        return Prior(model)
+    mt = mt.to(device)
+    return Prior(model, PixelMask(mt), mt)
+
+
+def _device(model, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Unconditional generation
+# --------------------------------------------------------------------------------------------------
+
+
+def default_sigma_min(model, sigma_min: float | None = None, floor: float = 0.002) -> float:
+    """σ_min of the sampler: the given one, else ``floor`` (σ_n for a model trained on noisy images)."""
+    if sigma_min is not None:
+        return float(sigma_min)
+    return max(floor, model_sigma_n(model))
+
+
+@torch.no_grad()
+def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: int = 64,
+                  sigma_min: float | None = None, sigma_max: float = 80.0, heun: bool = True, device=None,
+                  progress: bool = False) -> torch.Tensor:
+    """``num`` samples (num, C, H, W) in [-1, 1] (CPU, float32) with EDM's Heun sampler (``generate``).
+
+    Ambient pixel models keep one training-type Ã per trajectory; noisy models stop at σ_n (see the module
+    docstring). Deterministic for (seed, batch_size). Clean MRI models give complex (num, H, W) images.
+    """
+    if num < 1 or batch_size < 1 or steps < 1:
+        raise AmbientMRIError(f"num, batch_size and steps must be >= 1 (got {num}, {batch_size}, {steps})")
+    info = _info(model)
+    op = info.get("operator")
+    if op in ("multicoil", "singlecoil") and info.get("ambient"):
+        raise AmbientMRIError("generation from an ambient MRI model needs coil maps and a k-space Ã; "
+                              "use ambient_mri.reconstruct for posterior sampling instead")
+    dev = _device(model, device)
+    shape = model_image_shape(model)
+    complex_ = op in ("multicoil", "singlecoil")
+    img_shape = tuple(shape[-2:]) if complex_ else shape
+    s_min = default_sigma_min(model, sigma_min)
+    out = []
+    for b, start in enumerate(range(0, num, batch_size)):
+        n = min(batch_size, num - start)
+        prior = image_prior(model, n, seed=seed * 100_003 + b, device=dev)
+        x = generate(prior, (n, *img_shape), steps=steps, sigma_min=s_min, sigma_max=sigma_max, heun=heun,
+                     seed=seed * 100_003 + b, dtype=torch.complex64 if complex_ else torch.float32, device=dev,
+                     progress=progress)
+        out.append(x.cpu())
+    x = torch.cat(out)
+    return x if complex_ else x.clamp_(-1, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Posterior sampling: inpainting and denoising
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    if t.ndim == 2:
+        t = t[None, None]
+    elif t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4:
+        raise AmbientMRIError(f"{name}: expected (H, W), (C, H, W) or (B, C, H, W), got shape {tuple(t.shape)}")
+    if channels is not None and t.shape[1] != channels:
+        raise AmbientMRIError(f"{name}: has {t.shape[1]} channel(s), the model {channels}")
+    if not torch.isfinite(t).all():
+        raise AmbientMRIError(f"{name}: contains NaN or Inf")
+    return t
+
+
+def _check_model(model) -> tuple[int, int, int]:
+    if not is_image_model(model):
+        raise AmbientMRIError(f"model was trained for the {_info(model).get('operator')!r} operator; inpainting and "
+                              "denoising need an image model (operator pixel or identity)")
+    return model_image_shape(model)
+
+
+def posterior(model, y, A: LinearOperator, mask: torch.Tensor, sigma_n: float = 0.0, method: str = "dps",
+              steps: int | None = None, num_samples: int = 1, seed: int = 0, device=None, progress: bool = False,
+              **options) -> ImageResult:
+    """Posterior samples of x given y = A x + σ_n z for an image model, with the package's samplers.
+
+    y (B, C, H, W); ``mask`` (B, 1, H, W) is the mask of A (ones for the identity), shown to ambient models by
+    ``one_step``. method: dps | adps (A-DPS: dps through a training-type Ã; chosen automatically for ambient
+    models) | ald | fast_dc | one_step. ``options`` go to the sampler (zeta, sigma_max, sigma_min, ...).
+    """
+    if method not in METHODS:
+        raise AmbientMRIError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if num_samples < 1:
+        raise AmbientMRIError(f"num_samples must be >= 1, got {num_samples}")
+    if sigma_n < 0:
+        raise AmbientMRIError(f"sigma_n must be >= 0, got {sigma_n}")
+    C, H, W = _check_model(model)
+    dev = _device(model, device)
+    y = y.to(dev)
+    if tuple(y.shape[-3:]) != (C, H, W):
+        raise AmbientMRIError(f"the model was trained on {C}x{H}x{W} images, the input is "
+                              f"{'x'.join(map(str, y.shape[-3:]))}")
+    mask = mask.to(dev)
+    steps = steps or DEFAULT_STEPS[method]
+    B = y.shape[0]
+    tic = time.time()
+    samples, nfe = [], 0
+    for s in range(num_samples):
+        run_seed = seed * 1_000_003 + s
+        if method == "one_step":
+            prior = Prior(model)
+            x = one_step(prior, y, A, mask, sigma=options.get("sigma", max(0.003, sigma_n)))
+        else:
+            prior = image_prior(model, B, seed=run_seed, device=dev)
+            opts = dict(options)
+            opts.setdefault("sigma_min", default_sigma_min(model, None, floor=0.004))
+            if method == "ald":
+                opts.setdefault("gamma", max(sigma_n, 1e-3))
+            fn = {"dps": dps, "adps": adps, "ald": ald, "fast_dc": fast_dc}[method]
+            x = fn(prior, y, A, (B, C, H, W), steps=steps, seed=run_seed, dtype=torch.float32, progress=progress,
+                   **opts)
+        samples.append(x.detach().cpu().clamp(-1, 1))
+        nfe += prior.nfe
+    stack = torch.stack(samples)
+    std = stack.std(0) if num_samples > 1 else None
+    return ImageResult(stack.mean(0), std, stack, nfe, time.time() - tic)
+
+
+def inpaint(model, image, mask, method: str = "dps", steps: int | None = None, sigma_n: float = 0.0,
+            num_samples: int = 1, seed: int = 0, device=None, progress: bool = False, **options) -> ImageResult:
+    """Fill the missing pixels of ``image`` ((H, W), (C, H, W) or (B, C, H, W) in [-1, 1]; values under mask 0
+    are ignored) given ``mask`` ((H, W), (1, H, W) or (B, 1, H, W); 1 = known, e.g. a pixel or box mask) with a
+    model trained on masked, noisy or clean images. ``sigma_n``: noise level of the known pixels."""
+    C, _, _ = _check_model(model)
+    x = _as_images(image, "image", C)
+    m = _as_images(mask, "mask")
+    if m.shape[1] != 1 or m.shape[-2:] != x.shape[-2:]:
+        raise AmbientMRIError(f"mask of shape {tuple(m.shape)} does not fit images of shape {tuple(x.shape)}")
+    if not torch.all((m == 0) | (m == 1)):
+        raise AmbientMRIError("mask must contain only 0 (missing) and 1 (known)")
+    m = m.expand(x.shape[0], 1, *x.shape[-2:]) if m.shape[0] == 1 else m
+    if m.shape[0] != x.shape[0]:
+        raise AmbientMRIError(f"{m.shape[0]} masks for {x.shape[0]} images")
+    A = PixelMask(m.to(_device(model, device)))
+    return posterior(model, m * x, A, m, sigma_n, method, steps, num_samples, seed, device, progress, **options)
+
+
+def denoise(model, noisy, sigma_n: float, method: str = "one_step", steps: int | None = None, num_samples: int = 1,
+            seed: int = 0, device=None, progress: bool = False, **options) -> ImageResult:
+    """Remove Gaussian noise of level ``sigma_n`` (in the [-1, 1] scale) from ``noisy`` images.
+    ``one_step`` is Tweedie's E[x0 | y] = D(y, σ_n) — exact for a model trained on noisy images at σ_n ≤ σ;
+    dps / ald / fast_dc draw posterior samples (A = identity)."""
+    C, _, _ = _check_model(model)
+    if sigma_n <= 0:
+        raise AmbientMRIError(f"sigma_n must be > 0 for denoising, got {sigma_n}")
+    y = _as_images(noisy, "noisy", C)
+    ones = torch.ones(y.shape[0], 1, *y.shape[-2:])
+    if method == "one_step":
+        options.setdefault("sigma", float(sigma_n))
+    return posterior(model, y, Identity(), ones, sigma_n, method, steps, num_samples, seed, device, progress,
+                     **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memorisation probe
+# --------------------------------------------------------------------------------------------------
+
+
+def probe_mask(shape, keep: float = 0.1, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    """(B, 1, H, W) random pixel masks keeping a fraction ``keep`` of the pixels (seeded per image)."""
+    if not 0 < keep <= 1:
+        raise AmbientMRIError(f"keep must be in (0, 1], got {keep}")
+    H, W = shape[-2:]
+    rows = [np.random.RandomState((seed, _GEN_TAG, b, 9)).uniform(size=(H, W)) < keep for b in range(batch)]
+    return torch.from_numpy(np.stack(rows).astype(np.float32))[:, None]
+
+
+def memorization_probe(model, images, keep: float = 0.1, mask=None, method: str = "dps", steps: int | None = None,
+                       seed: int = 0, device=None, progress: bool = False, **options) -> dict:
+    """Mask most of each image (keep a fraction ``keep`` of its pixels, or use ``mask``), reconstruct it with
+    ``inpaint`` and measure how close the result is to the original: cosine similarity (pixel space, [-1, 1]),
+    SSIM (data range 2) and PSNR per image. A model that memorised its training set restores *training* images
+    from a few pixels far better than unseen ones: run it on training and held-out images and compare.
+    Returns {"cosine", "ssim", "psnr" (lists), their means, "reconstruction", "masked", "mask", "nfe"}."""
+    from .metrics import batch_ssim, cosine_similarity
+
+    C, _, _ = _check_model(model)
+    x = _as_images(images, "images", C)
+    m = probe_mask(x.shape, keep, seed, x.shape[0]) if mask is None else _as_images(mask, "mask")
+    res = inpaint(model, x, m, method=method, steps=steps, seed=seed, device=device, progress=progress, **options)
+    rec = res.image.numpy()
+    ref = x.numpy()
+    cos = cosine_similarity(rec, ref)
+    ssim = batch_ssim(rec, ref, data_range=2.0)
+    mse = ((rec - ref) ** 2).reshape(len(ref), -1).mean(1)
+    psnr = 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
+    return {"cosine": cos.tolist(), "ssim": ssim.tolist(), "psnr": psnr.tolist(), "mean_cosine": float(cos.mean()),
+            "mean_ssim": float(ssim.mean()), "mean_psnr": float(psnr.mean()), "keep": keep, "method": method,
+            "reconstruction": res.image, "masked": m * x, "mask": m, "nfe": res.nfe}

