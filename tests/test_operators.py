@@ -1,5 +1,7 @@
 """Operators: fastMRI FFT parity, adjointness, shapes, autograd, composition, bad input."""
 
+import warnings
+
 import fastmri
 import numpy as np
 import pytest
@@ -133,3 +135,151 @@ def test_multicoil_cuda_matches_cpu():
     x = rand((B, H, W), torch.complex64, "cpu")
     A = am.MultiCoilMRI(maps, torch.ones(W))
     torch.testing.assert_close(A.to("cuda")(x.cuda()).cpu(), A.to("cpu")(x), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The multi-coil operator folds fftshift/ifftshift into checkerboards (even H, W); it must equal the fft2c formula.
+def fft2c_formula(maps, mask, x=None, k=None):
+    """The definition: forward M ⊙ fft2c(S x), adjoint Σ_c conj(S) ⊙ ifft2c(M ⊙ k)."""
+    m = am.operators.mask_4d(mask).to(maps.real.dtype)
+    if x is not None:
+        return m * am.fft2c(maps * x[:, None])
+    return torch.sum(maps.conj() * am.ifft2c(m * k), dim=1)
+
+
+def rel(a, b):
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+# even sizes with (-1)^(H/2+W/2) = +1 and -1, odd, and one odd side (the fft2c path)
+@pytest.mark.parametrize("HW", [(16, 12), (14, 12), (6, 4), (640, 320), (15, 9), (16, 9), (9, 10)])
+@pytest.mark.parametrize("mask_kind", ["column", "per_example_2d", "shared_2d"])
+def test_multicoil_equals_fft2c_formula(HW, dtype, mask_kind, device):
+    H, W = HW
+    B, C = (2, 2) if H * W > 10000 else (3, 4)
+    maps = smooth_maps(B, C, H, W, dtype).to(device)
+    g = torch.Generator().manual_seed(7)
+    if mask_kind == "column":
+        mask = torch.from_numpy(am.masks.kspace_mask("random", (H, W), 2, 0.2, seed=3)).reshape(W)
+    elif mask_kind == "per_example_2d":
+        mask = (torch.rand(B, H, W, generator=g) > 0.4).float()
+    else:
+        mask = (torch.rand(H, W, generator=g) > 0.4).float()
+    mask = mask.to(device)
+    A = am.MultiCoilMRI(maps, mask)
+    x, k = rand((B, H, W), dtype, device), rand((B, C, H, W), dtype, device, seed=2)
+    tol = {torch.complex64: 1e-6, torch.complex128: 1e-12}[dtype]
+    fwd, adj = A(x), A.adjoint(k)
+    assert fwd.dtype == dtype and adj.dtype == dtype
+    assert fwd.shape == (B, C, H, W) and adj.shape == (B, H, W)
+    assert rel(fwd, fft2c_formula(maps, mask, x=x)) < tol
+    assert rel(adj, fft2c_formula(maps, mask, k=k)) < tol
+    # zero where not acquired, exactly
+    assert (fwd[(am.operators.mask_4d(mask) == 0).expand(B, C, H, W)] == 0).all()
+    # the cached conj(maps) made by the first adjoint is reused: same result again
+    assert torch.equal(A.adjoint(k), adj)
+
+
+def test_multicoil_batch_broadcasting_and_mismatch():
+    B, C, H, W = 2, 3, 8, 6
+    maps = smooth_maps(B, C, H, W, torch.complex128)
+    A = am.MultiCoilMRI(maps, torch.ones(W))
+    k1 = rand((1, C, H, W), torch.complex128, "cpu")
+    # a k-space (or image) batch of 1 broadcasts against maps of batch B
+    torch.testing.assert_close(A.adjoint(k1), fft2c_formula(maps, torch.ones(W), k=k1), rtol=1e-12, atol=1e-12)
+    assert A(rand((1, H, W), torch.complex128, "cpu")).shape == (B, C, H, W)
+    for bad in (3, 4):
+        with pytest.raises(am.AmbientMRIError, match="does not match"):
+            A.adjoint(torch.zeros(bad, C, H, W, dtype=torch.complex128))
+        with pytest.raises(am.AmbientMRIError, match="does not match"):
+            A(torch.zeros(bad, H, W, dtype=torch.complex128))
+    # maps of batch 1 serve any batch
+    A1 = am.MultiCoilMRI(maps[:1], torch.ones(W))
+    k3 = rand((3, C, H, W), torch.complex128, "cpu")
+    torch.testing.assert_close(A1.adjoint(k3), fft2c_formula(maps[:1], torch.ones(W), k=k3), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")
+def test_multicoil_derived_constants_follow_maps_mask_dtype_and_device():
+    B, C, H, W = 2, 3, 8, 6
+    maps = smooth_maps(B, C, H, W, torch.complex64)
+    mask = (torch.rand(B, H, W, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    x, k = rand((B, H, W), torch.complex128, "cpu"), rand((B, C, H, W), torch.complex128, "cpu", 2)
+    A = am.MultiCoilMRI(maps, mask)
+    # complex64 maps, complex128 input: promoted like the formula
+    assert A(x).dtype == torch.complex128
+    torch.testing.assert_close(A(x), fft2c_formula(maps, mask, x=x), rtol=1e-6, atol=1e-6)
+    A.adjoint(k)  # makes the cached conj(maps)
+    A64 = A.to(torch.complex128)  # converts maps and the derived buffers alike; masks stay real
+    assert A64.maps.dtype == torch.complex128 and A64._maps_c.dtype == torch.complex128
+    assert A64.mask.dtype == A64._mask_c.dtype == torch.float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(A64(x), fft2c_formula(maps.to(torch.complex128), mask, x=x),
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(A64.adjoint(k), fft2c_formula(maps.to(torch.complex128), mask, k=k),
+                                   rtol=1e-12, atol=1e-12)
+    # maps or mask changed in place, or replaced: the derived constants are recomputed
+    A = am.MultiCoilMRI(maps.clone(), mask.clone())
+    A.adjoint(k)
+    A.mask[:, :, :, : W // 2] = 0
+    A.maps.mul_(2)
+    torch.testing.assert_close(A.adjoint(k), fft2c_formula(A.maps, A.mask, k=k), rtol=1e-6, atol=1e-6)
+    new_maps = smooth_maps(B, C, H, W, torch.complex64, seed=9)
+    A.maps = new_maps
+    torch.testing.assert_close(A(x), fft2c_formula(new_maps, A.mask, x=x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(A.adjoint(k), fft2c_formula(new_maps, A.mask, k=k), rtol=1e-6, atol=1e-6)
+
+
+# (H, W) and gradcheck's smaller (h, w): (-1)^(H/2+W/2) = +1 and -1, and odd
+@pytest.mark.parametrize("HW, hw", [((8, 6), (4, 4)), ((6, 4), (2, 4)), ((7, 5), (3, 3))])
+def test_multicoil_autograd_matches_formula(HW, hw):
+    """Gradients w.r.t. the image (in-place path), the maps and the mask (per-call path) equal the formula's."""
+    H, W = HW
+    B, C = 2, 3
+    dt = torch.complex128
+    maps = smooth_maps(B, C, H, W, dt)
+    mask = (torch.rand(B, H, W, generator=torch.Generator().manual_seed(1)) > 0.3).double()
+    x, k = rand((B, H, W), dt, "cpu"), rand((B, C, H, W), dt, "cpu", 2)
+    w = rand((B, C, H, W), dt, "cpu", 3)
+
+    def grads(op_fwd, op_adj, leaves):
+        loss = (torch.abs(op_fwd() * w) ** 2).sum() + (torch.abs(op_adj()) ** 2).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    for which in ("x", "maps", "mask"):
+        leaves = {n: t.clone().requires_grad_(n == which) for n, t in (("x", x), ("maps", maps), ("mask", mask))}
+        kk = k.clone().requires_grad_(which == "x")
+        A = am.MultiCoilMRI(leaves["maps"], leaves["mask"])
+        targets = [leaves[which]] + ([kk] if which == "x" else [])
+        got = grads(lambda A=A, L=leaves: A(L["x"]), lambda A=A, kk=kk: A.adjoint(kk), targets)
+        ref = grads(lambda L=leaves: fft2c_formula(L["maps"], L["mask"], x=L["x"]),
+                    lambda L=leaves, kk=kk: fft2c_formula(L["maps"], L["mask"], k=kk), targets)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    h, w = hw  # gradcheck's numerical Jacobian on a small problem
+    A = am.MultiCoilMRI(maps[:1, :2, :h, :w].contiguous(), mask[:1, :h, :w])
+    assert torch.autograd.gradcheck(A, (x[:1, :h, :w].clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(A.adjoint, (k[:1, :2, :h, :w].clone().requires_grad_(),))
+
+
+def test_singlecoil_checks_shapes():
+    H, W = 8, 6
+    col = am.SingleCoilMRI(torch.ones(W))
+    full = am.SingleCoilMRI((torch.rand(2, H, W, generator=torch.Generator().manual_seed(0)) > 0.5).float())
+    x = rand((2, H, W), torch.complex64, "cpu")
+    assert col(x).shape == full(x).shape == (2, H, W)
+    assert full(x[:1]).shape == (2, H, W)  # a batch of 1 broadcasts
+    torch.testing.assert_close(full.adjoint(x), am.ifft2c(full.mask * x))
+    for A in (col, full):
+        for bad in ((2, H, W + 1), (2, W, H) if A is full else (2, H, W - 1)):
+            with pytest.raises(am.AmbientMRIError, match="does not match mask"):
+                A(torch.zeros(bad, dtype=torch.complex64))
+            with pytest.raises(am.AmbientMRIError, match="does not match mask"):
+                A.adjoint(torch.zeros(bad, dtype=torch.complex64))
+    with pytest.raises(am.AmbientMRIError, match="does not match mask"):
+        full(torch.zeros(3, H, W, dtype=torch.complex64))
+    with pytest.raises(am.AmbientMRIError, match="does not match mask"):
+        full(torch.zeros(W, dtype=torch.complex64))
