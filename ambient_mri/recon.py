@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import AmbientMRIError, DataFileError
-from .masks import further_mask, kspace_mask
+from .masks import acs_width, further_mask, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .solvers import conjugate_gradient
@@ -26,6 +26,11 @@ DIFFUSION = ("adps", "dps", "ald", "one_step", "fast")
 METHODS = CLASSICAL + DIFFUSION
 DEFAULT_STEPS = {"adps": 500, "dps": 500, "ald": 500, "fast": 50, "one_step": 1}
 L1_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
+SENSE_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+SENSE_DEFAULT = 1e-3
+SENSE_ITERS = 100
+SENSE_TOL = 1e-5       # CG stops early at this relative residual
 
 
 @dataclass
@@ -61,10 +66,15 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
         raise AmbientMRIError("kspace contains NaN or Inf")
     S, _, H, W = k.shape
     m = _as_numpy(mask, "mask").astype(np.float32)
-    if m.shape[-1] != W:
-        raise AmbientMRIError(f"mask width {m.shape[-1]} does not match the k-space width {W}")
+    if m.ndim == 0 or m.shape[-1] != W:
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
+    if not np.isfinite(m).all():
+        raise AmbientMRIError("mask contains NaN or Inf")
     if m.ndim == 2 and m.shape[0] == H and H != S:  # (H, W) column mask
-        m = (m != 0).any(axis=0, keepdims=True).astype(np.float32)
+        if not (m == m[:1]).all():
+            raise AmbientMRIError("the (H, W) mask varies along the readout (rows): reconstruct takes Cartesian "
+                                  "column (phase-encode) masks only")
+        m = m[:1]
     m = np.broadcast_to(m.reshape(-1, W), (S, W)).copy() if m.reshape(-1, W).shape[0] in (1, S) else None
     if m is None:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W) or one row per slice ({S})")
@@ -78,6 +88,10 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
     from .data.prepared import calibration_columns, calibration_scale, prepare_slice, row_crop
 
     S, _, _, W = k.shape
+    if maps is not None:
+        maps = _as_numpy(maps, "maps")
+        if maps.ndim not in (3, 4) or (maps.ndim == 4 and maps.shape[0] not in (1, S)):
+            raise AmbientMRIError(f"maps must be (C, H, W) or (S={S}, C, H, W), got shape {maps.shape}")
     ks, mps, scales = [], [], []
     for s in range(S):
         lines = np.flatnonzero(m[s])
@@ -85,13 +99,13 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
             try:
                 p = prepare_slice(k[s][..., lines], lines, W, rows=rows)
             except AmbientMRIError as e:
-                raise AmbientMRIError(f"slice {s}: {e} (pass maps= to reconstruct without ACS lines)") from None
+                raise AmbientMRIError(f"slice {s}: {e}") from None
             full = np.zeros((*p.kspace.shape[:-1], W), np.complex64)
             full[..., lines] = p.kspace
             ks.append(full), mps.append(p.maps), scales.append(p.scale)
         else:
             full = row_crop(k[s], rows or k.shape[-2])
-            mp = np.asarray(_as_numpy(maps, "maps")[s] if np.ndim(maps) == 4 else _as_numpy(maps, "maps"))
+            mp = maps[s if maps.shape[0] == S else 0] if maps.ndim == 4 else maps
             if mp.shape != full.shape:
                 raise AmbientMRIError(f"maps of shape {mp.shape} do not match the k-space slice {full.shape}")
             ks.append(full * m[s]), mps.append(mp.astype(np.complex64))
@@ -116,14 +130,22 @@ def _training_type_mask(info: dict, width: int, batch: int, seed: int) -> torch.
     return torch.from_numpy(np.stack(rows))[:, None]  # (B, 1, 1, W)
 
 
-def _check_model(model, H: int, W: int) -> None:
-    info = model.info
+def _model_rows(model, H0: int, W: int) -> int:
+    """Check that ``model`` suits multi-coil k-space (S, C, H0, W); -> its image rows (the readout crop)."""
+    info = getattr(model, "info", None)
+    if not isinstance(info, dict):
+        raise AmbientMRIError(f"model must be a model file or a loaded ambient_mri model (load_model), got "
+                              f"{type(model).__name__}")
     if info.get("operator") != "multicoil":
         raise AmbientMRIError(f"model was trained for the {info.get('operator')!r} operator, not multi-coil MRI")
-    shape = tuple(info.get("image_shape", ()))
-    if shape and shape != (H, W):
-        raise AmbientMRIError(f"model was trained on {shape[0]}x{shape[1]} images but the scan is {H}x{W} after "
-                              "the readout crop; retrain at this size or resample the data")
+    shape = tuple(int(v) for v in info.get("image_shape", ()))
+    if not shape:
+        return H0
+    h, w = shape[-2:]
+    if w != W or h > H0:
+        raise AmbientMRIError(f"model was trained on {h}x{w} images but the k-space is {H0}x{W} (rows can only be "
+                              "cropped, columns must match); retrain at this size or resample the data")
+    return h
 
 
 def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):
@@ -147,20 +169,49 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
     return x, prior.nfe
 
 
-def _l1_weight(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, seed: int) -> float:
+def _acs_columns(mask: np.ndarray) -> np.ndarray:
+    """(W,) bool: the contiguous block of acquired columns through the centre column W // 2."""
+    cols = np.asarray(mask).reshape(-1) != 0
+    out = np.zeros_like(cols)
+    c = cols.shape[0] // 2
+    if cols[c]:
+        lo, hi = c, c
+        while lo > 0 and cols[lo - 1]:
+            lo -= 1
+        while hi < cols.shape[0] - 1 and cols[hi + 1]:
+            hi += 1
+        out[lo: hi + 1] = True
+    return out
+
+
+def _holdout(mask: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray] | None:
+    """Hold out 10% (at least one) of the acquired non-ACS columns of a column mask (W,): -> (mask without them,
+    their indices), or None when every acquired column is an ACS column."""
+    cand = np.flatnonzero((np.asarray(mask) != 0) & ~_acs_columns(mask))
+    if cand.size == 0:
+        return None
+    held = np.random.RandomState(seed).choice(cand, size=max(1, cand.size // 10), replace=False)
+    train = np.array(mask, np.float32, copy=True)
+    train[held] = 0
+    return train, np.sort(held)
+
+
+def _central_slices(S: int, n: int) -> np.ndarray:
+    """Up to ``n`` slice indices around the middle of the volume (edge slices often hold little signal)."""
+    lo = max(0, S // 2 - n // 2)
+    return np.arange(lo, min(S, lo + n))
+
+
+def _l1_weight(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, seed: int) -> float | None:
     """λ for L1-wavelet from the scan's own acquired data: hold out 10% of the non-ACS lines, reconstruct from the
-    rest with each λ of ``L1_GRID`` and keep the λ that best predicts the held-out lines (never the reference)."""
+    rest with each λ of ``L1_GRID`` and keep the λ that best predicts the held-out lines (never the reference).
+    None when there is no non-ACS line to hold out."""
     import sigpy.mri
 
-    from .masks import acs_width, center_block
-
-    W = mask.shape[-1]
-    acs = np.zeros(W, bool)
-    acs[center_block(W, acs_width(mask[None]))] = True
-    cand = np.flatnonzero((mask != 0) & ~acs)
-    held = np.random.RandomState(seed).choice(cand, size=max(1, len(cand) // 10), replace=False)
-    train = mask.copy()
-    train[held] = 0
+    split = _holdout(mask, seed)
+    if split is None:
+        return None
+    train, held = split
     errs = []
     for lam in L1_GRID:
         x = sigpy.mri.app.L1WaveletRecon(y * train, maps, lam, weights=train[None, None, :] * np.ones_like(y.real),
@@ -170,22 +221,65 @@ def _l1_weight(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, seed: int) -> 
     return L1_GRID[int(np.argmin(errs))]
 
 
+def _cg_sense(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: float, iters: int) -> torch.Tensor:
+    """(A^H A + λ I) x = A^H y by conjugate gradient from zero, stopped after ``iters`` steps or at a relative
+    residual of ``SENSE_TOL``; y (S, C, H, W) normalised, mask (S, W)."""
+    A = MultiCoilMRI(maps, mask[:, None, None, :])
+    return conjugate_gradient(A.normal, A.adjoint(y), iters=iters, lam=float(lam), tol=SENSE_TOL)
+
+
+def _sense_weight(y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, iters: int) -> float | None:
+    """λ for CG-SENSE chosen like L1-wavelet's, from the scan's own data: on up to 4 central slices, hold out 10%
+    of the acquired non-ACS lines, solve from the rest with each λ of ``SENSE_GRID`` and keep the λ whose
+    solution best predicts the held-out k-space. Noise-free data pick a small λ (CG-SENSE converges to the exact
+    solution), noisy data a larger one (unregularised CG on a random mask amplifies noise). None when no slice
+    has a non-ACS line to hold out."""
+    from .operators import fft2c
+
+    idx = _central_slices(y.shape[0], 4)
+    splits = [_holdout(m[s], (seed, int(s))) for s in idx]
+    keep = [i for i, sp in enumerate(splits) if sp is not None]
+    if not keep:
+        return None
+    idx = idx[keep]
+    train = torch.from_numpy(np.stack([splits[i][0] for i in keep]))
+    held = torch.zeros_like(train)
+    for j, i in enumerate(keep):
+        held[j, splits[i][1]] = 1
+    yt, mp = torch.from_numpy(y[idx]), torch.from_numpy(maps[idx])
+    held = held[:, None, None, :]
+    errs = []
+    for lam in SENSE_GRID:
+        x = _cg_sense(yt * train[:, None, None, :], mp, train, lam, iters)
+        pred = fft2c(mp * x[:, None])
+        errs.append(float(torch.linalg.vector_norm((pred - yt) * held)))
+    return SENSE_GRID[int(np.argmin(errs))]
+
+
 def _classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, opts: dict) -> tuple:
     if method == "l1_wavelet":
         import sigpy.mri
 
-        lam = opts.get("lam") or _l1_weight(y[0], maps[0], m[0], seed)
+        lam = opts.get("lam")
+        if lam is None:
+            mid = y.shape[0] // 2
+            lam = _l1_weight(y[mid], maps[mid], m[mid], seed)
+        lam = L1_DEFAULT if lam is None else float(lam)
         out = [sigpy.mri.app.L1WaveletRecon(y[s], maps[s], lam, weights=m[s][None, None, :] * np.ones_like(y[s].real),
                                             max_iter=opts.get("iters", 100), show_pbar=False).run()
                for s in range(y.shape[0])]
         return np.stack(out).astype(np.complex64), {"lambda": lam}
-    A = MultiCoilMRI(torch.from_numpy(maps), torch.from_numpy(m)[:, None, None, :])
     yt = torch.from_numpy(y)
     if method == "zero_filled":
+        A = MultiCoilMRI(torch.from_numpy(maps), torch.from_numpy(m)[:, None, None, :])
         return A.adjoint(yt).numpy(), {}
-    lam = float(opts.get("lam", 1e-3))
-    iters = int(opts.get("iters", 30))
-    return conjugate_gradient(A.normal, A.adjoint(yt), iters=iters, lam=lam).numpy(), {"lambda": lam, "iters": iters}
+    iters = int(opts.get("iters", SENSE_ITERS))
+    lam = opts.get("lam")
+    if lam is None:
+        lam = _sense_weight(y, maps, m, seed, iters)
+    lam = SENSE_DEFAULT if lam is None else float(lam)
+    x = _cg_sense(yt, torch.from_numpy(maps), torch.from_numpy(m), lam, iters)
+    return x.numpy(), {"lambda": lam, "iters": iters}
 
 
 def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps: int | None = None,
@@ -195,12 +289,16 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
 
     kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
     or (S, W). model: a Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
-    Classical baselines: zero_filled (A^H y), sense (CG-SENSE: 30 CG steps on (A^H A + 1e-3 I) x = A^H y),
-    l1_wavelet (sigpy; λ chosen on held-out acquired lines of the scan). target_size: magnitude crop, default
+    Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
+    l1_wavelet (sigpy); for both, λ is chosen on held-out acquired lines of the scan itself unless ``lam=`` is
+    given (``iters=`` sets the iterations). target_size: magnitude crop, default
     (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space.
     """
     if method not in METHODS:
         raise AmbientMRIError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+            raise AmbientMRIError(f"{name} must be a positive integer, got {v!r}")
     tic = time.time()
     k, m = check_inputs(kspace, mask)
     S, C, H0, W = k.shape
@@ -211,9 +309,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
             from .model import load_model
 
             model = load_model(model)
-        rows = int(model.info.get("image_shape", [H0, W])[0])
-        if rows > H0:
-            raise AmbientMRIError(f"model was trained on {rows} rows, the k-space has only {H0}")
+        rows = _model_rows(model, H0, W)  # before the (slow) coil-map estimation
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise AmbientMRIError(f"device {device!r} requested but CUDA is not available")
     else:
         rows = min(H0, W) if H0 >= 2 * W else H0
     ks, mps, scales = prepare_scan(k, m, rows, maps)
@@ -226,8 +325,6 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         img, info = _classical(method, y, mps, m, seed, opts)
         extra.update(info)
     else:
-        _check_model(model, H, W)
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = model.to(dev).eval()
         n_steps = steps or DEFAULT_STEPS[method]
         reps = max(1, int(num_samples))
@@ -277,7 +374,10 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     k = np.asarray(vol.kspace)
     if k.ndim != 4:
         raise DataFileError(in_path, "single-coil files are not supported by reconstruct (multi-coil only)")
-    if vol.mask is not None and acceleration is None:
+    if vol.mask is not None:
+        if acceleration is not None:
+            raise DataFileError(in_path, "is already undersampled (it has a mask): reconstruct it without "
+                                "acceleration (its own mask is used)")
         m = vol.mask
     else:
         if acceleration is None:
@@ -285,7 +385,16 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
         m = kspace_mask(mask or "random", k.shape[-2:], acceleration, center_fraction or 0.08,
                         seed=Path(in_path).name)[0]
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
-    res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
+    try:
+        res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
+    except DataFileError:
+        raise
+    except AmbientMRIError as e:  # name the file; for a retrospective mask, say how to get more ACS lines
+        hint = ""
+        if vol.mask is None and "ACS" in str(e):
+            hint = (f" (the retrospective mask has {acs_width(m)} ACS lines with center_fraction "
+                    f"{center_fraction or 0.08}: give a larger one)")
+        raise DataFileError(in_path, f"{e}{hint}") from None
     out_path = Path(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,218 @@
+"""The ``ambient-mri`` command line: train, reconstruct, evaluate (against fastMRI's own evaluate), demo, errors."""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ambient_mri as am
+from ambient_mri.cli import main
+from ambient_mri.masks import kspace_mask
+from ambient_mri.metrics import evaluate_dirs
+from data_tools.simulate import make_fastmri_volume, write_fastmri
+from helpers import blobs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "demo_mni_r4.yaml"
+CLI = [sys.executable, "-m", "ambient_mri"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread is as fast on an idle machine and ~20x faster on busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`ambient-mri train recipes/demo_mni_r4.yaml --set ...` on a tiny demo set, through the CLI entry point."""
+    from data_tools.demo import build_demo
+
+    root = tmp_path_factory.mktemp("cli")
+    paths = build_demo(root / "data", size=32, coils=4, slices=12)
+    argv = ["train", str(RECIPE), "--set", "steps=20", "--set", f"data.path={paths['r4_train']}",
+            "--set", f"output={root / 'runs'}", "--set", "network.model_channels=8",
+            "--set", "network.channel_mult=[1,2]", "--set", "batch_size=4", "--set", "device=cpu",
+            "--set", "checkpoint_every=20", "--no-progress"]
+    assert main(argv) == 0
+    return {"run": root / "runs" / "demo_mni_r4", "paths": paths, "root": root}
+
+
+@pytest.fixture(scope="module")
+def targets(tmp_path_factory):
+    """Two fully-sampled official-layout multi-coil volumes (64x64 images, 2x readout oversampling)."""
+    d = tmp_path_factory.mktemp("targets")
+    for i in range(2):
+        make_fastmri_volume(d / f"vol{i}.h5", blobs(3, 64, seed=i), num_coils=8, noise_std=1e-3, seed=i)
+    return d
+
+
+def test_train_cli_writes_loadable_model(trained):
+    run = trained["run"]
+    model = am.load_model(run / "model.pt")
+    assert model.info["operator"] == "multicoil" and model.info["ambient"] is True
+    assert model.info["image_shape"] == [32, 32] and model.info["recipe"]["training"]["steps"] == 20
+    assert model.config["model_channels"] == 8
+    assert model(torch.zeros(1, 32, 32, dtype=torch.complex64), 1.0, torch.ones(1, 1, 1, 32)).shape == (1, 32, 32)
+
+
+def test_reconstruct_and_evaluate_agree_with_fastmri(tmp_path, targets, capsys):
+    """reconstruct (retrospective R=4) -> fastmri.evaluate reads the files unchanged and gives the same means as
+    metrics.evaluate_dirs and as `ambient-mri evaluate` (metrics.csv/json, one PNG per volume)."""
+    from fastmri.evaluate import evaluate
+
+    for method in ("zero_filled", "sense"):
+        out = tmp_path / method
+        assert main(["reconstruct", "--input", str(targets), "--output", str(out), "--method", method,
+                     "--acceleration", "4", "--center-fraction", "0.125"]) == 0
+        files = sorted(out.glob("*.h5"))
+        assert [f.name for f in files] == ["vol0.h5", "vol1.h5"]
+        with h5py.File(files[0], "r") as f:
+            assert f["reconstruction"].shape == (3, 64, 64) and f["reconstruction"].dtype == np.float32
+            assert f.attrs["method"] == method
+        ours = evaluate_dirs(targets, out)["mean"]
+        theirs = evaluate(argparse.Namespace(target_path=targets, predictions_path=out, acquisition=None,
+                                             acceleration=None), "reconstruction_rss").means()
+        theirs = {k: np.asarray(v).item() for k, v in theirs.items()}  # fastMRI's SSIM is a (1,) array
+        for key in ("PSNR", "SSIM", "NMSE"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
+        report = tmp_path / f"report_{method}"
+        capsys.readouterr()
+        assert main(["evaluate", "--target", str(targets), "--recon", str(out), "--output", str(report)]) == 0
+        printed = capsys.readouterr().out
+        assert "mean" in printed and "vol1.h5" in printed
+        saved = json.loads((report / "metrics.json").read_text())
+        for key in ("PSNR", "SSIM", "NMSE"):
+            assert saved["mean"][key] == pytest.approx(theirs[key], rel=1e-5)
+        rows = list(csv.DictReader(open(report / "metrics.csv")))
+        assert [r["file"] for r in rows] == ["vol0.h5", "vol1.h5", "mean"]
+        assert float(rows[-1]["PSNR"]) == pytest.approx(theirs["PSNR"], rel=1e-5)
+        for name in ("vol0.png", "vol1.png"):
+            assert (report / name).stat().st_size > 1000
+        if method == "zero_filled":
+            zf_psnr = ours["PSNR"]
+    assert ours["PSNR"] > zf_psnr + 3  # CG-SENSE beats zero-filled at R=4 with 8 coils
+    # resumable: finished volumes are kept unless --overwrite
+    assert main(["reconstruct", "--input", str(targets), "--output", str(tmp_path / "sense"), "--method", "sense",
+                 "--acceleration", "4", "--center-fraction", "0.125"]) == 0
+    assert "0 volume(s) reconstructed" in capsys.readouterr().out
+
+
+def test_num_samples_gives_std(tmp_path, trained):
+    """A diffusion method from the CLI on the demo's held-out volume; --num-samples 2 stores the std map."""
+    raw_val = Path(trained["paths"]["raw_val"])
+    out = tmp_path / "fast"
+    assert main(["reconstruct", "--model", str(trained["run"] / "model.pt"), "--input", str(raw_val),
+                 "--output", str(out), "--method", "fast", "--steps", "3", "--num-samples", "2",
+                 "--acceleration", "4", "--center-fraction", "0.25", "--device", "cpu", "--threads", "1"]) == 0
+    with h5py.File(out / "demo_val_00.h5", "r") as f:
+        assert f["reconstruction"].shape == f["std"].shape == f["zero_filled"].shape == (2, 32, 32)
+        assert (f["std"][()] > 0).any() and f.attrs["nfe"] == 3 and f.attrs["method"] == "fast"
+    assert main(["evaluate", "--target", str(raw_val), "--recon", str(out)]) == 0
+    assert (out / "demo_val_00.png").stat().st_size > 1000 and (out / "metrics.json").is_file()
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    """One official-layout file per problem."""
+    d = {}
+    k = np.asarray(make_fastmri_volume(tmp_path / "ok.h5", blobs(1, 32), num_coils=4).kspace)
+    mask = kspace_mask("equispaced", (64, 32), 2, 0.25, seed=0)[0]
+    d["width"] = write_fastmri(tmp_path / "width" / "a.h5", k, mask=mask)
+    with h5py.File(d["width"], "r+") as f:  # a mask one column short of the k-space width
+        del f["mask"]
+        f["mask"] = np.ones(31, bool)
+    no_acs = np.zeros(32, np.float32)
+    no_acs[::2] = 1
+    no_acs[16] = 0
+    d["no_acs"] = write_fastmri(tmp_path / "no_acs" / "a.h5", k, mask=no_acs)
+    nan = k.copy()
+    nan[0, 0, 3, 3] = np.nan
+    d["nan"] = write_fastmri(tmp_path / "nan" / "a.h5", nan, mask=mask)
+    make_fastmri_volume(tmp_path / "size48" / "a.h5", blobs(1, 48), num_coils=4)
+    d["size48"] = tmp_path / "size48" / "a.h5"
+    return d
+
+
+def test_cli_errors_are_one_line(tmp_path, trained, targets, capsys):
+    bad = _bad_files(tmp_path)
+    model = str(trained["run"] / "model.pt")
+    obj = torch.load(model, weights_only=True)
+    obj["info"]["operator"] = "singlecoil"
+    torch.save(obj, tmp_path / "singlecoil.pt")
+    (tmp_path / "regular_file").write_text("not a folder")
+    out = str(tmp_path / "out")
+    rec = ["reconstruct", "--output", out]
+    cases = [
+        (rec + ["--input", str(bad["width"]), "--method", "zero_filled"], "mask width 31"),
+        (rec + ["--input", str(bad["no_acs"]), "--method", "sense"], "ACS"),
+        (rec + ["--input", str(bad["nan"]), "--method", "zero_filled"], "NaN"),
+        (rec + ["--input", str(bad["size48"]), "--method", "fast", "--model", model, "--acceleration", "4"],
+         "trained on 32x32"),
+        (rec + ["--input", str(targets), "--method", "fast", "--model", str(tmp_path / "singlecoil.pt"),
+                "--acceleration", "4"], "singlecoil"),
+        (rec + ["--input", str(targets), "--method", "fast"], "needs --model"),
+        (rec + ["--input", str(targets), "--method", "fast", "--model", str(tmp_path / "none.pt")], "none.pt"),
+        (["reconstruct", "--input", str(targets), "--output", str(tmp_path / "regular_file" / "x"), "--method",
+          "zero_filled", "--acceleration", "4"], "cannot be written"),
+        (rec + ["--input", str(tmp_path / "missing"), "--method", "zero_filled"], "no such file"),
+        (rec + ["--input", str(targets), "--method", "zero_filled"], "acceleration"),
+        (rec + ["--input", str(targets), "--method", "sense", "--acceleration", "4", "--num-samples", "0"],
+         "num-samples"),
+        (["evaluate", "--target", str(targets), "--recon", str(tmp_path)], "no reconstruction"),
+        (["demo", "--output", str(tmp_path / "demo"), "--size", "33"], "size"),
+    ]
+    for argv, pattern in cases:
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (argv, err)
+        last = err.splitlines()[-1]  # (a progress bar shows only on terminals)
+        assert last.startswith(f"ambient-mri {argv[0]}: error:") and pattern in last, (argv, err)
+        assert "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:  # argparse: unknown method
+        main(rec + ["--input", str(targets), "--method", "magic"])
+    assert exc.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_cli_error_in_a_real_process(tmp_path, targets):
+    """The installed entry point: exit code 2, one `error:` line on stderr, no traceback."""
+    (tmp_path / "f").write_text("")
+    p = subprocess.run(CLI + ["reconstruct", "--input", str(targets), "--output", str(tmp_path / "f" / "out"),
+                              "--method", "zero_filled", "--acceleration", "4"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("ambient-mri reconstruct: error:") and p.stderr.strip().count("\n") == 0
+
+
+def test_demo_reduced_under_90_seconds(tmp_path):
+    """`ambient-mri demo` end to end in a reduced setting: table printed, results.json and results.png written."""
+    out = tmp_path / "demo"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.time()
+    p = subprocess.run(CLI + ["demo", "--output", str(out), "--minutes", "0.2", "--size", "32", "--adps-steps", "5"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    seconds = time.time() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert seconds < 90, (seconds, p.stdout)
+    methods = ("zero_filled", "sense", "l1_wavelet", "one_step", "fast", "adps")
+    table = [line.split() for line in p.stdout.splitlines() if line.split()[:1] in (["4"], ["8"])]
+    assert sorted((r[0], r[1]) for r in table) == sorted((R, m) for R in "48" for m in methods)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["results"]) == {f"R{R}/{m}" for R in (4, 8) for m in methods}
+    for key, r in res["results"].items():
+        assert np.isfinite([r["PSNR"], r["SSIM"], r["NMSE"]]).all(), key
+        assert r["nfe"] == {"fast": 50, "adps": 5, "one_step": 1}.get(key.split("/")[1], 0)
+    assert res["results"]["R4/sense"]["PSNR"] > res["results"]["R4/zero_filled"]["PSNR"]
+    assert (out / "results.png").stat().st_size > 10_000

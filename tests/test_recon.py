@@ -1,0 +1,257 @@
+"""reconstruct(): CG-SENSE accuracy, input forms, every diffusion method with a tiny trained model, bad input."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import ambient_mri as am
+from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.masks import kspace_mask
+from ambient_mri.metrics import center_crop, evaluate_volume
+from ambient_mri.operators import fft2c
+from ambient_mri.recon import DIFFUSION, SENSE_GRID, check_inputs, prepare_scan, reconstruct, reconstruct_file
+from data_tools.simulate import make_fastmri_volume, rss_target, simulate_coil_data, write_fastmri
+from helpers import blobs
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "demo_mni_r4.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one torch thread is as fast on an idle machine and ~20x faster on busy shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A tiny demo set (32x32, 4 coils) and an ambient model trained on its R=4 data for 30 steps."""
+    from ambient_mri.training.trainer import train
+    from data_tools.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    paths = build_demo(root / "data", size=32, coils=4, slices=12)
+    run = train(RECIPE, [f"data.path={paths['r4_train']}", f"output={root / 'runs'}", "steps=30", "batch_size=4",
+                         "network.model_channels=8", "network.channel_mult=[1,2]", "device=cpu",
+                         "checkpoint_every=30", "log_every=10"], progress=False)
+    model = am.load_model(run / "model.pt")
+    val = sorted(Path(paths["raw_val"]).glob("*.h5"))[0]
+    with h5py.File(val, "r") as f:
+        k = f["kspace"][()]                                  # (2, 4, 64, 32): 2x readout oversampling
+    mask = kspace_mask("random", k.shape[-2:], 4, 0.25, seed=0)[0]
+    return {"model": model, "run": run, "kspace": k, "mask": mask, "paths": paths}
+
+
+def small_scan(S=2, size=32, coils=4, R=3, seed=0):
+    sim = simulate_coil_data(blobs(S, size, seed), num_coils=coils, oversample=1, seed=seed)
+    mask = kspace_mask("equispaced", (size, size), R, 0.25, seed=seed)[0]
+    return sim, mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classical baselines
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_cg_sense_r2_above_40db():
+    """Noise-free 8-coil MNI152 slices, fastMRI random mask at R=2 (ACS from the data, ESPIRiT maps): CG-SENSE
+    reaches > 40 dB, fastMRI's PSNR against the RSS target (= the object magnitude: the simulated maps have
+    RSS 1). λ is chosen from held-out acquired lines; on noise-free data it is the smallest of the grid."""
+    from data_tools.sources import mni152_brain_range, mni152_slices
+
+    lo, hi = mni152_brain_range("axial")
+    imgs = mni152_slices(2, (128, 128), axis="axial", start=(lo + hi) // 2 - 10, stop=(lo + hi) // 2 + 10)
+    sim = simulate_coil_data(imgs, num_coils=8, oversample=2, noise_std=0.0, seed=0)
+    mask = kspace_mask("random", sim.kspace.shape[-2:], 2, 0.16, seed=0)[0]
+    target = rss_target(sim.kspace, (128, 128))
+    np.testing.assert_allclose(target, center_crop(np.abs(sim.image), (128, 128)), atol=1e-4)
+    res = reconstruct(sim.kspace * mask, mask, method="sense")
+    zf = reconstruct(sim.kspace, mask, method="zero_filled")
+    assert res.magnitude.shape == (2, 128, 128) and res.image.shape == (2, 128, 128)
+    psnr = evaluate_volume(target, res.magnitude)["PSNR"]
+    assert psnr > 40, psnr
+    assert psnr > evaluate_volume(target, zf.magnitude)["PSNR"] + 10
+    assert res.extra["lambda"] == SENSE_GRID[0] and res.nfe == 0
+
+
+def test_sense_lambda_follows_the_noise():
+    """The held-out-line rule picks a small λ for clean data and a larger one for noisy data (true maps given)."""
+    sim, mask = small_scan(S=2, size=48, coils=8, R=2)
+    noisy = sim.kspace + 0.05 * (np.random.default_rng(0).standard_normal(sim.kspace.shape) * (1 + 1j)).astype(
+        np.complex64)
+    maps = np.broadcast_to(sim.maps, (2, *sim.maps.shape))
+    clean = reconstruct(sim.kspace, mask, maps=maps, method="sense")
+    noisy = reconstruct(noisy, mask, maps=maps, method="sense")
+    assert clean.extra["lambda"] < noisy.extra["lambda"]
+    fixed = reconstruct(sim.kspace, mask, maps=maps, method="sense", lam=1e-2, iters=7)
+    assert fixed.extra == {**fixed.extra, "lambda": 1e-2, "iters": 7}
+
+
+def test_l1_wavelet_without_holdout_lines_falls_back():
+    """Every acquired line an ACS line (nothing to hold out): a default λ instead of a crash (demo at R=8)."""
+    sim, _ = small_scan(S=1, size=32, coils=4)
+    mask = np.zeros(32, np.float32)
+    mask[12:20] = 1
+    res = reconstruct(sim.kspace, mask, maps=sim.maps[None], method="l1_wavelet")
+    assert res.extra["lambda"] > 0 and np.isfinite(res.magnitude).all()
+    assert reconstruct(sim.kspace, mask, maps=sim.maps[None], method="sense").extra["lambda"] > 0
+
+
+def test_input_forms_agree():
+    """numpy or torch; (C,H,W) or (S,C,H,W); mask (W,), (1,W), (H,W) or (S,W); maps (C,H,W) or (S,C,H,W)."""
+    sim, mask = small_scan(S=2)
+    k, maps = sim.kspace, sim.maps
+    ref = reconstruct(k, mask, maps=maps, method="zero_filled")
+    assert ref.image.dtype == np.complex64 and ref.magnitude.dtype == np.float32
+    variants = [
+        (torch.from_numpy(k), torch.from_numpy(mask), torch.from_numpy(maps)),
+        (k, mask[None], np.broadcast_to(maps, (2, *maps.shape))),
+        (k, np.broadcast_to(mask, (32, 32)), maps),
+        (k, np.stack([mask, mask]), maps),
+        (k, mask.astype(bool), maps),
+    ]
+    for kk, mm, mp in variants:
+        np.testing.assert_allclose(reconstruct(kk, mm, maps=mp, method="zero_filled").image, ref.image, atol=1e-6)
+    single = reconstruct(k[1], mask, maps=maps, method="zero_filled")
+    assert single.image.shape == (1, 32, 32)
+    np.testing.assert_allclose(single.image[0], ref.image[1], atol=1e-6)
+    a = reconstruct(torch.from_numpy(k), torch.from_numpy(mask), method="sense", lam=1e-3)
+    b = reconstruct(k, mask, method="sense", lam=1e-3)
+    np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+    # values off the mask are ignored (zeros are enforced)
+    garbage = k + (1 - mask) * np.ones_like(k)
+    np.testing.assert_allclose(reconstruct(garbage, mask, maps=maps, method="zero_filled").image, ref.image,
+                               atol=1e-6)
+
+
+def test_per_slice_masks():
+    sim, mask = small_scan(S=2)
+    m2 = kspace_mask("equispaced", (32, 32), 2, 0.25, seed=0)[0]
+    both = reconstruct(sim.kspace, np.stack([mask, m2]), maps=sim.maps, method="zero_filled")
+    one = reconstruct(sim.kspace[1], m2, maps=sim.maps, method="zero_filled")
+    np.testing.assert_allclose(both.image[1], one.image[0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Diffusion methods with a tiny trained model
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", DIFFUSION)
+def test_diffusion_methods_shapes_nfe_determinism(demo, method):
+    k, mask, model = demo["kspace"], demo["mask"], demo["model"]
+    steps = 1 if method == "one_step" else 4
+    a = reconstruct(k, mask, model=model, method=method, steps=steps, seed=3, device="cpu", progress=False)
+    assert a.image.shape == (2, 32, 32) and a.image.dtype == np.complex64     # rows cropped 64 -> 32
+    assert a.magnitude.shape == (2, 32, 32) and a.magnitude.dtype == np.float32
+    assert a.std is None and a.nfe == steps and a.seconds > 0 and a.method == method
+    assert np.isfinite(a.image).all()
+    b = reconstruct(torch.from_numpy(k), torch.from_numpy(mask), model=model, method=method, steps=steps, seed=3,
+                    device="cpu", progress=False)
+    np.testing.assert_array_equal(a.image, b.image)
+    c = reconstruct(k, mask, model=model, method=method, steps=steps, seed=4, device="cpu", progress=False)
+    assert np.array_equal(a.image, c.image) == (method == "one_step")
+    s = reconstruct(k, mask, model=model, method=method, steps=steps, seed=3, num_samples=2, batch_size=2,
+                    device="cpu", progress=False)
+    assert s.std.shape == (2, 32, 32) and s.std.dtype == np.float32 and s.nfe == steps
+    assert (s.std > 0).any() == (method != "one_step")
+
+
+def test_model_file_path_and_defaults(demo):
+    res = reconstruct(demo["kspace"][:1], demo["mask"], model=demo["run"] / "model.pt", method="one_step",
+                      progress=False)
+    assert res.nfe == 1 and res.image.shape == (1, 32, 32)
+
+
+def test_fast_sampler_is_data_consistent(demo):
+    """The fast sampler ends with CG on the normal equations: on the acquired lines its k-space matches the data
+    about as well as CG-SENSE's, far better than a DPS trajectory of a few steps does."""
+    k, mask, model = demo["kspace"], demo["mask"], demo["model"]
+    kk, mm = check_inputs(k, mask)
+    ks, maps, _ = prepare_scan(kk, mm, 32)          # the same (deterministic) crop and maps reconstruct uses
+
+    def residual(img):
+        pred = fft2c(maps * img[:, None]) * mm[:, None, None, :]
+        return np.linalg.norm(pred - ks) / np.linalg.norm(ks)
+
+    fast = residual(reconstruct(k, mask, model=model, method="fast", steps=8, progress=False).image)
+    sense = residual(reconstruct(k, mask, method="sense").image)
+    dps = residual(reconstruct(k, mask, model=model, method="dps", steps=8, progress=False).image)
+    assert fast < 2 * sense and fast < 0.05 and dps > 5 * fast, (fast, sense, dps)
+
+
+def test_reconstruct_file_uses_the_files_own_mask(tmp_path, demo):
+    """A test file (it has a mask): its own mask is used; asking for retrospective undersampling is an error."""
+    k = demo["kspace"]
+    mask = demo["mask"]
+    src = write_fastmri(tmp_path / "test.h5", k, mask=mask, recon_size=(32, 32))
+    out = reconstruct_file(src, tmp_path / "out" / "test.h5", method="zero_filled")
+    with h5py.File(out, "r") as f:
+        rec = f["reconstruction"][()]
+        assert rec.shape == (2, 32, 32) and f.attrs["method"] == "zero_filled"
+        assert f.attrs["acceleration"] == pytest.approx(32 / mask.sum())
+    np.testing.assert_allclose(rec, reconstruct(k, mask, method="zero_filled").magnitude, rtol=1e-5, atol=1e-7)
+    with pytest.raises(DataFileError, match="already undersampled"):
+        reconstruct_file(src, tmp_path / "out2.h5", method="zero_filled", acceleration=4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_errors(demo, tmp_path):
+    sim, mask = small_scan(S=1)
+    k, maps = sim.kspace, sim.maps
+    model = demo["model"]
+    cases = [
+        (lambda: reconstruct(k, mask[:-1], maps=maps, method="zero_filled"), "width"),
+        (lambda: reconstruct(k, np.ones((3, 32)), maps=maps, method="zero_filled"), "not \\(W,\\)"),
+        (lambda: reconstruct(k.real, mask, maps=maps, method="zero_filled"), "complex"),
+        (lambda: reconstruct(k[0, 0], mask, maps=maps, method="zero_filled"), "shape"),
+        (lambda: reconstruct(np.where(np.arange(32) == 5, np.nan, k).astype(np.complex64), mask,
+                             method="sense"), "NaN"),
+        (lambda: reconstruct(k, np.zeros(32), maps=maps, method="zero_filled"), "nothing was acquired"),
+        (lambda: reconstruct(k, np.r_[np.ones(8), np.zeros(24)].astype(np.float32), method="sense"),
+         "ACS|calibration"),
+        (lambda: reconstruct(k, kspace_mask("random", (32, 32), 4, 0.1, seed=1)[0], method="sense"), "ACS"),
+        (lambda: reconstruct(k, np.tril(np.ones((32, 32))), maps=maps, method="zero_filled"), "readout"),
+        (lambda: reconstruct(k, mask, maps=maps[:, :16], method="zero_filled"), "maps"),
+        (lambda: reconstruct(k, mask, maps=maps, method="magic"), "unknown method"),
+        (lambda: reconstruct(k, mask, maps=maps, method="fast"), "needs a model"),
+        (lambda: reconstruct(k, mask, model=tmp_path / "none.pt", method="fast"), "no such file"),
+        (lambda: reconstruct(k, mask, model=torch.nn.Identity(), method="fast"), "loaded ambient_mri model"),
+        (lambda: reconstruct(np.zeros((1, 4, 64, 48), np.complex64) + 1, np.ones(48), model=model,
+                             method="fast"), "trained on 32x32"),
+        (lambda: reconstruct(k, mask, model=model, method="fast", steps=0), "steps"),
+        (lambda: reconstruct(k, mask, model=model, method="fast", num_samples=0), "num_samples"),
+    ]
+    for fn, pattern in cases:
+        with pytest.raises(AmbientMRIError, match=pattern):
+            fn()
+
+
+def test_model_for_another_operator_is_refused(demo):
+    model = am.load_model(demo["run"] / "model.pt")
+    model.info["operator"] = "singlecoil"
+    with pytest.raises(AmbientMRIError, match="singlecoil"):
+        reconstruct(demo["kspace"], demo["mask"], model=model, method="one_step")
+
+
+def test_reconstruct_file_errors(tmp_path):
+    make_fastmri_volume(tmp_path / "full.h5", blobs(1, 32), num_coils=4, oversample=1)
+    with pytest.raises(DataFileError, match="acceleration"):
+        reconstruct_file(tmp_path / "full.h5", tmp_path / "o.h5", method="zero_filled")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataFileError, match="cannot be written"):
+        reconstruct_file(tmp_path / "full.h5", tmp_path / "file" / "o.h5", method="zero_filled", acceleration=2,
+                         center_fraction=0.25)
+    make_fastmri_volume(tmp_path / "single.h5", blobs(1, 32), num_coils=None, oversample=1)
+    with pytest.raises(DataFileError, match="single-coil"):
+        reconstruct_file(tmp_path / "single.h5", tmp_path / "o.h5", method="zero_filled", acceleration=2)
