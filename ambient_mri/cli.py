@@ -9,7 +9,12 @@ from .errors import AmbientMRIError
 
 
 def _train(args) -> int:
+    import torch
+
     from .training.trainer import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     run = train(args.recipe, overrides=args.set, resume=args.resume, progress=not args.no_progress)
     print(f"run directory: {run}")
@@ -30,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field, e.g. --set steps=20 or --set training.lr=1e-4")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's; on a shared 2-core machine 1 is often much faster)")
     t.set_defaults(func=_train)
 
     from .commands import add_commands

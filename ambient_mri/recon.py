@@ -148,6 +148,14 @@ def _model_rows(model, H0: int, W: int) -> int:
     return h
 
 
+def one_step_sigma(info: dict) -> float:
+    """σ for A-OS: the anchor's 0.003 assumes a model trained down to that level; ours train ln σ ~ N(P_mean,
+    P_std²), so use the lower 2.3% quantile exp(P_mean - 2 P_std) (0.027 for EDM's defaults), never below 0.003.
+    At a σ the model never saw, D(x) is just x: c_skip -> 1 and F is untrained there."""
+    t = info.get("recipe", {}).get("training", {})
+    return max(0.003, float(np.exp(t.get("P_mean", -1.2) - 2 * t.get("P_std", 1.2))))
+
+
 def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):
     from .sampling import Prior, adps, ald, dps, fast_dc, one_step
 
@@ -156,7 +164,7 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
     ambient = bool(info.get("ambient"))
     if method == "one_step":
         prior = Prior(model)
-        return one_step(prior, y, A, mask, sigma=opts.get("sigma", 0.003)), prior.nfe
+        return one_step(prior, y, A, mask, sigma=opts.get("sigma", one_step_sigma(info))), prior.nfe
     if ambient:
         mt = _training_type_mask(info, W, B, seed).to(device)
         prior = Prior(model, MultiCoilMRI(maps, mt), mt)
