@@ -45,6 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--coils", type=int, default=8)
+    p.add_argument("--slices", type=int, default=90, help="MNI slices in the demo set (train + held-out val)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared 2-core CPU)")
     p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
     p.add_argument("--adps-steps", type=int, default=500)
     p.add_argument("--accelerations", type=int, nargs="+", default=[4, 6, 8])
@@ -52,8 +54,9 @@ def main() -> None:
     p.add_argument("--device", default=None)
     args = p.parse_args()
     tic = time.time()
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
-    paths = build_demo(work / "data", size=args.size, coils=args.coils)
+    paths = build_demo(work / "data", size=args.size, coils=args.coils, slices=args.slices)
     recipe = ROOT / "recipes" / "demo_mni_r4.yaml"
     common = [f"output={work / 'runs'}", f"max_minutes={args.minutes}", "steps=1000000"]
     if args.device:
