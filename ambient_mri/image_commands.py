@@ -15,17 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AmbientMRIError, DataFileError
-
-
-def _writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataFileError(folder, f"output folder cannot be written ({e.strerror or e})") from None
+from .commands import _writable
+from .errors import AmbientMRIError
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:

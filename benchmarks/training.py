@@ -38,7 +38,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -52,6 +51,7 @@ import numpy as np
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter on stderr
 import torch  # noqa: E402
+from common import machine_info, stats  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -65,45 +65,6 @@ TARGET_RATIO = 1.10
 
 
 # ----------------------------------------------------------------------------------------------- info
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: str) -> dict:
-    import h5py
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-    if device != "cpu":
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def stats(times_s: list[float]) -> dict:
-    ms = np.asarray(times_s) * 1e3
-    q1, med, q3 = np.percentile(ms, [25, 50, 75])
-    return {"median_ms": float(med), "iqr_ms": float(q3 - q1), "q1_ms": float(q1), "q3_ms": float(q3),
-            "min_ms": float(ms.min()), "all_ms": [round(float(v), 3) for v in ms]}
-
-
 def _status_kb(field: str, pid: int | str = "self") -> int | None:
     """VmRSS / VmHWM (kB) from /proc/<pid>/status; None where it cannot be read."""
     try:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 
-class LinearOperator(nn.Module):
+class LinearOperator(nn.Module, ABC):
     """Base class. Subclasses implement ``forward`` and ``adjoint``; ``normal`` defaults to A^H A.
 
     Operators are ``nn.Module``s so that ``.to(device)`` moves masks and maps (stored as buffers).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """A x."""
 
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} does not define adjoint")
+    @abstractmethod
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """A^H y."""
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """A^H A x."""

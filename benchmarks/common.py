@@ -1,0 +1,64 @@
+"""What every benchmark records: the machine, library versions and load, and timing statistics."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def machine_info(device: str) -> dict:
+    import fastmri
+    import h5py
+    import sigpy
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_fft_backend": "MKL" if torch.backends.mkl.is_available() else "pocketfft",
+        "numpy": np.__version__,
+        "sigpy": sigpy.__version__,
+        "fastmri": getattr(fastmri, "__version__", "unknown"),
+        "h5py": h5py.__version__,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        # torch's CPU allocator hands out 4 KiB pages unless THP_MEM_ALLOC_ENABLE=1 (read once, at import);
+        # numpy madvises huge pages for large arrays. This matters for 100 MB temporaries.
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device != "cpu":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def stats(times_s: list[float]) -> dict:
+    ms = np.asarray(times_s) * 1e3
+    q1, med, q3 = np.percentile(ms, [25, 50, 75])
+    return {"median_ms": float(med), "iqr_ms": float(q3 - q1), "q1_ms": float(q1), "q3_ms": float(q3),
+            "min_ms": float(ms.min()), "all_ms": [round(float(v), 3) for v in ms]}
