@@ -256,13 +256,15 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
 
 @torch.no_grad()
 def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) -> None:
-    """PNG: zero-filled A^H y and the one-step reconstruction D(A^H y, M, σ_min) of the held-back examples."""
+    """PNG: zero-filled A^H y and the one-step reconstruction D(A^H y, M, σ) of the held-back examples, at the σ
+    that ``reconstruct(method="one_step")`` uses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from ..corruption import make_operator
+    from ..recon import one_step_sigma
 
     idx = list(range(n_train, len(data)))
     if not idx:
@@ -272,10 +274,10 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
                 ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])
-    rec = model(zf, 0.002, batch["mask"])
+    rec = model(zf, one_step_sigma(model.info), batch["mask"])
     fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
     for row, (a, b) in enumerate(zip(zf, rec)):
-        for col, (img, title) in enumerate(((a, "zero-filled A^H y"), (b, "one-step D"))):
+        for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):
             im = img.abs() if img.is_complex() else img.mean(0)
             axes[row, col].imshow(im.float().cpu().numpy(), cmap="gray")
             axes[row, col].set_title(title)
