@@ -180,6 +180,45 @@ def test_fast_sampler_is_data_consistent(demo):
     assert fast < 2 * sense and fast < 0.05 and dps > 5 * fast, (fast, sense, dps)
 
 
+def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
+    """fast: the network sees only measured lines (Ã = the model's further corruption of the scan's mask, ACS
+    kept); A-DPS: a fresh training-type Ã that does not depend on the scan's mask."""
+    import ambient_mri.sampling as sampling
+    from ambient_mri.recon import _acs_columns
+
+    seen = []
+    real = sampling.Prior.__init__
+
+    def spy(self, model, A_tilde=None, mask_tilde=None):
+        seen.append(mask_tilde.reshape(mask_tilde.shape[0], -1).clone())
+        real(self, model, A_tilde, mask_tilde)
+
+    monkeypatch.setattr(sampling.Prior, "__init__", spy)
+    k, model = demo["kspace"], demo["model"]
+    assert model.info["further"]["delta"] > 0
+    masks = [kspace_mask("equispaced", k.shape[-2:], 2, 0.25, seed=0)[0],  # 12 non-ACS lines for δ to drop
+             kspace_mask("equispaced", k.shape[-2:], 3, 0.25, seed=0)[0]]
+    dropped = []
+    for mask in masks:
+        seen.clear()
+        reconstruct(k, mask, model=model, method="fast", steps=2, seed=1, progress=False)
+        (mt,) = seen
+        scan = torch.from_numpy(mask.reshape(-1))
+        assert mt.shape == (2, scan.shape[0]) and (mt <= scan).all()
+        acs = torch.from_numpy(_acs_columns(mask))
+        assert (mt[:, acs] == 1).all()                                    # ACS lines are never dropped
+        dropped.append((int((scan.sum() - mt.sum(1)).sum()), int(mt[:, ~acs].sum())))
+    assert dropped[0][0] > 0 and dropped[0][1] > 0     # other scan lines: some dropped, some kept (δ = 0.2)
+    adps = []
+    for mask in masks:
+        seen.clear()
+        reconstruct(k, mask, model=model, method="adps", steps=2, seed=1, progress=False)
+        adps.append(seen[0])
+    assert torch.equal(adps[0], adps[1])
+    with pytest.raises(AmbientMRIError, match="a_tilde"):
+        reconstruct(k, masks[0], model=model, method="fast", steps=2, a_tilde="bogus", progress=False)
+
+
 def test_reconstruct_file_uses_the_files_own_mask(tmp_path, demo):
     """A test file (it has a mask): its own mask is used; asking for retrospective undersampling is an error."""
     k = demo["kspace"]
