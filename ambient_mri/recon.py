@@ -179,7 +179,8 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
     ambient = bool(info.get("ambient"))
     if method == "one_step":
         prior = Prior(model)
-        return one_step(prior, y, A, mask, sigma=opts.get("sigma", one_step_sigma(info))), prior.nfe
+        x = one_step(prior, y, A, mask, sigma=opts.get("sigma", one_step_sigma(info)))
+        return _maps_range(x, maps), prior.nfe
     if ambient:
         a_tilde = opts.pop("a_tilde", "scan" if method == "fast" else "training")
         if a_tilde not in ("training", "scan"):
@@ -187,13 +188,21 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
         mt = (_training_type_mask(info, W, B, seed).to(device) if a_tilde == "training"
               else _scan_mask_tilde(mask, info, seed))
         prior = Prior(model, MultiCoilMRI(maps, mt), mt)
-    else:
-        prior = Prior(model)
+    else:  # a clean multi-coil model was trained on A^H A (x0 + σ n) with a full mask: feed it the same
+        full = torch.ones_like(mask)
+        prior = Prior(model, MultiCoilMRI(maps, full), full)
     fn = {"adps": adps, "dps": dps, "ald": ald, "fast": fast_dc}[method]
     if method == "adps" and not ambient:
         fn = dps
     x = fn(prior, y, A, (B, H, W), steps=steps, seed=seed, progress=progress, **opts)
-    return x, prior.nfe
+    return _maps_range(x, maps), prior.nfe
+
+
+def _maps_range(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """x (B, H, W) -> S^H S x: the image where the coil maps see it. Outside the maps' support no measurement
+    (and no training loss) constrains a network's output, so what a sampler leaves there is not image content;
+    CG-SENSE's iterates lie in this range already."""
+    return (maps.abs() ** 2).sum(1) * x
 
 
 def _acs_columns(mask: np.ndarray) -> np.ndarray:

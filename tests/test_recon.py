@@ -219,6 +219,40 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
         reconstruct(k, masks[0], model=model, method="fast", steps=2, a_tilde="bogus", progress=False)
 
 
+def test_clean_prior_sees_what_it_was_trained_on_and_output_lies_in_the_maps_range(demo, monkeypatch):
+    """A clean (oracle) multi-coil model is trained on A^H A (x0 + σ n) with a full mask, so samplers must feed
+    it S^H S x, not x; and no sampler may leave content where the coil maps are zero (nothing constrains it)."""
+    import ambient_mri.sampling as sampling
+    from ambient_mri.training.trainer import train
+
+    paths = demo["paths"]
+    run = train(RECIPE, [f"data.path={paths['full_train']}", f"output={demo['run'].parent}", "name=oracle",
+                         "corruption.ambient=false", "corruption.cond=[ones]", "steps=5", "batch_size=4",
+                         "network.model_channels=8", "network.channel_mult=[1,2]", "device=cpu",
+                         "checkpoint_every=5", "log_every=5"], progress=False)
+    oracle = am.load_model(run / "model.pt")
+    assert not oracle.info["ambient"]
+    k, mask = demo["kspace"], demo["mask"]
+    kk, mm = check_inputs(k, mask)
+    _, maps, _ = prepare_scan(kk, mm, 32)
+    maps[..., :6] = 0                                      # a band the coils do not see
+    seen = []
+    real = sampling.Prior.__init__
+
+    def spy(self, model, A_tilde=None, mask_tilde=None):
+        seen.append((A_tilde, mask_tilde))
+        real(self, model, A_tilde, mask_tilde)
+
+    monkeypatch.setattr(sampling.Prior, "__init__", spy)
+    for model, method in ((oracle, "fast"), (oracle, "dps"), (demo["model"], "adps"), (demo["model"], "one_step")):
+        seen.clear()
+        res = reconstruct(k, mask, model=model, maps=maps, method=method, steps=2, seed=0, progress=False)
+        assert np.abs(res.image[..., :6]).max() == 0 and np.abs(res.image[..., 6:]).max() > 0, method
+        if model is oracle:
+            (A_t, m_t), = seen
+            assert A_t is not None and bool((m_t == 1).all())  # the full-mask normal operator
+
+
 def test_reconstruct_file_uses_the_files_own_mask(tmp_path, demo):
     """A test file (it has a mask): its own mask is used; asking for retrospective undersampling is an error."""
     k = demo["kspace"]
