@@ -25,6 +25,10 @@ CLASSICAL = ("zero_filled", "sense", "l1_wavelet")
 DIFFUSION = ("adps", "dps", "ald", "one_step", "fast")
 METHODS = CLASSICAL + DIFFUSION
 DEFAULT_STEPS = {"adps": 500, "dps": 500, "ald": 500, "fast": 50, "one_step": 1}
+_SCHEDULE = ("sigma_max", "sigma_min", "a_tilde")
+OPTIONS = {"zero_filled": (), "sense": ("lam", "iters"), "l1_wavelet": ("lam", "iters"), "one_step": ("sigma",),
+           "fast": (*_SCHEDULE, "cg_iters", "eta", "lam"), "adps": (*_SCHEDULE, "zeta"), "dps": (*_SCHEDULE, "zeta"),
+           "ald": (*_SCHEDULE, "eps", "gamma")}
 L1_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
 SENSE_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -332,6 +336,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     """
     if method not in METHODS:
         raise AmbientMRIError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    unknown = sorted(set(opts) - set(OPTIONS[method]))
+    if unknown:
+        raise AmbientMRIError(f"option(s) {', '.join(unknown)} do not apply to method {method!r}; its options: "
+                              f"{', '.join(OPTIONS[method]) or 'none'}")
     for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
         if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
             raise AmbientMRIError(f"{name} must be a positive integer, got {v!r}")

@@ -298,6 +298,9 @@ def test_bad_input_errors(demo, tmp_path):
                              method="fast"), "trained on 32x32"),
         (lambda: reconstruct(k, mask, model=model, method="fast", steps=0), "steps"),
         (lambda: reconstruct(k, mask, model=model, method="fast", num_samples=0), "num_samples"),
+        (lambda: reconstruct(k, mask, maps=maps, method="sense", zeta=1.0), "zeta do not apply to method 'sense'"),
+        (lambda: reconstruct(k, mask, model=model, method="adps", cg_iters=3), "cg_iters .*'adps'.*zeta"),
+        (lambda: reconstruct(k, mask, maps=maps, method="zero_filled", lam=1), "options: none"),
     ]
     for fn, pattern in cases:
         with pytest.raises(AmbientMRIError, match=pattern):
