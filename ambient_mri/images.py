@@ -8,6 +8,7 @@ How a model's training shapes its sampling (read from ``model.info``):
     ambient pixel model (trained on Ã ⊂ A)  the denoiser sees Ã^H Ã x and the mask of Ã; Ã is a fresh
                                            training-type mask (pixels missing with the training p and/or the
                                            training box, then the further δ), fixed for a whole trajectory
+                                           samplers stop at exp(P_mean) (``ambient_sigma_floor``)
     noisy model (trained on y = x + σ_n z)  the Tweedie loss trains D only for σ > σ_n: samplers stop at
                                            σ_min = σ_n and return E[x0 | x_σn] (override with sigma_min)
     clean model                            the plain EDM denoiser
@@ -24,7 +25,7 @@ import torch
 from .errors import AmbientMRIError
 from .masks import further_mask
 from .operators import Identity, LinearOperator, PixelMask
-from .sampling import Prior, adps, ald, dps, fast_dc, generate, one_step
+from .sampling import Prior, adps, ald, ambient_sigma_floor, dps, fast_dc, generate, one_step
 
 METHODS = ("dps", "adps", "ald", "fast_dc", "one_step")
 DEFAULT_STEPS = {"dps": 250, "adps": 250, "ald": 250, "fast_dc": 50, "one_step": 1}
@@ -125,10 +126,11 @@ def _device(model, device) -> torch.device:
 
 
 def default_sigma_min(model, sigma_min: float | None = None, floor: float = 0.002) -> float:
-    """σ_min of the sampler: the given one, else ``floor`` (σ_n for a model trained on noisy images)."""
+    """σ_min of the sampler: the given one, else ``floor``, σ_n for a model trained on noisy images, and the
+    ambient floor (``ambient_sigma_floor``) for a model trained on further-corrupted pixels, whichever is largest."""
     if sigma_min is not None:
         return float(sigma_min)
-    return max(floor, model_sigma_n(model))
+    return max(floor, model_sigma_n(model), ambient_sigma_floor(_info(model)))
 
 
 @torch.no_grad()

@@ -176,7 +176,7 @@ def one_step_sigma(info: dict) -> float:
 
 
 def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):
-    from .sampling import Prior, adps, ald, dps, fast_dc, one_step
+    from .sampling import Prior, adps, ald, ambient_sigma_floor, dps, fast_dc, one_step
 
     B, _, H, W = y.shape
     A = MultiCoilMRI(maps, mask)
@@ -186,6 +186,7 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
         x = one_step(prior, y, A, mask, sigma=opts.get("sigma", one_step_sigma(info)))
         return _maps_range(x, maps), prior.nfe
     if ambient:
+        opts.setdefault("sigma_min", ambient_sigma_floor(info))
         a_tilde = opts.pop("a_tilde", "scan" if method == "fast" else "training")
         if a_tilde not in ("training", "scan"):
             raise AmbientMRIError(f"a_tilde must be 'training' or 'scan', got {a_tilde!r}")

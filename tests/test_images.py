@@ -143,6 +143,26 @@ def test_generation_and_posteriors_use_the_package_samplers(trained, monkeypatch
     assert len(probe["cosine"]) == 2 and -1 <= probe["mean_cosine"] <= 1 and np.isfinite(probe["mean_psnr"])
 
 
+def test_ambient_samplers_stop_where_the_network_can_fill_missing_pixels(trained):
+    """EDM's c_out(σ) -> 0 as σ -> 0, so an ambient D at a tiny σ returns its masked input Ã^H Ã x: samples then
+    keep Ã's holes (exact zeros). Samplers of ambient models stop at exp(P_mean) instead (MRI: test_recon);
+    other models keep their own σ_min."""
+    from ambient_mri.sampling import ambient_sigma_floor
+
+    amb, noisy = trained["models"]["ambient"], trained["models"]["noisy"]
+    floor = ambient_sigma_floor(amb.info)
+    assert abs(floor - np.exp(amb.info["recipe"]["training"]["P_mean"])) < 1e-12 and floor > 0.1
+    assert ambient_sigma_floor(noisy.info) == 0 and im.default_sigma_min(noisy) == pytest.approx(0.2)
+    assert im.default_sigma_min(amb) == pytest.approx(floor) and im.default_sigma_min(amb, 0.002) == 0.002
+
+    def holes(x):
+        return float((x.abs() < 1e-4).float().mean())
+
+    tiny = im.sample_images(amb, 4, steps=6, seed=2, sigma_min=0.002)
+    default = im.sample_images(amb, 4, steps=6, seed=2)
+    assert holes(tiny) > 0.3 and holes(default) < 0.02, (holes(tiny), holes(default))
+
+
 def am_pixel():
     from ambient_mri.operators import PixelMask
 

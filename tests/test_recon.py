@@ -219,6 +219,23 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
         reconstruct(k, masks[0], model=model, method="fast", steps=2, a_tilde="bogus", progress=False)
 
 
+def test_ambient_mri_samplers_stop_at_the_ambient_sigma_floor(demo, monkeypatch):
+    import ambient_mri.sampling as sampling
+    from ambient_mri.sampling import ambient_sigma_floor
+
+    got = []
+    for name in ("fast_dc", "adps"):
+        orig = getattr(sampling, name)
+        monkeypatch.setattr(sampling, name, lambda *a, _o=orig, **kw: (got.append(kw["sigma_min"]), _o(*a, **kw))[1])
+    k, mask, model = demo["kspace"], demo["mask"], demo["model"]
+    floor = ambient_sigma_floor(model.info)
+    assert floor == pytest.approx(np.exp(model.info["recipe"]["training"]["P_mean"]))
+    reconstruct(k, mask, model=model, method="fast", steps=2, progress=False)
+    reconstruct(k, mask, model=model, method="adps", steps=2, progress=False)
+    reconstruct(k, mask, model=model, method="fast", steps=2, sigma_min=0.01, progress=False)
+    assert got == [pytest.approx(floor), pytest.approx(floor), 0.01]
+
+
 def test_clean_prior_sees_what_it_was_trained_on_and_output_lies_in_the_maps_range(demo, monkeypatch):
     """A clean (oracle) multi-coil model is trained on A^H A (x0 + σ n) with a full mask, so samplers must feed
     it S^H S x, not x; and no sampler may leave content where the coil maps are zero (nothing constrains it)."""

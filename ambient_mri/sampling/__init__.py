@@ -2,6 +2,6 @@
 
 from .generate import generate
 from .posterior import adps, ald, dps, fast_dc, one_step
-from .prior import Prior, edm_sigmas
+from .prior import Prior, ambient_sigma_floor, edm_sigmas
 
-__all__ = ["Prior", "adps", "ald", "dps", "edm_sigmas", "fast_dc", "generate", "one_step"]
+__all__ = ["Prior", "adps", "ambient_sigma_floor", "ald", "dps", "edm_sigmas", "fast_dc", "generate", "one_step"]
