@@ -53,6 +53,14 @@ def noise_levels(images: np.ndarray) -> dict:
     return {"mean": float(s.mean()), "median": float(np.median(s)), "std": float(s.std())}
 
 
+def _previous(out: Path, name: str) -> dict | None:
+    """The record of ``name`` in an earlier result file (its training time, when a trained model is reused)."""
+    try:
+        return json.loads(out.read_text())["models"][name]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _train_and_sample(job: dict) -> dict:
     """Worker: train one model, draw its samples, run the probe. Returns its record and the samples' path."""
     torch.set_num_threads(job["threads"])
@@ -63,11 +71,14 @@ def _train_and_sample(job: dict) -> dict:
     from ambient_mri.training.trainer import train
 
     run = Path(job["work"]) / "runs" / job["recipe"]
-    if run.exists():
+    reuse = job["reuse"] and (run / "checkpoint.pt").is_file() and \
+        int(safe_load(run / "checkpoint.pt")["step"]) >= job["steps"]
+    if run.exists() and not reuse:
         shutil.rmtree(run)  # a fresh run: train() would otherwise resume from the old checkpoint
     t = time.time()
-    train(ROOT / "recipes" / f"{job['recipe']}.yaml", overrides=job["overrides"], progress=False)
-    train_s = time.time() - t
+    if not reuse:
+        train(ROOT / "recipes" / f"{job['recipe']}.yaml", overrides=job["overrides"], progress=False)
+    train_s = time.time() - t if not reuse else next((r.get("train_seconds") for r in [job.get("prior") or {}]), None)
     log = _log(run)
     done = int(safe_load(run / "checkpoint.pt")["step"])  # also when max_minutes stopped it between logs
     model = load_model(run / "model.pt", device=job["device"])
@@ -77,7 +88,8 @@ def _train_and_sample(job: dict) -> dict:
     folder = Path(job["work"]) / "samples" / job["name"]
     write_samples(x, folder, {"model": str(run / "model.pt"), "steps": job["sample_steps"]})
     np.save(folder / "all.npy", x.cpu().numpy())
-    rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "train_seconds": round(train_s, 1),
+    rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "reused_trained_model": reuse,
+           "train_seconds": round(train_s, 1) if train_s is not None else None,
            "final_loss": log[-1]["loss"] if log else None, "sample_seconds": round(sample_s, 1),
            "sigma_min": max(0.002, float(model.info.get("sigma_n") or 0))}
     if job["probe"] > 0:
@@ -89,8 +101,8 @@ def _train_and_sample(job: dict) -> dict:
             f"{grp}_{k}": v for grp, idx in groups.items()
             for k, v in memorization_probe(model, faces.images[idx], keep=0.1, method="dps", steps=job["probe_steps"],
                                            seed=job["seed"]).items() if k.startswith("mean_")}
-    print(f"{job['name']}: {done} steps in {train_s / 60:.1f} min, {job['num']} samples in {sample_s:.0f} s",
-          flush=True)
+    print(f"{job['name']}: {done} steps ({'reused' if reuse else f'{train_s / 60:.1f} min'}), {job['num']} samples "
+          f"in {sample_s:.0f} s", flush=True)
     return {"name": job["name"], "record": rec, "samples": str(folder / "all.npy")}
 
 
@@ -111,6 +123,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for all models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda")
+    p.add_argument("--reuse", action="store_true", help="keep models in --work that trained --steps (sample again)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -132,7 +145,8 @@ def main() -> None:
                      f"training.device={device}", f"data.limit={limit or 'null'}", *args.set]
         jobs.append({"name": name, "recipe": recipe, "overrides": overrides, "work": str(work), "num": args.num,
                      "sample_steps": args.sample_steps, "seed": args.seed, "device": device, "threads": args.threads,
-                     "probe": args.probe, "probe_steps": args.probe_steps, "limit": limit})
+                     "probe": args.probe, "probe_steps": args.probe_steps, "limit": limit, "reuse": args.reuse,
+                     "steps": args.steps, "prior": _previous(out, name) if args.reuse else None})
     with ProcessPoolExecutor(max(1, args.workers), mp_context=get_context("spawn")) as ex:
         done = list(ex.map(_train_and_sample, jobs))
     records = {d["name"]: d["record"] for d in done}

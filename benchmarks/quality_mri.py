@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/quality_mri")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=str(RESULTS / "quality_mri.json"), help="result JSON (the PNG goes beside it)")
+    p.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --work again")
     args = p.parse_args()
     tic = time.time()
     _threads(args.threads)
@@ -108,12 +109,19 @@ def main() -> None:
                             "corruption.cond=[ones]"],
     }
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pool or CUDA state inherited
-    with ProcessPoolExecutor(len(jobs), mp_context=ctx) as ex:
-        futs = {k: ex.submit(_train, v, args.threads) for k, v in jobs.items()}
-        runs = {k: Path(f.result()) for k, f in futs.items()}
-    train_s = time.time() - tic
+    names = {"ambient": "ambient_r4", "oracle": "oracle_full"}
+    if args.reuse and all((work / "runs" / n / "model.pt").is_file() for n in names.values()):
+        runs = {k: work / "runs" / n for k, n in names.items()}
+        previous = json.loads(Path(args.out).read_text())["settings"] if Path(args.out).is_file() else {}
+        train_s = 60 * float(previous.get("train_minutes_wall", float("nan")))
+    else:
+        with ProcessPoolExecutor(len(jobs), mp_context=ctx) as ex:
+            futs = {k: ex.submit(_train, v, args.threads) for k, v in jobs.items()}
+            runs = {k: Path(f.result()) for k, f in futs.items()}
+        train_s = time.time() - tic
     steps_trained = {k: json.loads((v / "log.jsonl").read_text().splitlines()[-1])["step"] for k, v in runs.items()}
-    print(f"trained side by side in {train_s / 60:.1f} min: {steps_trained}", flush=True)
+    print(f"trained side by side in {train_s / 60:.1f} min{' (reused)' if args.reuse else ''}: {steps_trained}",
+          flush=True)
 
     tasks = []
     for R in args.accelerations:
