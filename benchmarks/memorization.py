@@ -78,7 +78,7 @@ def _train_and_sample(job: dict) -> dict:
     t = time.time()
     if not reuse:
         train(ROOT / "recipes" / f"{job['recipe']}.yaml", overrides=job["overrides"], progress=False)
-    train_s = time.time() - t if not reuse else next((r.get("train_seconds") for r in [job.get("prior") or {}]), None)
+    train_s = (job.get("prior") or {}).get("train_seconds") if reuse else time.time() - t
     log = _log(run)
     done = int(safe_load(run / "checkpoint.pt")["step"])  # also when max_minutes stopped it between logs
     model = load_model(run / "model.pt", device=job["device"])
