@@ -171,8 +171,9 @@ def one_step_sigma(info: dict) -> float:
     """σ for A-OS: the anchor's 0.003 assumes a model trained down to that level; ours train ln σ ~ N(P_mean,
     P_std²), so use the lower 2.3% quantile exp(P_mean - 2 P_std) (0.027 for EDM's defaults), never below 0.003.
     At a σ the model never saw, D(x) is just x: c_skip -> 1 and F is untrained there."""
-    t = info.get("recipe", {}).get("training", {})
-    return max(0.003, float(np.exp(t.get("P_mean", -1.2) - 2 * t.get("P_std", 1.2))))
+    from .sampling.prior import training_sigma
+
+    return max(0.003, training_sigma(info, -2.0))
 
 
 def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):

@@ -31,10 +31,14 @@ def ambient_sigma_floor(info: dict) -> float:
     ln σ ~ N(P_mean, P_std²); samplers stop at the median, exp(P_mean) (0.30 for EDM's defaults), and return
     D there. On the demo and face models: faces at σ_min 0.2 have the clean photos' noise level (0.026 vs 0.028)
     where 0.002 gave masked images; MRI fast +0.5 dB at R = 4 (docs/reconstruction.md)."""
-    if not info.get("ambient"):
-        return 0.0
+    return training_sigma(info, 0.0) if info.get("ambient") else 0.0
+
+
+def training_sigma(info: dict, z: float) -> float:
+    """exp(P_mean + z P_std): the σ at z standard deviations of the model's training σ distribution (ln σ normal;
+    EDM's P_mean -1.2, P_std 1.2 when the model file does not record them)."""
     t = (info.get("recipe") or {}).get("training", {})
-    return float(np.exp(t.get("P_mean", -1.2)))
+    return float(np.exp(t.get("P_mean", -1.2) + z * t.get("P_std", 1.2)))
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
