@@ -7,6 +7,7 @@ with every method at every R (the long A-DPS/DPS runs first). Prints a table and
 benchmarks/results/quality_mri.json and quality_mri.png.
 
     python benchmarks/quality_mri.py [--size 64] [--minutes 20] [--adps-steps 500] [--workers 2] [--work DIR]
+                                     [--device cuda] [--set training.batch_size=32 ...]
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def main() -> None:
     p.add_argument("--accelerations", type=int, nargs="+", default=[4, 6, 8])
     p.add_argument("--work", default="/tmp/quality_mri")
     p.add_argument("--device", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for both models (e.g. training.batch_size=32 on a GPU)")
     p.add_argument("--out", default=str(RESULTS / "quality_mri.json"), help="result JSON (the PNG goes beside it)")
     p.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --work again")
     args = p.parse_args()
@@ -103,6 +106,7 @@ def main() -> None:
     common = [f"output={work / 'runs'}", f"max_minutes={args.minutes}", "steps=1000000"]
     if args.device:
         common.append(f"device={args.device}")
+    common += args.set
     jobs = {
         "ambient": common + [f"data.path={paths['r4_train']}", "name=ambient_r4"],
         "oracle": common + [f"data.path={paths['full_train']}", "name=oracle_full", "corruption.ambient=false",
