@@ -40,7 +40,8 @@ SENSE_TOL = 1e-5       # CG stops early at this relative residual
 @dataclass
 class ReconResult:
     """image (S, H, W) complex in the input's scale; magnitude (S, h, w) at the target size; std (S, h, w) of the
-    magnitude over posterior samples (num_samples > 1); nfe network evaluations per slice; seconds."""
+    magnitude over posterior samples (num_samples > 1); nfe network evaluations per slice, all its samples counted;
+    seconds."""
 
     image: np.ndarray
     magnitude: np.ndarray
@@ -384,6 +385,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
             x, nfe = _diffusion(method, model, yy[sl].to(dev), mm[sl].to(dev), pp[sl].to(dev), n_steps,
                                 seed + 7919 * i, model.info, dev, progress, **opts)
             outs.append(x.detach().cpu())
+        nfe *= reps  # each slice's samples are separate trajectories (batched, but each one evaluates the network)
         samples = torch.cat(outs).numpy().reshape(S, reps, H, W)
         img = samples.mean(1)
         if reps > 1:
