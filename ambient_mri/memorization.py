@@ -141,6 +141,33 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
     return out
 
 
+def noise_recall(samples, clean, noisy, center: bool = False) -> dict:
+    """Does a model trained on noisy images reproduce the *noise* of its training images?
+
+    samples (N, C, H, W); clean and noisy (M, C, H, W): the training images and the noisy versions the model was
+    trained on, in the same scale. For each sample, its nearest clean training image j; the correlation between
+    the sample's residual (sample − clean_j) and that image's training noise (noisy_j − clean_j). About 0 for a
+    model that learned the clean distribution, 1 for copies of the noisy images. ``control``: the same with the
+    noise of another training image (j + 1), the value that chance gives.
+    """
+    S, X, Y = (np.asarray(a, np.float32) for a in (samples, clean, noisy))
+    if X.shape != Y.shape or S.shape[1:] != X.shape[1:]:
+        raise AmbientMRIError(f"noise_recall needs samples (N, ...) and clean/noisy training images of one shape; "
+                              f"got {S.shape}, {X.shape}, {Y.shape}")
+    _, idx = nearest_neighbours(S, X, k=1, center=center)
+    j = idx[:, 0]
+    r = (S - X[j]).reshape(len(S), -1)
+
+    def corr(e):
+        e = e.reshape(len(S), -1)
+        return (r * e).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(e, axis=1), 1e-12)
+
+    c = corr(Y[j] - X[j])
+    k = (j + 1) % len(X)
+    return {"mean": float(c.mean()), "median": float(np.median(c)), "share_above_0.5": float((c > 0.5).mean()),
+            "control": float(corr(Y[k] - X[k]).mean())}
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 

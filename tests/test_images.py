@@ -309,6 +309,24 @@ def test_nearest_neighbours_finds_planted_copies_with_one_matrix_product(monkeyp
     assert (oi[:, 0] != np.arange(300)).all()
 
 
+def test_noise_recall_tells_noisy_copies_from_fresh_noise():
+    """Samples that repeat the training noise score ~1; clean images plus new noise, or the clean images, ~0."""
+    from ambient_mri.memorization import noise_recall
+
+    rng = np.random.default_rng(2)
+    clean = rng.uniform(-1, 1, (40, 1, 16, 16)).astype(np.float32)
+    noisy = clean + 0.2 * rng.standard_normal(clean.shape).astype(np.float32)
+    pick = rng.integers(0, 40, 30)
+    copies = noise_recall(noisy[pick], clean, noisy)
+    assert copies["mean"] > 0.99 and copies["share_above_0.5"] == 1.0 and abs(copies["control"]) < 0.1
+    fresh = clean[pick] + 0.2 * rng.standard_normal((30, 1, 16, 16)).astype(np.float32)
+    assert abs(noise_recall(fresh, clean, noisy)["mean"]) < 0.1
+    half = clean[pick] + 0.5 * (noisy[pick] - clean[pick]) + 0.1 * rng.standard_normal((30, 1, 16, 16))
+    assert 0.5 < noise_recall(half, clean, noisy)["mean"] < 0.9     # half the training noise plus new noise
+    with pytest.raises(AmbientMRIError, match="one shape"):
+        noise_recall(noisy[pick], clean, noisy[:10])
+
+
 def test_batch_ssim_equals_skimage():
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (3, 3, 10, 12))
