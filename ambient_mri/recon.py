@@ -25,6 +25,10 @@ CLASSICAL = ("zero_filled", "sense", "l1_wavelet")
 DIFFUSION = ("adps", "dps", "ald", "one_step", "fast")
 METHODS = CLASSICAL + DIFFUSION
 DEFAULT_STEPS = {"adps": 500, "dps": 500, "ald": 500, "fast": 50, "one_step": 1}
+# fast: CG steps between denoiser calls, by prior (ambient?). Chosen on the demo calibration volume
+# (benchmarks/tune_fast.py): an ambient D leaves much to the data, while a clean D is sharp and longer
+# unregularised CG on its output amplifies noise that the next denoiser call then takes for signal.
+FAST_CG_ITERS = {True: 20, False: 3}
 _SCHEDULE = ("sigma_max", "sigma_min", "a_tilde")
 OPTIONS = {"zero_filled": (), "sense": ("lam", "iters"), "l1_wavelet": ("lam", "iters"), "one_step": ("sigma",),
            "fast": (*_SCHEDULE, "cg_iters", "eta", "lam"), "adps": (*_SCHEDULE, "zeta"), "dps": (*_SCHEDULE, "zeta"),
@@ -198,6 +202,8 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
     else:  # a clean multi-coil model was trained on A^H A (x0 + σ n) with a full mask: feed it the same
         full = torch.ones_like(mask)
         prior = Prior(model, MultiCoilMRI(maps, full), full)
+    if method == "fast":
+        opts.setdefault("cg_iters", FAST_CG_ITERS[ambient])
     fn = {"adps": adps, "dps": dps, "ald": ald, "fast": fast_dc}[method]
     if method == "adps" and not ambient:
         fn = dps

@@ -98,7 +98,16 @@ def main() -> None:
                    help="recipe override for both models (e.g. training.batch_size=32 on a GPU)")
     p.add_argument("--out", default=str(RESULTS / "quality_mri.json"), help="result JSON (the PNG goes beside it)")
     p.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --work again")
+    p.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                   help="with --reuse: re-evaluate only these methods (labels as in the table) and keep the other rows "
+                        "of --out")
     args = p.parse_args()
+    labels = [m[0] for m in methods(args.adps_steps)]
+    if args.only and not (args.reuse and Path(args.out).is_file()):
+        p.error("--only needs --reuse and an earlier --out to keep the other rows of")
+    unknown = sorted(set(args.only or []) - set(labels))
+    if unknown:
+        p.error(f"--only: unknown method(s) {unknown}; the labels are {labels}")
     tic = time.time()
     _threads(args.threads)
     work = Path(args.work)
@@ -130,6 +139,8 @@ def main() -> None:
     tasks = []
     for R in args.accelerations:
         for label, method, key, opts in methods(args.adps_steps):
+            if args.only and label not in args.only:
+                continue
             name = label.replace(" ", "_").replace("(", "").replace(")", "")
             tasks.append({"R": R, "cf": demo_center_fraction(args.size, R), "label": label, "method": method,
                           "model": key, "opts": opts, "folder": str(work / "recon" / f"r{R}" / name),
@@ -144,9 +155,11 @@ def main() -> None:
             rows.append(r)
             print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} NMSE {r['NMSE']:.5f} "
                   f"NFE {r['nfe']:4d} {r['seconds_per_slice']:7.2f} s/slice", flush=True)
-    order = [m[0] for m in methods(args.adps_steps)]
-    rows.sort(key=lambda r: (r["R"], order.index(r["method"])))
     out = Path(args.out)
+    earlier = json.loads(out.read_text()) if args.only else {}
+    if args.only:  # the other rows as they were measured, with the settings and seconds of that run
+        rows += [r for r in earlier["rows"] if r["method"] not in args.only]
+    rows.sort(key=lambda r: (r["R"], labels.index(r["method"])))
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "quality_mri",
@@ -157,6 +170,11 @@ def main() -> None:
                      "seconds_per_slice": "wall time of one worker; workers ran concurrently"},
         "rows": rows, "seconds": round(time.time() - tic, 1),
     }
+    if args.only:  # the run that trained the models and measured the other rows stays the record's settings
+        record["settings"] = {**earlier["settings"], "reevaluated": {
+            "methods": args.only, "machine": record["machine"], "seconds": record["seconds"],
+            "settings": {k: v for k, v in vars(args).items() if k in ("device", "workers", "threads", "only")}}}
+        record["machine"], record["seconds"] = earlier["machine"], earlier["seconds"]
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, out)

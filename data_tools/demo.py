@@ -126,3 +126,33 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     }
     (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
     return paths
+
+
+def demo_calibration_slices(slices: int, axis: str = "axial", num: int = VOLUME_SLICES) -> list[int]:
+    """Template slices for tuning sampler settings: used by neither split, at least ``VAL_SPACING`` from every
+    validation slice, the ones farthest from both splits first (ties: farther from validation)."""
+    train, val = demo_slices(slices, axis)
+    lo, hi = mni152_brain_range(axis)
+    free = [s for s in range(lo, hi) if s not in set(train) | set(val)]
+    dist = {s: (min(abs(s - t) for t in train), min(abs(s - v) for v in val)) for s in free}
+    ok = [s for s in free if dist[s][1] >= VAL_SPACING]
+    return sorted(sorted(ok, key=lambda s: (-min(dist[s]), -dist[s][1]))[:num])
+
+
+def build_calibration(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 40,
+                      noise_std: float = 0.005, axis: str = "axial") -> Path:
+    """One fully-sampled volume of ``demo_calibration_slices``, simulated like the demo volumes, as
+    ``output/raw/calib/demo_calib_00.h5``: where sampler settings are chosen, so that the validation volume only
+    scores them. Returns the folder."""
+    ids = demo_calibration_slices(slices, axis)
+    if not ids:
+        raise AmbientMRIError(f"--slices {slices} leaves no template slice for calibration")
+    folder = Path(output) / "raw" / "calib"
+    path = folder / "demo_calib_00.h5"
+    if not path.exists():
+        lo, hi = mni152_brain_range(axis)
+        stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # the demo's normalisation
+        make_fastmri_volume(path, np.stack([stack[i - lo] for i in ids]), num_coils=coils, oversample=2,
+                            noise_std=noise_std, phase=True, seed=2000, acquisition="AXT1",
+                            attrs={"mni152_slices": ids, "mni152_axis": axis})
+    return folder

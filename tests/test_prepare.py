@@ -341,3 +341,22 @@ def test_row_crop_matches_2d_crop():
 
     expect = fft2c(np.ascontiguousarray(center_crop(ifft2c(k), (6, 8))))
     np.testing.assert_allclose(row_crop(k, 6), expect, atol=1e-5)
+
+
+def test_calibration_volume_uses_slices_of_neither_split(tmp_path):
+    """Sampler settings are tuned on slices that neither train nor score: disjoint from both demo splits and at
+    least VAL_SPACING from every validation slice; the volume is an official-layout file, fully sampled."""
+    from ambient_mri.data import read_fastmri
+    from data_tools.demo import VAL_SPACING, build_calibration, demo_calibration_slices, demo_slices
+
+    for n in (12, 40, 90):
+        ids = demo_calibration_slices(n)
+        train, val = demo_slices(n)
+        assert len(ids) == 8 and len(set(ids)) == 8
+        assert not set(ids) & (set(train) | set(val))
+        assert min(abs(a - b) for a in ids for b in val) >= VAL_SPACING
+    folder = build_calibration(tmp_path, size=32, coils=2, slices=12)
+    vol = read_fastmri(folder / "demo_calib_00.h5")
+    assert vol.kspace.shape == (8, 2, 64, 32) and (np.abs(vol.kspace) > 0).all()
+    with h5py.File(folder / "demo_calib_00.h5", "r") as f:
+        assert list(f.attrs["mni152_slices"]) == demo_calibration_slices(12)

@@ -157,6 +157,27 @@ def test_diffusion_methods_shapes_nfe_determinism(demo, method):
     assert (s.std > 0).any() == (method != "one_step")
 
 
+def test_fast_takes_fewer_cg_steps_with_a_clean_prior(demo, monkeypatch):
+    """FAST_CG_ITERS: 20 CG steps between denoiser calls for an ambient model, 3 for a clean one (chosen on the
+    demo calibration volume, benchmarks/tune_fast.py); an explicit cg_iters wins."""
+    import ambient_mri.sampling as sampling
+    from ambient_mri.model import Denoiser
+    from ambient_mri.training.recipe import load_recipe
+    from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
+
+    seen = []
+    real = sampling.fast_dc
+    monkeypatch.setattr(sampling, "fast_dc", lambda *a, **kw: seen.append(kw["cg_iters"]) or real(*a, **kw))
+    clean = Denoiser(network_config(load_recipe({"network": TINY_NET}), 2, 1),
+                     {"operator": "multicoil", "ambient": False, "cond": ["ones"], "image_shape": [32, 32]}).eval()
+    k, mask = demo["kspace"][:1], demo["mask"]
+    for model, kw in ((demo["model"], {}), (clean, {}), (clean, {"cg_iters": 7})):
+        res = reconstruct(k, mask, model=model, method="fast", steps=2, progress=False, **kw)
+        assert np.isfinite(res.image).all() and res.nfe == 2
+    assert seen == [20, 3, 7]
+
+
 def test_model_file_path_and_defaults(demo):
     res = reconstruct(demo["kspace"][:1], demo["mask"], model=demo["run"] / "model.pt", method="one_step",
                       progress=False)

@@ -80,8 +80,9 @@ def fast_dc(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int 
     """D → CG on (A^H A + λ I) x = A^H y + λ D started at D → DDIM step to σ_{i+1}.
 
     The CG is early-stopped (``cg_iters``): it fits the acquired data while keeping D's content where the data say
-    little, and stopping regularises against noise amplification (on the demo data 20 iterations beat 5, 10 and
-    40). λ > 0 pulls the solution towards D as well; 0 (default) because an imperfect D should not override data."""
+    little, and stopping regularises against noise amplification. How many steps pay depends on the prior:
+    ``reconstruct`` takes 20 with an ambient model and 3 with a clean one (recon.FAST_CG_ITERS). λ > 0 pulls the
+    solution towards D as well; 0 (default) because an imperfect D should not override data."""
     g = torch.Generator().manual_seed(seed)
     sig = edm_sigmas(steps, sigma_min, sigma_max)
     x = randn_like_image(shape, dtype, g, y.device) * float(sig[0])

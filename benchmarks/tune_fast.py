@@ -1,0 +1,86 @@
+"""How many CG steps the fast sampler takes between denoiser calls, chosen per kind of prior on a calibration
+volume, never on the volume that quality_mri.py scores.
+
+The calibration volume (data_tools.demo.build_calibration) holds MNI slices that neither the training nor the
+validation split uses, at least 3 slices from every validation slice. The models are the two that quality_mri.py
+trained in --work (an ambient model from R=4 data, an oracle from fully-sampled data). Each (model, R, cg_iters)
+cell runs `reconstruct_file(method="fast", steps=50)` on the calibration volume and scores it against its
+fully-sampled reference. Prints a table and writes benchmarks/results/tune_fast.json.
+
+    python benchmarks/quality_mri.py ...           # trains the models in /tmp/quality_mri
+    python benchmarks/tune_fast.py [--work /tmp/quality_mri] [--cg-iters 5 10 20 40] [--accelerations 4 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from quality_mri import RESULTS, _evaluate, _threads
+
+from data_tools.demo import build_calibration, demo_center_fraction
+
+MODELS = {"ambient": "ambient_r4", "oracle": "oracle_full"}
+
+
+def main() -> None:
+    from common import machine_info
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/tmp/quality_mri", help="quality_mri.py's --work (its trained models)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--coils", type=int, default=8)
+    p.add_argument("--slices", type=int, default=90)
+    p.add_argument("--cg-iters", type=int, nargs="+", default=[5, 10, 20, 40])
+    p.add_argument("--accelerations", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=str(RESULTS / "tune_fast.json"))
+    args = p.parse_args()
+    tic = time.time()
+    _threads(1)
+    work = Path(args.work)
+    models = {k: work / "runs" / v / "model.pt" for k, v in MODELS.items()}
+    missing = [str(m) for m in models.values() if not m.is_file()]
+    if missing:
+        raise SystemExit(f"no trained model at {', '.join(missing)}: run benchmarks/quality_mri.py first")
+    calib = build_calibration(work / "data", size=args.size, coils=args.coils, slices=args.slices)
+    tasks = [{"R": R, "cf": demo_center_fraction(args.size, R), "label": f"{key} cg_iters={n}", "method": "fast",
+              "model": key, "opts": {"steps": args.steps, "cg_iters": n},
+              "folder": str(work / "calib_recon" / f"r{R}" / f"{key}_cg{n}"), "raw_val": str(calib),
+              "models": {k: str(v) for k, v in models.items()}, "device": args.device, "threads": 1}
+             for key in models for R in args.accelerations for n in args.cg_iters]
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as ex:
+        rows = [{**r, "model": t["model"], "cg_iters": t["opts"]["cg_iters"]}
+                for t, r in zip(tasks, ex.map(_evaluate, tasks))]
+    best = {}
+    for key in models:
+        mean = {n: sum(r["PSNR"] for r in rows if r["model"] == key and r["cg_iters"] == n) / len(args.accelerations)
+                for n in args.cg_iters}
+        best[key] = {"cg_iters": max(mean, key=mean.get), "mean_psnr_by_cg_iters": mean}
+    print(f"{'model':8s} {'R':>2s} " + " ".join(f"cg={n:<5d}" for n in args.cg_iters))
+    for key in models:
+        for R in args.accelerations:
+            cells = {r["cg_iters"]: r["PSNR"] for r in rows if r["model"] == key and r["R"] == R}
+            print(f"{key:8s} {R:2d} " + " ".join(f"{cells[n]:8.2f}" for n in args.cg_iters))
+        print(f"{key:8s} best cg_iters (mean PSNR over R): {best[key]['cg_iters']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": "tune_fast", "machine": machine_info(args.device or "cpu"),
+              "settings": {**vars(args), "calibration": str(calib),
+                           "models": {k: str(v) for k, v in models.items()}},
+              "rows": rows, "best": best, "seconds": round(time.time() - tic, 1)}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out} in {time.time() - tic:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
