@@ -144,6 +144,20 @@ def test_recipe_errors_name_the_key(tmp_path):
         train(tiny_recipe(tmp_path), resume=tmp_path / "nowhere", dataset=dataset_for(recipe), progress=False)
 
 
+def test_loader_workers_default_by_device():
+    """num_workers null: 4 loader workers on CUDA (the main process's reads bounded an H200), none on a CPU; a
+    recipe's own number wins; a negative one is refused with its key."""
+    from ambient_mri.training.trainer import loader_workers
+
+    assert load_recipe({}).training.num_workers is None
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert loader_workers(None, torch.device("cuda")) == min(4, os.cpu_count() or 1)
+    assert loader_workers(2, torch.device("cuda")) == 2 and loader_workers(2, torch.device("cpu")) == 2
+    assert load_recipe({}, ["num_workers=3"]).training.num_workers == 3
+    with pytest.raises(am.RecipeError, match="training.num_workers"):
+        load_recipe({"training": {"num_workers": -1}})
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_is_valid(path):
     r = load_recipe(path)

@@ -64,7 +64,7 @@ class TrainingConfig:
     consistency_weight: float = 0.0
     amp: str = "auto"               # auto (bf16 on CUDA) | bf16 | none
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers per process; None: 4 on CUDA, 0 on CPU (loader_workers)
     checkpoint_every: int = 1000
     log_every: int = 10
     device: str = "auto"            # auto | cpu | cuda | cuda:N
@@ -166,6 +166,8 @@ def validate(recipe: Recipe) -> Recipe:
     for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if getattr(t, name) < 1:
             raise RecipeError(f"training.{name}: must be >= 1, got {getattr(t, name)}")
+    if t.num_workers is not None and t.num_workers < 0:
+        raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
     if t.lr <= 0:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
     if t.amp not in ("auto", "bf16", "none"):
