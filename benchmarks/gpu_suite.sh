@@ -1,0 +1,24 @@
+#!/bin/bash
+# The GPU checks in one prepared run (about 9 minutes on one H100/H200): the CUDA tests, then quality_mri
+# (--minutes per model, batch 32) and, once its models are trained, memorization on all 400 ORL photos with a
+# long step budget, while quality_mri evaluates. Needs the package with its [demo] extras importable.
+#     OUT=/some/dir MINUTES=5 bash benchmarks/gpu_suite.sh
+set -u
+OUT=${OUT:-benchmarks/results/gpu_suite}
+MINUTES=${MINUTES:-5}
+MEM_STEPS=${MEM_STEPS:-20000}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+mkdir -p "$OUT"
+T0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+(timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_operators.py -p no:cacheprovider \
+    > "$OUT/gpu_tests.log" 2>&1; echo "rc=$?" >> "$OUT/gpu_tests.log") &
+(timeout $((60 * MINUTES + 200)) python3 benchmarks/quality_mri.py --device cuda --minutes "$MINUTES" --workers 6 \
+    --work /tmp/gpu_suite_quality --set training.batch_size=32 --set training.checkpoint_every=2000 \
+    --out "$OUT/quality_mri.json" > "$OUT/quality.log" 2>&1; echo "rc=$?" >> "$OUT/quality.log") &
+(sleep $((60 * MINUTES + 40)); timeout 190 python3 benchmarks/memorization.py --device cuda --limit 0 \
+    --steps "$MEM_STEPS" --minutes 2 --workers 3 --work /tmp/gpu_suite_mem --out "$OUT/memorization.json" \
+    > "$OUT/memorization.log" 2>&1; echo "rc=$?" >> "$OUT/memorization.log") &
+wait
+echo "[$(( $(date +%s) - T0 ))s] done"
+tail -3 "$OUT/gpu_tests.log"; tail -30 "$OUT/quality.log"; tail -25 "$OUT/memorization.log"
