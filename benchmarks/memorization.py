@@ -68,7 +68,7 @@ def _train_and_sample(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from ambient_mri.data.images import load_images
     from ambient_mri.image_commands import write_samples
-    from ambient_mri.images import memorization_probe, sample_images
+    from ambient_mri.images import default_sigma_min, memorization_probe, sample_images
     from ambient_mri.model import load_model, safe_load
     from ambient_mri.training.trainer import train
 
@@ -93,7 +93,7 @@ def _train_and_sample(job: dict) -> dict:
     rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "reused_trained_model": reuse,
            "train_seconds": round(train_s, 1) if train_s is not None else None,
            "final_loss": log[-1]["loss"] if log else None, "sample_seconds": round(sample_s, 1),
-           "sigma_min": max(0.002, float(model.info.get("sigma_n") or 0))}
+           "sigma_min": default_sigma_min(model)}
     if job["probe"] > 0:
         faces = load_images("faces", image_size=(32, 32), limit=job["limit"])
         n_train = len(faces) - HOLDOUT

@@ -30,6 +30,7 @@ from data_tools.demo import build_demo, demo_center_fraction
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "demo_mni_r4.yaml"
+RUNS = {"ambient": "ambient_r4", "oracle": "oracle_full"}  # model key -> run name under --work/runs
 
 
 def methods(adps_steps: int) -> list[tuple[str, str, str | None, dict]]:
@@ -117,14 +118,13 @@ def main() -> None:
         common.append(f"device={args.device}")
     common += args.set
     jobs = {
-        "ambient": common + [f"data.path={paths['r4_train']}", "name=ambient_r4"],
-        "oracle": common + [f"data.path={paths['full_train']}", "name=oracle_full", "corruption.ambient=false",
+        "ambient": common + [f"data.path={paths['r4_train']}", f"name={RUNS['ambient']}"],
+        "oracle": common + [f"data.path={paths['full_train']}", f"name={RUNS['oracle']}", "corruption.ambient=false",
                             "corruption.cond=[ones]"],
     }
     ctx = get_context("spawn")  # fresh interpreters: no torch thread pool or CUDA state inherited
-    names = {"ambient": "ambient_r4", "oracle": "oracle_full"}
-    if args.reuse and all((work / "runs" / n / "model.pt").is_file() for n in names.values()):
-        runs = {k: work / "runs" / n for k, n in names.items()}
+    if args.reuse and all((work / "runs" / n / "model.pt").is_file() for n in RUNS.values()):
+        runs = {k: work / "runs" / n for k, n in RUNS.items()}
         previous = json.loads(Path(args.out).read_text())["settings"] if Path(args.out).is_file() else {}
         train_s = 60 * float(previous.get("train_minutes_wall", float("nan")))
     else:

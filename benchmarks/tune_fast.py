@@ -21,11 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from quality_mri import RESULTS, _evaluate, _threads
+from quality_mri import RESULTS, RUNS, _evaluate, _threads
 
 from data_tools.demo import build_calibration, demo_center_fraction
-
-MODELS = {"ambient": "ambient_r4", "oracle": "oracle_full"}
 
 
 def main() -> None:
@@ -46,7 +44,7 @@ def main() -> None:
     tic = time.time()
     _threads(1)
     work = Path(args.work)
-    models = {k: work / "runs" / v / "model.pt" for k, v in MODELS.items()}
+    models = {k: work / "runs" / v / "model.pt" for k, v in RUNS.items()}
     missing = [str(m) for m in models.values() if not m.is_file()]
     if missing:
         raise SystemExit(f"no trained model at {', '.join(missing)}: run benchmarks/quality_mri.py first")

@@ -83,19 +83,11 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     tic = time.time()
     out = Path(output)
     train_ids, val_ids = demo_slices(slices, axis)
-    lo, hi = mni152_brain_range(axis)
-    stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # one normalisation for all
-    images = {i: stack[i - lo] for i in range(lo, hi)}
-
     raw_train, raw_val = out / "raw" / "train", out / "raw" / "val"
     volumes = {raw_train / f"demo_train_{v:02d}.h5": train_ids[j: j + VOLUME_SLICES]
                for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
     volumes[raw_val / "demo_val_00.h5"] = val_ids
-    for seed, (path, ids) in enumerate(volumes.items()):
-        if not path.exists():
-            make_fastmri_volume(path, np.stack([images[i] for i in ids]), num_coils=coils, oversample=2,
-                                noise_std=noise_std, phase=True, seed=1000 + seed, acquisition="AXT1",
-                                attrs={"mni152_slices": ids, "mni152_axis": axis})
+    _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
 
     cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
     runs = [
@@ -128,6 +120,21 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     return paths
 
 
+def _simulate(volumes: dict, size: int, coils: int, noise_std: float, axis: str, first_seed: int) -> None:
+    """Write each {path: template slice numbers} volume that does not exist yet (volume k seeded first_seed + k),
+    all slices normalised together over the brain range."""
+    todo = {p: ids for p, ids in volumes.items() if not p.exists()}
+    if not todo:
+        return
+    lo, hi = mni152_brain_range(axis)
+    stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # one normalisation for all
+    for seed, (path, ids) in enumerate(volumes.items(), start=first_seed):
+        if path in todo:
+            make_fastmri_volume(path, np.stack([stack[i - lo] for i in ids]), num_coils=coils, oversample=2,
+                                noise_std=noise_std, phase=True, seed=seed, acquisition="AXT1",
+                                attrs={"mni152_slices": ids, "mni152_axis": axis})
+
+
 def demo_calibration_slices(slices: int, axis: str = "axial", num: int = VOLUME_SLICES) -> list[int]:
     """Template slices for tuning sampler settings: used by neither split, at least ``VAL_SPACING`` from every
     validation slice, the ones farthest from both splits first (ties: farther from validation)."""
@@ -148,11 +155,5 @@ def build_calibration(output: str | os.PathLike, size: int = 64, coils: int = 8,
     if not ids:
         raise AmbientMRIError(f"--slices {slices} leaves no template slice for calibration")
     folder = Path(output) / "raw" / "calib"
-    path = folder / "demo_calib_00.h5"
-    if not path.exists():
-        lo, hi = mni152_brain_range(axis)
-        stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # the demo's normalisation
-        make_fastmri_volume(path, np.stack([stack[i - lo] for i in ids]), num_coils=coils, oversample=2,
-                            noise_std=noise_std, phase=True, seed=2000, acquisition="AXT1",
-                            attrs={"mni152_slices": ids, "mni152_axis": axis})
+    _simulate({folder / "demo_calib_00.h5": ids}, size, coils, noise_std, axis, first_seed=2000)
     return folder
