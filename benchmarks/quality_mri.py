@@ -78,7 +78,43 @@ def _evaluate(task: dict) -> dict:
             nfe, slices = int(h.attrs["nfe"]), slices + h["reconstruction"].shape[0]
     m = evaluate_dirs(task["raw_val"], folder)["mean"]
     return {"R": task["R"], "method": task["label"], **m, "nfe": nfe,
-            "seconds_per_slice": round((time.time() - t0) / max(slices, 1), 3)}
+            "seconds_per_slice": round((time.time() - t0) / max(slices, 1), 3),
+            "PSNR_per_slice": _slice_psnr(task["raw_val"], folder)}
+
+
+def _slice_psnr(raw_val: str, folder: Path) -> list[float]:
+    """PSNR of every held-out slice (data range: its volume's maximum, as the volume PSNR uses), for paired
+    per-slice comparisons of two methods."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from ambient_mri.metrics import center_crop
+
+    out = []
+    for f in sorted(Path(raw_val).glob("*.h5")):
+        with h5py.File(f, "r") as h, h5py.File(folder / f.name, "r") as r:
+            gt = h["reconstruction_rss"][()]
+            pred = center_crop(r["reconstruction"][()], gt.shape[-2:])
+        out += [round(float(peak_signal_noise_ratio(g, p, data_range=gt.max())), 3) for g, p in zip(gt, pred)]
+    return out
+
+
+PAIRS = [("ambient fast (50 NFE)", "l1_wavelet"), ("ambient fast (50 NFE)", "cg_sense")]
+
+
+def paired(rows: list[dict]) -> dict:
+    """Per R, each pair (a, b) of PAIRS: PSNR(a) - PSNR(b) slice by slice: mean, SD, how many slices a wins."""
+    out: dict = {}
+    for R in sorted({r["R"] for r in rows}):
+        cell = {r["method"]: r.get("PSNR_per_slice") for r in rows if r["R"] == R}
+        for a, b in PAIRS:
+            if cell.get(a) and cell.get(b):
+                d = [x - y for x, y in zip(cell[a], cell[b])]
+                mean = sum(d) / len(d)
+                sd = (sum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1)) ** 0.5
+                out.setdefault(f"R={R}", {})[f"{a} - {b}"] = {
+                    "mean_dB": round(mean, 3), "sd_dB": round(sd, 3), "slices_won": sum(v > 0 for v in d),
+                    "slices": len(d)}
+    return out
 
 
 def main() -> None:
@@ -168,7 +204,7 @@ def main() -> None:
                      "recipe": str(RECIPE.relative_to(ROOT)),
                      "data": "MNI152 demo (simulated coils), val volume held out, fastMRI random masks",
                      "seconds_per_slice": "wall time of one worker; workers ran concurrently"},
-        "rows": rows, "seconds": round(time.time() - tic, 1),
+        "rows": rows, "paired_per_slice_psnr": paired(rows), "seconds": round(time.time() - tic, 1),
     }
     if args.only:  # the run that trained the models and measured the other rows stays the record's settings
         record["settings"] = {**earlier["settings"], "reevaluated": {
@@ -182,6 +218,10 @@ def main() -> None:
     print()
     for r in rows:
         print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} NFE {r['nfe']:4d}")
+    for R, pairs in record["paired_per_slice_psnr"].items():
+        for name, v in pairs.items():
+            print(f"{R} {name}: {v['mean_dB']:+.2f} dB (SD {v['sd_dB']:.2f}), "
+                  f"better on {v['slices_won']}/{v['slices']} slices")
     print(f"wrote {out} in {time.time() - tic:.0f} s")
 
 
