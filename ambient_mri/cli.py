@@ -1,4 +1,4 @@
-"""The ``ambient-mri`` command line: prepare, train, reconstruct, evaluate, demo."""
+"""The ``ambient-mri`` command line: prepare, train, reconstruct, evaluate, demo, sample, memorization."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def _train(args) -> int:
 
     from .training.trainer import train
 
+    if args.threads < 0:
+        raise AmbientMRIError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except AmbientMRIError as e:
+        print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional dependency (e.g. nilearn for the demo data)
         print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

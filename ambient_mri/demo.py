@@ -97,6 +97,8 @@ def _run_demo(args) -> int:
     if args.adps_steps < 1:
         raise AmbientMRIError(f"--adps-steps must be >= 1, got {args.adps_steps}")
     coils = getattr(args, "coils", 8)
+    if getattr(args, "threads", 0) < 0:
+        raise AmbientMRIError(f"--threads must be >= 0 (0: chosen for the image size), got {args.threads}")
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
     _writable_folder(out)

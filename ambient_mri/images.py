@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import AmbientMRIError
 from .masks import further_mask
 from .operators import Identity, LinearOperator, PixelMask
@@ -113,7 +114,7 @@ def image_prior(model, batch: int, seed: int = 0, device=None) -> Prior:
 
 def _device(model, device) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        return resolve_device(device)
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):

@@ -14,6 +14,7 @@ import torch
 from .errors import AmbientMRIError
 
 KSPACE_KINDS = ("random", "equispaced", "gaussian1d", "uniform1d", "poisson2d")
+COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")  # what multi-coil files and prepare take
 
 
 def seed_from(seed) -> int | tuple[int, ...] | None:

@@ -57,8 +57,11 @@ def load_samples(path) -> np.ndarray:
             raise DataFileError(p, f"no {SAMPLES_FILE} and no sample*.png images")
         from PIL import Image
 
-        with Image.open(pngs[0]) as im:
-            gray = im.mode in ("L", "I", "I;16", "F")
+        try:
+            with Image.open(pngs[0]) as im:
+                gray = im.mode in ("L", "I", "I;16", "F")
+        except OSError as e:
+            raise DataFileError(pngs[0], f"cannot be read as an image ({e})") from None
         return read_image_files(pngs, p, grayscale=gray).images
     raise DataFileError(p, "no such samples folder or .npy file")
 

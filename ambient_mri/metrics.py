@@ -97,8 +97,11 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None) -> dict:
             continue
         key = target_key
         if key is None:
-            with h5py.File(tgt_file, "r") as f:
-                key = "reconstruction_rss" if "reconstruction_rss" in f else "reconstruction_esc"
+            try:
+                with h5py.File(tgt_file, "r") as f:
+                    key = "reconstruction_rss" if "reconstruction_rss" in f else "reconstruction_esc"
+            except OSError as e:
+                raise DataFileError(tgt_file, f"cannot be read as HDF5 ({e})") from None
         gt = _read(tgt_file, key)
         pred = _read(rec_file, "reconstruction")
         w = gt.shape[-1]

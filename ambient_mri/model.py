@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .corruption import cond_channels, is_complex
+from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
 
@@ -79,16 +80,19 @@ def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
 
 def load_model(path, device=None) -> Denoiser:
     """Read a model file (``model.pt`` of a run, EMA weights) safely; ``model.info`` says how it was trained."""
+    dev = resolve_device(device or "cpu")
     obj = safe_load(path)
-    if not isinstance(obj, dict) or "info" not in obj or ("state_dict" not in obj and "ema" not in obj):
-        hint = " (this is a training checkpoint; load model.pt from the same run)" if "optimizer" in obj else ""
-        raise DataFileError(path, f"not an ambient_mri model file (missing info/state_dict){hint}")
-    model = Denoiser(obj["config"], obj["info"])
+    weights = isinstance(obj, dict) and ("state_dict" in obj or "ema" in obj)
+    if not weights or not {"info", "config"} <= set(obj):
+        hint = " (this is a training checkpoint; load model.pt from the same run)" \
+            if isinstance(obj, dict) and "optimizer" in obj else ""
+        raise DataFileError(path, f"not an ambient_mri model file (missing config/info/state_dict){hint}")
     try:
+        model = Denoiser(obj["config"], obj["info"])
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise DataFileError(path, f"weights do not match the recorded network config ({str(e)[:200]})") from None
-    return model.eval().to(device or "cpu")
+    return model.eval().to(dev)
 
 
 def _plain(obj):

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
-from .masks import acs_width, further_mask, kspace_mask
+from .masks import COLUMN_KINDS, acs_width, further_mask, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .solvers import conjugate_gradient
@@ -79,14 +80,16 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
     if not np.isfinite(m).all():
         raise AmbientMRIError("mask contains NaN or Inf")
-    if m.ndim == 2 and m.shape[0] == H and H != S:  # (H, W) column mask
-        if not (m == m[:1]).all():
-            raise AmbientMRIError("the (H, W) mask varies along the readout (rows): reconstruct takes Cartesian "
+    if (m.ndim == 2 and m.shape[0] == H and H != S) or (m.ndim == 3 and m.shape[:2] == (S, H) and H > 1):
+        # (H, W) or per-slice (S, H, W) column masks
+        if not (m == m[..., :1, :]).all():
+            raise AmbientMRIError("the mask varies along the readout (rows): reconstruct takes Cartesian "
                                   "column (phase-encode) masks only")
-        m = m[:1]
+        m = m[..., :1, :]
     m = np.broadcast_to(m.reshape(-1, W), (S, W)).copy() if m.reshape(-1, W).shape[0] in (1, S) else None
     if m is None:
-        raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W) or one row per slice ({S})")
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W), one row per slice ({S}, W) "
+                              f"or per-slice ({S}, H, W)")
     if not (m != 0).any(axis=1).all():
         raise AmbientMRIError("mask is all zero for at least one slice: nothing was acquired")
     return (k * m[:, None, None, :]).astype(np.complex64), m
@@ -363,9 +366,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
 
             model = load_model(model)
         rows = _model_rows(model, H0, W)  # before the (slow) coil-map estimation
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise AmbientMRIError(f"device {device!r} requested but CUDA is not available")
+        dev = resolve_device(device)
     else:
         rows = min(H0, W) if H0 >= 2 * W else H0
     ks, mps, scales = prepare_scan(k, m, rows, maps)
@@ -436,6 +437,8 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     else:
         if acceleration is None:
             raise DataFileError(in_path, "has no mask: give acceleration (and mask, center_fraction) to undersample")
+        if (mask or "random") not in COLUMN_KINDS:
+            raise AmbientMRIError(f"mask {mask!r} is not a column mask kind; choose one of {', '.join(COLUMN_KINDS)}")
         m = kspace_mask(mask or "random", k.shape[-2:], acceleration, center_fraction or 0.08,
                         seed=Path(in_path).name)[0]
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]

@@ -50,11 +50,10 @@ from ambient_mri.data.prepared import (
     row_crop,
 )
 from ambient_mri.errors import AmbientMRIError, DataFileError
-from ambient_mri.masks import KSPACE_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies
+from ambient_mri.masks import COLUMN_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
 
-COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")
 SPLITS = ("train", "val", "test")
 
 

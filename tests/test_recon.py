@@ -130,6 +130,14 @@ def test_per_slice_masks():
     both = reconstruct(sim.kspace, np.stack([mask, m2]), maps=sim.maps, method="zero_filled")
     one = reconstruct(sim.kspace[1], m2, maps=sim.maps, method="zero_filled")
     np.testing.assert_allclose(both.image[1], one.image[0], atol=1e-6)
+    H = sim.kspace.shape[-2]
+    per_slice_2d = np.stack([np.broadcast_to(mask, (H, 32)), np.broadcast_to(m2, (H, 32))])   # (S, H, W)
+    np.testing.assert_array_equal(reconstruct(sim.kspace, per_slice_2d, maps=sim.maps, method="zero_filled").image,
+                                  both.image)
+    per_slice_2d = per_slice_2d.copy()
+    per_slice_2d[1, 0, :] = 1 - per_slice_2d[1, 0, :]
+    with pytest.raises(am.AmbientMRIError, match="varies along the readout"):
+        reconstruct(sim.kspace, per_slice_2d, maps=sim.maps, method="zero_filled")
 
 
 # ----------------------------------------------------------------------------------------------------------

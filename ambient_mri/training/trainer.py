@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..corruption import is_complex
-from ..errors import AmbientMRIError
+from ..devices import resolve_device
+from ..errors import AmbientMRIError, DataFileError
 from ..model import Denoiser, atomic_torch_save, safe_load, save_model
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .recipe import Recipe, load_recipe
@@ -68,11 +69,7 @@ def _dist_env() -> tuple[int, int, int]:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AmbientMRIError(f"training.device is {name!r} but no CUDA device is available")
-    return torch.device(name)
+    return resolve_device(name, "training.device", local_rank)
 
 
 def loader_workers(num_workers: int | None, device: torch.device) -> int:
@@ -164,10 +161,15 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     start = 0
     if ckpt_path.is_file():
         ck = safe_load(ckpt_path)
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        start = int(ck["step"])
+        try:
+            model.load_state_dict(ck["model"])
+            ema.load_state_dict(ck["ema"])
+            opt.load_state_dict(ck["optimizer"])
+            start = int(ck["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise DataFileError(ckpt_path, "this checkpoint does not match the recipe's network or is not a "
+                                f"checkpoint ({type(e).__name__}: {str(e)[:160]}); resume with the recipe that "
+                                "wrote it, or train under another name or output") from None
         log.info("resumed from %s at step %d", ckpt_path, start)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
