@@ -27,17 +27,27 @@ def _to_numpy(x) -> tuple[np.ndarray, bool]:
 
 
 def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = None, thresh: float = 0.02,
-            crop: float = 0.95, max_iter: int = 100, mask=None, device=None, show_pbar: bool = False):
+            crop: float = 0.95, max_iter: int = 100, mask=None, device=None, show_pbar: bool = False,
+            **sigpy_options):
     """ESPIRiT maps from acquired k-space, using only the fully acquired centre columns (ACS).
 
     kspace: (C, H, W) or (S, C, H, W) complex, zeros where not acquired. mask: optional column/2-D mask of
     the acquisition; k-space outside it is zeroed first so nothing else can leak into calibration.
-    calib_width: default = the symmetric fully acquired centre width (capped at 32). Other options go to
-    ``sigpy.mri.app.EspiritCalib``. Returns maps with the shape and array type of ``kspace``.
+    calib_width: default = the symmetric fully acquired centre width (capped at 32). The named options and any
+    other ``sigpy_options`` go to ``sigpy.mri.app.EspiritCalib`` (an unknown one is an error naming it; maps only,
+    so ``output_eigenvalue`` is refused). Returns maps with the shape and array type of ``kspace``.
     """
     import sigpy as sp
     import sigpy.mri
 
+    if sigpy_options.get("output_eigenvalue"):
+        raise AmbientMRIError("espirit returns maps only: output_eigenvalue is not supported")
+    sigpy_options.pop("output_eigenvalue", None)
+    import inspect
+
+    unknown = sorted(set(sigpy_options) - (set(inspect.signature(sigpy.mri.app.EspiritCalib).parameters) - {"ksp"}))
+    if unknown:
+        raise AmbientMRIError(f"espirit: unknown option(s) {', '.join(unknown)} for sigpy's EspiritCalib")
     k, is_torch = _to_numpy(kspace)
     if not np.iscomplexobj(k) or k.ndim not in (3, 4):
         raise AmbientMRIError(f"espirit expects complex (C, H, W) or (S, C, H, W) k-space, got {k.dtype} {k.shape}")
@@ -61,7 +71,7 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     batch = k if k.ndim == 4 else k[None]
     maps = np.stack([
         sigpy.mri.app.EspiritCalib(s, calib_width=calib_width, thresh=thresh, kernel_width=kw, crop=crop,
-                                   max_iter=max_iter, device=dev, show_pbar=show_pbar).run()
+                                   max_iter=max_iter, device=dev, show_pbar=show_pbar, **sigpy_options).run()
         for s in batch
     ]).astype(k.dtype if k.dtype == np.complex128 else np.complex64)
     maps = maps if k.ndim == 4 else maps[0]

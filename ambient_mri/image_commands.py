@@ -130,7 +130,8 @@ def add_image_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=64, help="samples per network batch")
     s.add_argument("--sigma-min", type=float, default=None,
-                   help="lowest noise level (default 0.002; σ_n for a model trained on noisy images)")
+                   help="lowest noise level (default 0.002; σ_n for a model trained on noisy images; the "
+                        "ambient floor exp(P_mean), 0.30 by default, for a model trained on masked pixels)")
     s.add_argument("--euler", action="store_true", help="Euler instead of Heun steps")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cpu)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

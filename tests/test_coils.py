@@ -77,6 +77,13 @@ def test_espirit_bad_input_and_rss():
         espirit(np.ones((4, 64, 64), np.complex64) * m, mask=m)
     with pytest.raises(am.AmbientMRIError, match="NaN"):
         espirit(np.full((4, 32, 32), np.nan, np.complex64))
+    acs = np.zeros((1, 32), np.float32)
+    acs[0, 12:20] = 1
+    k = np.ones((4, 32, 32), np.complex64) * acs
+    with pytest.raises(am.AmbientMRIError, match="unknown option.*bogus"):
+        espirit(k, mask=acs, bogus=1)
+    with pytest.raises(am.AmbientMRIError, match="output_eigenvalue"):
+        espirit(k, mask=acs, output_eigenvalue=True)
     x = np.random.default_rng(0).standard_normal((3, 4, 5)) + 0j
     np.testing.assert_allclose(rss(x), np.sqrt((np.abs(x) ** 2).sum(0)))
     torch.testing.assert_close(rss(torch.from_numpy(x)), torch.from_numpy(rss(x)))

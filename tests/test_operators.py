@@ -76,6 +76,17 @@ def test_adjointness_every_operator(size, dtype, device):
         assert err < TOL[dtype], f"{name}: adjointness error {err:.2e}"
 
 
+def test_every_operator_takes_numpy_and_returns_numpy():
+    """API: numpy in -> numpy out with the same numbers as the torch path (forward, adjoint, normal)."""
+    B, C, H, W = 2, 3, 8, 6
+    for name, (A, xs, ys) in operators(B, C, H, W, torch.complex64, "cpu").items():
+        x, y = rand(xs, torch.complex64, "cpu"), rand(ys, torch.complex64, "cpu", seed=2)
+        for fn, v in ((A.forward, x), (A, x), (A.adjoint, y), (A.normal, x)):
+            out = fn(v.numpy())
+            assert isinstance(out, np.ndarray), f"{name}.{getattr(fn, '__name__', 'call')} returned {type(out)}"
+            np.testing.assert_allclose(out, fn(v).numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_adjointness_catches_a_wrong_adjoint():
     class Broken(am.MultiCoilMRI):
         def adjoint(self, k):  # forgets the conjugate of the maps

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def _numpy_io(fn):
+    """numpy in -> numpy out (on the operator's device in between); tensors pass straight through."""
+    @functools.wraps(fn)
+    def call(self, x, *args, **kwargs):
+        if not isinstance(x, np.ndarray):
+            return fn(self, x, *args, **kwargs)
+        buf = next(self.buffers(), None)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(buf.device if buf is not None else "cpu")
+        return fn(self, t, *args, **kwargs).detach().cpu().numpy()
+    return call
 
 
 class LinearOperator(nn.Module, ABC):
     """Base class. Subclasses implement ``forward`` and ``adjoint``; ``normal`` defaults to A^H A.
 
-    Operators are ``nn.Module``s so that ``.to(device)`` moves masks and maps (stored as buffers).
+    Operators are ``nn.Module``s so that ``.to(device)`` moves masks and maps (stored as buffers). forward,
+    adjoint and normal take torch tensors, or numpy arrays and then return numpy arrays.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "adjoint", "normal"):
+            if name in cls.__dict__ and not getattr(cls.__dict__[name], "__isabstractmethod__", False):
+                setattr(cls, name, _numpy_io(cls.__dict__[name]))
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
