@@ -18,6 +18,8 @@ from .corruption import cond_channels, is_complex
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
+from .operators import LinearOperator
+from .solvers import conjugate_gradient
 
 FORMAT = "ambient_mri.model/1"
 
@@ -32,11 +34,20 @@ class Denoiser(nn.Module):
     def __init__(self, config: dict[str, Any], info: dict[str, Any]):
         super().__init__()
         self.config, self.info = dict(config), dict(info)
-        self.precond = build_denoiser(self.config)
+        self.input_cg = int(self.config.get("input_cg", 0))
+        self.precond = build_denoiser({k: v for k, v in self.config.items() if k != "input_cg"})
         self.complex = is_complex(self.info.get("operator", "identity"))
         self.cond = tuple(self.info.get("cond", ()))
 
-    def forward(self, x: torch.Tensor, sigma, mask_tilde: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma, mask_tilde: torch.Tensor | None = None,
+                operator: LinearOperator | None = None) -> torch.Tensor:
+        """x = Ã^H z (B, H, W) or images; with ``input_cg`` = k > 0 the network sees k CG steps on Ã^H Ã u = x
+        instead (a SENSE estimate from Ã's lines: the coil maps unalias what the adjoint folds), so the model
+        needs ``operator`` = Ã. It stays a function of Ã x_t, so the ambient loss's minimiser is unchanged."""
+        if self.input_cg:
+            if operator is None:
+                raise AmbientMRIError("this model was trained with network.input_cg: pass the operator of its input")
+            x = conjugate_gradient(operator.normal, x, iters=self.input_cg)
         h = complex_to_channels(x) if self.complex else x
         B, _, H, W = h.shape
         cond = cond_channels(self.cond, mask_tilde, B, H, W, device=h.device)

@@ -371,3 +371,24 @@ def test_reconstruct_file_errors(tmp_path):
     make_fastmri_volume(tmp_path / "single.h5", blobs(1, 32), num_coils=None, oversample=1)
     with pytest.raises(DataFileError, match="single-coil"):
         reconstruct_file(tmp_path / "single.h5", tmp_path / "o.h5", method="zero_filled", acceleration=2)
+
+
+def test_model_with_input_cg_runs_every_sampler(tmp_path):
+    """A model trained with network.input_cg gets its operator from every sampler path (Ã for A-DPS / fast / ALD,
+    the scan's A for one-step), also through the DPS gradient, and gives finite images of the right shape."""
+    from ambient_mri.training.trainer import train
+    from data_tools.demo import build_demo
+
+    paths = build_demo(tmp_path / "data", size=32, coils=4, slices=12)
+    run = train(RECIPE, [f"data.path={paths['r4_train']}", f"output={tmp_path / 'runs'}", "steps=4", "batch_size=4",
+                         "network.model_channels=8", "network.channel_mult=[1,2]", "network.input_cg=3",
+                         "device=cpu", "checkpoint_every=4", "log_every=2"], progress=False)
+    model = am.load_model(run / "model.pt")
+    assert model.input_cg == 3
+    with h5py.File(sorted(Path(paths["raw_val"]).glob("*.h5"))[0], "r") as f:
+        k = f["kspace"][:1]
+    mask = kspace_mask("random", k.shape[-2:], 4, 0.25, seed=0)[0]
+    for method in DIFFUSION:
+        res = reconstruct(k, mask, model=model, method=method, steps=1 if method == "one_step" else 3,
+                          progress=False)
+        assert res.image.shape == (1, 32, 32) and np.isfinite(res.image).all(), method

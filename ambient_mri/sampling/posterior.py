@@ -70,6 +70,8 @@ def ald(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int = 50
 def one_step(prior: Prior, y: torch.Tensor, A: LinearOperator, mask: torch.Tensor, sigma: float = 0.003):
     """D_θ(A^H y, M, σ): the network sees the acquired data and its own mask (A-OS)."""
     prior.nfe += 1
+    if getattr(prior.model, "input_cg", 0):
+        return prior.model(A.adjoint(y), sigma, mask, A)
     return prior.model(A.adjoint(y), sigma, mask)
 
 

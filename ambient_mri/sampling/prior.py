@@ -19,7 +19,8 @@ class Prior:
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.nfe += 1
         inp = self.A_tilde.normal(x) if self.A_tilde is not None else x
-        return self.model(inp, sigma, self.mask_tilde)
+        return self.model(inp, sigma, self.mask_tilde, self.A_tilde) if getattr(self.model, "input_cg", 0) \
+            else self.model(inp, sigma, self.mask_tilde)
 
 
 def ambient_sigma_floor(info: dict) -> float:

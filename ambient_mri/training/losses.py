@@ -47,8 +47,9 @@ def _meas_mask(mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def measurement_loss(denoiser: DenoiserFn, batch: dict, operator: str, sigma: torch.Tensor, noise: torch.Tensor,
-                     sigma_data: float) -> torch.Tensor:
-    """Per-example loss (B,) of the module docstring. noise: image-domain N(0, I) (complex for MRI)."""
+                     sigma_data: float, operator_input: bool = False) -> torch.Tensor:
+    """Per-example loss (B,) of the module docstring. noise: image-domain N(0, I) (complex for MRI).
+    operator_input: the denoiser also takes Ã (a model with network.input_cg)."""
     y = batch["y"]
     mask, mask_t = batch["mask"], batch.get("mask_tilde", batch["mask"])
     maps = batch.get("maps")
@@ -61,7 +62,7 @@ def measurement_loss(denoiser: DenoiserFn, batch: dict, operator: str, sigma: to
 
     extra = torch.sqrt(torch.clamp(sigma**2 - sigma_n**2, min=0))
     z = m_t * y + _per_example(extra, y) * A_t(noise)
-    d = denoiser(A_t.adjoint(z), sigma, mask_t)
+    d = denoiser(A_t.adjoint(z), sigma, mask_t, A_t) if operator_input else denoiser(A_t.adjoint(z), sigma, mask_t)
     pred = A(d)
     c = _per_example(sigma_n**2 / sigma**2, y)
     pred = pred + c * m_t * (z - pred)

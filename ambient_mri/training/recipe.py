@@ -46,6 +46,7 @@ class NetworkConfig:
     attn_levels: list[int] = field(default_factory=lambda: [2])
     dropout: float = 0.1
     sigma_data: float = 0.5
+    input_cg: int = 0               # CG steps on the network input Ã^H Ã u = Ã^H z (multi-coil): 0 = the adjoint
 
 
 @dataclass
@@ -170,6 +171,10 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
     if t.lr <= 0:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    if recipe.network.input_cg < 0:
+        raise RecipeError(f"network.input_cg: must be >= 0, got {recipe.network.input_cg}")
+    if recipe.network.input_cg and c.operator not in ("multicoil", "singlecoil"):
+        raise RecipeError(f"network.input_cg: CG on the input applies to MRI operators, not {c.operator!r}")
     if t.amp not in ("auto", "bf16", "none"):
         raise RecipeError(f"training.amp: {t.amp!r} is not one of auto, bf16, none")
     kinds = ("prepared", "images", "faces", "mnist")

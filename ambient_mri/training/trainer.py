@@ -106,7 +106,7 @@ def network_config(recipe: Recipe, image_channels: int, cond_channels: int) -> d
     n = recipe.network
     return dict(img_channels=image_channels, cond_channels=cond_channels, model_channels=n.model_channels,
                 channel_mult=list(n.channel_mult), num_blocks=n.num_blocks, attn_levels=list(n.attn_levels),
-                dropout=n.dropout, sigma_data=n.sigma_data)
+                dropout=n.dropout, sigma_data=n.sigma_data, input_cg=n.input_cg)
 
 
 def _setup_logging(run_dir: Path, rank: int) -> None:
@@ -203,7 +203,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
             for group in opt.param_groups:
                 group["lr"] = t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
             with autocast():
-                loss = measurement_loss(fwd, batch, r.corruption.operator, sigma, noise, sigma_data).mean()
+                loss = measurement_loss(fwd, batch, r.corruption.operator, sigma, noise, sigma_data,
+                                        **({"operator_input": True} if model.input_cg else {})).mean()
                 if t.consistency_weight > 0 and sigma_n is not None and bool((sigma_n > 0).all()):
                     u = torch.rand(per, generator=g).to(device)
                     sc = sigma_n.float() * (0.05 + 0.9 * u)
@@ -285,7 +286,7 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
                 ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])
-    rec = model(zf, one_step_sigma(model.info), batch["mask"])
+    rec = model(zf, one_step_sigma(model.info), batch["mask"], *((A,) if model.input_cg else ()))
     fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
     for row, (a, b) in enumerate(zip(zf, rec)):
         for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):
