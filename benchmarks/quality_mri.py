@@ -137,11 +137,11 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="evaluate the models already trained in --work again")
     p.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                    help="with --reuse: re-evaluate only these methods (labels as in the table) and keep the other rows "
-                        "of --out")
+                        "of --out (a new --out holds just these rows)")
     args = p.parse_args()
     labels = [m[0] for m in methods(args.adps_steps)]
-    if args.only and not (args.reuse and Path(args.out).is_file()):
-        p.error("--only needs --reuse and an earlier --out to keep the other rows of")
+    if args.only and not args.reuse:
+        p.error("--only needs --reuse (models already trained in --work)")
     unknown = sorted(set(args.only or []) - set(labels))
     if unknown:
         p.error(f"--only: unknown method(s) {unknown}; the labels are {labels}")
@@ -192,8 +192,8 @@ def main() -> None:
             print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} NMSE {r['NMSE']:.5f} "
                   f"NFE {r['nfe']:4d} {r['seconds_per_slice']:7.2f} s/slice", flush=True)
     out = Path(args.out)
-    earlier = json.loads(out.read_text()) if args.only else {}
-    if args.only:  # the other rows as they were measured, with the settings and seconds of that run
+    earlier = json.loads(out.read_text()) if args.only and out.is_file() else {}
+    if earlier:  # the other rows as they were measured, with the settings and seconds of that run
         rows += [r for r in earlier["rows"] if r["method"] not in args.only]
     rows.sort(key=lambda r: (r["R"], labels.index(r["method"])))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +206,7 @@ def main() -> None:
                      "seconds_per_slice": "wall time of one worker; workers ran concurrently"},
         "rows": rows, "paired_per_slice_psnr": paired(rows), "seconds": round(time.time() - tic, 1),
     }
-    if args.only:  # the run that trained the models and measured the other rows stays the record's settings
+    if earlier:  # the run that trained the models and measured the other rows stays the record's settings
         record["settings"] = {**earlier["settings"], "reevaluated": {
             "methods": args.only, "machine": record["machine"], "seconds": record["seconds"],
             "settings": {k: v for k, v in vars(args).items() if k in ("device", "workers", "threads", "only")}}}
