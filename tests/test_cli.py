@@ -59,7 +59,10 @@ def test_train_cli_writes_loadable_model(trained):
     assert model.info["operator"] == "multicoil" and model.info["ambient"] is True
     assert model.info["image_shape"] == [32, 32] and model.info["recipe"]["training"]["steps"] == 20
     assert model.config["model_channels"] == 8
-    assert model(torch.zeros(1, 32, 32, dtype=torch.complex64), 1.0, torch.ones(1, 1, 1, 32)).shape == (1, 32, 32)
+    assert model.input_cg == 10                        # the demo recipe's CG-SENSE input
+    mask = torch.ones(1, 1, 1, 32)
+    A = am.MultiCoilMRI(torch.ones(1, 1, 32, 32, dtype=torch.complex64), mask)
+    assert model(torch.zeros(1, 32, 32, dtype=torch.complex64), 1.0, mask, A).shape == (1, 32, 32)
 
 
 def test_reconstruct_and_evaluate_agree_with_fastmri(tmp_path, targets, capsys):
