@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -43,8 +45,6 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     if sigpy_options.get("output_eigenvalue"):
         raise AmbientMRIError("espirit returns maps only: output_eigenvalue is not supported")
     sigpy_options.pop("output_eigenvalue", None)
-    import inspect
-
     unknown = sorted(set(sigpy_options) - (set(inspect.signature(sigpy.mri.app.EspiritCalib).parameters) - {"ksp"}))
     if unknown:
         raise AmbientMRIError(f"espirit: unknown option(s) {', '.join(unknown)} for sigpy's EspiritCalib")

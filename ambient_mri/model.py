@@ -55,6 +55,14 @@ class Denoiser(nn.Module):
         return channels_to_complex(out) if self.complex else out
 
 
+def apply_denoiser(model, x: torch.Tensor, sigma, mask: torch.Tensor | None, operator: LinearOperator | None):
+    """model(x, σ, M̃), handing over the operator of the input to a model that needs it (network.input_cg);
+    other denoisers (any callable (x, σ, M̃)) are called as before."""
+    if getattr(model, "input_cg", 0):
+        return model(x, sigma, mask, operator)
+    return model(x, sigma, mask)
+
+
 def atomic_torch_save(obj: Any, path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
     path = Path(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from ..model import apply_denoiser
 from ..operators import LinearOperator
 from ..solvers import conjugate_gradient
 from .prior import Prior, edm_sigmas, randn_like_image
@@ -70,9 +71,7 @@ def ald(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int = 50
 def one_step(prior: Prior, y: torch.Tensor, A: LinearOperator, mask: torch.Tensor, sigma: float = 0.003):
     """D_θ(A^H y, M, σ): the network sees the acquired data and its own mask (A-OS)."""
     prior.nfe += 1
-    if getattr(prior.model, "input_cg", 0):
-        return prior.model(A.adjoint(y), sigma, mask, A)
-    return prior.model(A.adjoint(y), sigma, mask)
+    return apply_denoiser(prior.model, A.adjoint(y), sigma, mask, A)
 
 
 @torch.no_grad()

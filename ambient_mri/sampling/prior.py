@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..model import apply_denoiser
 from ..operators import LinearOperator
 
 
@@ -19,8 +20,7 @@ class Prior:
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         self.nfe += 1
         inp = self.A_tilde.normal(x) if self.A_tilde is not None else x
-        return self.model(inp, sigma, self.mask_tilde, self.A_tilde) if getattr(self.model, "input_cg", 0) \
-            else self.model(inp, sigma, self.mask_tilde)
+        return apply_denoiser(self.model, inp, sigma, self.mask_tilde, self.A_tilde)
 
 
 def ambient_sigma_floor(info: dict) -> float:

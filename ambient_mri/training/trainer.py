@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..corruption import is_complex
 from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
-from ..model import Denoiser, atomic_torch_save, safe_load, save_model
+from ..model import Denoiser, apply_denoiser, atomic_torch_save, safe_load, save_model
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .recipe import Recipe, load_recipe
 
@@ -286,7 +286,7 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
                 ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])
-    rec = model(zf, one_step_sigma(model.info), batch["mask"], *((A,) if model.input_cg else ()))
+    rec = apply_denoiser(model, zf, one_step_sigma(model.info), batch["mask"], A)
     fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
     for row, (a, b) in enumerate(zip(zf, rec)):
         for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):
