@@ -15,6 +15,11 @@ class DataFileError(AmbientMRIError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        # Worker processes (reconstruct pools, DataLoader workers) pickle errors back to the parent; the default
+        # would call __init__ with the message alone and replace this error by a BrokenProcessPool.
+        return type(self), (self.path, self.problem)
+
 
 class RecipeError(AmbientMRIError):
     """A training recipe with an unknown key or a bad value."""

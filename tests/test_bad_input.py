@@ -86,3 +86,15 @@ def test_memorization_names_an_unreadable_sample_png(tmp_path):
     (tmp_path / "sample_0000.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(am.DataFileError, match="sample_0000.png: cannot be read as an image"):
         load_samples(tmp_path)
+
+
+def test_data_file_error_survives_a_worker_process():
+    """Worker pools pickle errors back to the parent; a DataFileError must arrive whole (not as a
+    BrokenProcessPool), with its file and problem."""
+    import pickle
+
+    from ambient_mri.errors import DataFileError
+
+    err = pickle.loads(pickle.dumps(DataFileError("/data/x.h5", "no kspace dataset")))
+    assert isinstance(err, DataFileError) and err.path == "/data/x.h5" and err.problem == "no kspace dataset"
+    assert str(err) == "/data/x.h5: no kspace dataset"
