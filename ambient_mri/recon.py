@@ -26,14 +26,15 @@ CLASSICAL = ("zero_filled", "sense", "l1_wavelet")
 DIFFUSION = ("adps", "dps", "ald", "one_step", "fast")
 METHODS = CLASSICAL + DIFFUSION
 DEFAULT_STEPS = {"adps": 500, "dps": 500, "ald": 500, "fast": 50, "one_step": 1}
-# fast: CG steps between denoiser calls, by prior (ambient?). Chosen on the demo calibration volume
-# (benchmarks/tune_fast.py): an ambient D leaves much to the data, while a clean D is sharp and longer
-# unregularised CG on its output amplifies noise that the next denoiser call then takes for signal.
-FAST_CG_ITERS = {True: 20, False: 3}
+# fast: defaults by kind of prior (ambient model?), chosen on the demo calibration volume, never on the scored one
+# (benchmarks/tune_fast.py): cg_iters CG steps between denoiser calls (an ambient D leaves much to the data; a
+# clean D is sharp, and long CG on its output fits noise), DiffPIR's data weight ρ (λ_i = ρ σ_n² / σ_i², σ_n
+# estimated from the scan, data.prepared.noise_std) and the DDIM noise η.
+FAST_DEFAULTS = {True: {"cg_iters": 20, "rho": 10.0, "eta": 0.0}, False: {"cg_iters": 10, "rho": 10.0, "eta": 0.5}}
 _SCHEDULE = ("sigma_max", "sigma_min", "a_tilde")
 OPTIONS = {"zero_filled": (), "sense": ("lam", "iters"), "l1_wavelet": ("lam", "iters"), "one_step": ("sigma",),
-           "fast": (*_SCHEDULE, "cg_iters", "eta", "lam"), "adps": (*_SCHEDULE, "zeta"), "dps": (*_SCHEDULE, "zeta"),
-           "ald": (*_SCHEDULE, "eps", "gamma")}
+           "fast": (*_SCHEDULE, "cg_iters", "eta", "lam", "rho", "noise_std"), "adps": (*_SCHEDULE, "zeta"),
+           "dps": (*_SCHEDULE, "zeta"), "ald": (*_SCHEDULE, "eps", "gamma")}
 L1_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
 SENSE_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
@@ -125,6 +126,14 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
     return np.stack(ks), np.stack(mps), np.asarray(scales, np.float32)
 
 
+def scan_noise_std(k: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(S,) thermal noise per k-space sample of each slice (data.prepared.noise_std on its acquired columns), in
+    the input's scale."""
+    from .data.prepared import noise_std
+
+    return np.array([noise_std(k[s][..., np.flatnonzero(m[s])]) for s in range(k.shape[0])])
+
+
 def _training_type_mask(info: dict, width: int, batch: int, seed: int) -> torch.Tensor:
     """A fresh Ã of the kind the ambient model was trained with (A-DPS): the training mask settings recorded in
     the model file, then its further corruption."""
@@ -206,7 +215,7 @@ def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, pro
         full = torch.ones_like(mask)
         prior = Prior(model, MultiCoilMRI(maps, full), full)
     if method == "fast":
-        opts.setdefault("cg_iters", FAST_CG_ITERS[ambient])
+        opts = {**FAST_DEFAULTS[ambient], **opts}
     fn = {"adps": adps, "dps": dps, "ald": ald, "fast": fast_dc}[method]
     if method == "adps" and not ambient:
         fn = dps
@@ -355,6 +364,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
         if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
             raise AmbientMRIError(f"{name} must be a positive integer, got {v!r}")
+    for name in ("noise_std", "rho"):
+        v = opts.get(name)
+        if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise AmbientMRIError(f"{name} must be a finite number >= 0, got {v!r}")
     tic = time.time()
     k, m = check_inputs(kspace, mask)
     S, C, H0, W = k.shape
@@ -385,12 +398,19 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         yy = torch.from_numpy(np.repeat(y, reps, axis=0))
         mm = torch.from_numpy(np.repeat(m, reps, axis=0))[:, None, None, :]
         pp = torch.from_numpy(np.repeat(mps, reps, axis=0))
+        per: dict = {}
+        if method == "fast":  # σ_n per slice in the input's scale: given, or estimated from the scan
+            given = opts.pop("noise_std", None)
+            noise = scan_noise_std(k, m) if given is None else np.full(S, float(given))
+            extra["noise_std"] = noise.tolist()
+            per["noise_std"] = torch.from_numpy(np.repeat(noise / scales, reps).astype(np.float32))
         bs = batch_size or yy.shape[0]
         outs = []
         for i, start in enumerate(range(0, yy.shape[0], bs)):
             sl = slice(start, start + bs)
             x, nfe = _diffusion(method, model, yy[sl].to(dev), mm[sl].to(dev), pp[sl].to(dev), n_steps,
-                                seed + 7919 * i, model.info, dev, progress, **opts)
+                                seed + 7919 * i, model.info, dev, progress, **opts,
+                                **{key: v[sl].to(dev) for key, v in per.items()})
             outs.append(x.detach().cpu())
         nfe *= reps  # each slice's samples are separate trajectories (batched, but each one evaluates the network)
         samples = torch.cat(outs).numpy().reshape(S, reps, H, W)

@@ -165,9 +165,10 @@ def test_diffusion_methods_shapes_nfe_determinism(demo, method):
     assert (s.std > 0).any() == (method != "one_step")
 
 
-def test_fast_takes_fewer_cg_steps_with_a_clean_prior(demo, monkeypatch):
-    """FAST_CG_ITERS: 20 CG steps between denoiser calls for an ambient model, 3 for a clean one (chosen on the
-    demo calibration volume, benchmarks/tune_fast.py); an explicit cg_iters wins."""
+def test_fast_defaults_depend_on_the_kind_of_prior(demo, monkeypatch):
+    """FAST_DEFAULTS: 20 CG steps between denoiser calls and deterministic DDIM steps for an ambient model, 10
+    and η 0.5 for a clean one, the data weight ρ 10 for both (chosen on the demo calibration volume,
+    benchmarks/tune_fast.py); explicit options win."""
     import ambient_mri.sampling as sampling
     from ambient_mri.model import Denoiser
     from ambient_mri.training.recipe import load_recipe
@@ -176,14 +177,38 @@ def test_fast_takes_fewer_cg_steps_with_a_clean_prior(demo, monkeypatch):
 
     seen = []
     real = sampling.fast_dc
-    monkeypatch.setattr(sampling, "fast_dc", lambda *a, **kw: seen.append(kw["cg_iters"]) or real(*a, **kw))
+    monkeypatch.setattr(sampling, "fast_dc", lambda *a, **kw: seen.append((kw["cg_iters"], kw["rho"], kw["eta"]))
+                        or real(*a, **kw))
     clean = Denoiser(network_config(load_recipe({"network": TINY_NET}), 2, 1),
                      {"operator": "multicoil", "ambient": False, "cond": ["ones"], "image_shape": [32, 32]}).eval()
     k, mask = demo["kspace"][:1], demo["mask"]
-    for model, kw in ((demo["model"], {}), (clean, {}), (clean, {"cg_iters": 7})):
+    for model, kw in ((demo["model"], {}), (clean, {}), (clean, {"cg_iters": 7, "rho": 0.0})):
         res = reconstruct(k, mask, model=model, method="fast", steps=2, progress=False, **kw)
         assert np.isfinite(res.image).all() and res.nfe == 2
-    assert seen == [20, 3, 7]
+    assert seen == [(20, 10.0, 0.0), (10, 10.0, 0.5), (7, 0.0, 0.5)]
+
+
+def test_fast_weighs_the_data_by_the_scans_own_noise_level(demo, monkeypatch):
+    """The fast sampler's σ_n comes from the scan (the demo data carry complex noise of std 0.005 per k-space
+    sample), is recorded in ``extra`` and reaches the sampler per slice in the normalised scale; a given
+    ``noise_std`` (input scale) replaces the estimate."""
+    import ambient_mri.sampling as sampling
+
+    seen = []
+    real = sampling.fast_dc
+    monkeypatch.setattr(sampling, "fast_dc", lambda *a, **kw: seen.append(kw["noise_std"]) or real(*a, **kw))
+    k = demo["kspace"]
+    res = reconstruct(k, demo["mask"], model=demo["model"], method="fast", steps=2, num_samples=2, progress=False)
+    est = np.asarray(res.extra["noise_std"])
+    assert est.shape == (2,) and np.allclose(est, 0.005, rtol=0.1), est
+    scale = np.asarray(res.extra["scale"])
+    np.testing.assert_allclose(seen[0].numpy(), np.repeat(est / scale, 2), rtol=1e-5)  # slice-major, 2 samples each
+    res = reconstruct(k, demo["mask"], model=demo["model"], method="fast", steps=2, noise_std=0.02, progress=False)
+    assert res.extra["noise_std"] == [0.02, 0.02]
+    np.testing.assert_allclose(seen[1].numpy(), 0.02 / scale, rtol=1e-5)
+    for bad in ({"noise_std": -0.1}, {"noise_std": float("nan")}, {"rho": -1.0}, {"rho": "high"}):
+        with pytest.raises(AmbientMRIError, match=f"{next(iter(bad))} must be a finite number >= 0"):
+            reconstruct(k, demo["mask"], model=demo["model"], method="fast", steps=2, progress=False, **bad)
 
 
 def test_model_file_path_and_defaults(demo):

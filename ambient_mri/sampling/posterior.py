@@ -6,7 +6,8 @@ Each returns the reconstruction (batch of images) and leaves the network-evaluat
     ald         annealed Langevin: score (D - x)/σ² plus the likelihood A^H (y - A x)/(σ² + γ²), no Jacobian
     one_step    D(A^H y, M, σ_min) in one evaluation (A-OS for an ambient prior)
     fast_dc     DDIM-style steps with a few conjugate-gradient data-consistency steps on the normal equations
-                after each denoiser call (Decomposed-Diffusion-Sampler style); 50 evaluations by default
+                after each denoiser call (Decomposed-Diffusion-Sampler style), weighted against D by the
+                noise level (DiffPIR style); 50 evaluations by default
 """
 
 from __future__ import annotations
@@ -77,22 +78,30 @@ def one_step(prior: Prior, y: torch.Tensor, A: LinearOperator, mask: torch.Tenso
 @torch.no_grad()
 def fast_dc(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int = 50, sigma_max: float = 10.0,
             sigma_min: float = 0.004, cg_iters: int = 20, eta: float = 0.5, seed: int = 0, dtype=torch.complex64,
-            progress: bool = False, lam: float = 0.0):
-    """D → CG on (A^H A + λ I) x = A^H y + λ D started at D → DDIM step to σ_{i+1}.
+            progress: bool = False, lam: float = 0.0, rho: float = 0.0, noise_std=None):
+    """D → CG on (A^H A + λ_i I) x = A^H y + λ_i D started at D → DDIM step to σ_{i+1}.
 
     The CG is early-stopped (``cg_iters``): it fits the acquired data while keeping D's content where the data say
     little, and stopping regularises against noise amplification. How many steps pay depends on the prior:
-    ``reconstruct`` takes 20 with an ambient model and 3 with a clean one (recon.FAST_CG_ITERS). λ > 0 pulls the
-    solution towards D as well; 0 (default) because an imperfect D should not override data."""
+    ``reconstruct`` takes 20 with an ambient model and 10 with a clean one (recon.FAST_DEFAULTS).
+    λ_i = lam + rho σ_n² / σ_i² (DiffPIR's data weight): with the noise level σ_n of y (``noise_std``, a float or
+    one per example), the denoised estimate at level σ_i counts as a measurement of error ~σ_i, so late steps
+    trust D more than the noisy data. ``reconstruct`` estimates σ_n from the scan and takes rho = 10."""
     g = torch.Generator().manual_seed(seed)
     sig = edm_sigmas(steps, sigma_min, sigma_max)
     x = randn_like_image(shape, dtype, g, y.device) * float(sig[0])
     rhs = A.adjoint(y)
+    n2 = 0.0
+    if rho and noise_std is not None:
+        n2 = _bcast(torch.as_tensor(noise_std, dtype=torch.float64).reshape(-1).expand(shape[0]), x).to(y.device)
+        n2 = (n2**2).to(x.real.dtype)
     x0 = x
     for i in tqdm(range(steps), disable=not progress, desc="fast-DC"):
         s, s_next = float(sig[i]), float(sig[i + 1])
         d = prior.denoise(x, s)
-        x0 = conjugate_gradient(A.normal, rhs + lam * d if lam else rhs, x0=d, iters=cg_iters, lam=float(lam))
+        w = lam + rho * n2 / s**2
+        weighted = not isinstance(w, float) or w != 0.0
+        x0 = conjugate_gradient(A.normal, rhs + w * d if weighted else rhs, x0=d, iters=cg_iters, lam=w)
         if s_next == 0:
             break
         eps_hat = (x - d) / s
