@@ -21,6 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import h5py
+import numpy as np
 import torch
 
 import ambient_mri as am
@@ -40,10 +41,12 @@ def methods(adps_steps: int) -> list[tuple[str, str, str | None, dict]]:
         ("cg_sense", "sense", None, {}),
         ("l1_wavelet", "l1_wavelet", None, {}),
         ("ambient one-step", "one_step", "ambient", {}),
-        ("ambient fast (50 NFE)", "fast", "ambient", {"steps": 50}),
-        ("ambient fast (100 NFE)", "fast", "ambient", {"steps": 100}),
+        # fast: the mean of 2 posterior samples at equal NFE (+0.1-0.2 dB over one 50-step sample on the
+        # calibration volume, benchmarks/results/tune_fast_rho.json) and a std map for free
+        ("ambient fast (50 NFE)", "fast", "ambient", {"steps": 25, "num_samples": 2}),
+        ("ambient fast (100 NFE)", "fast", "ambient", {"steps": 50, "num_samples": 2}),
         (f"ambient A-DPS ({adps_steps})", "adps", "ambient", {"steps": adps_steps}),
-        ("oracle fast (50 NFE)", "fast", "oracle", {"steps": 50}),
+        ("oracle fast (50 NFE)", "fast", "oracle", {"steps": 25, "num_samples": 2}),
         (f"oracle DPS ({adps_steps})", "dps", "oracle", {"steps": adps_steps}),
     ]
 
@@ -77,9 +80,36 @@ def _evaluate(task: dict) -> dict:
         with h5py.File(out, "r") as h:
             nfe, slices = int(h.attrs["nfe"]), slices + h["reconstruction"].shape[0]
     m = evaluate_dirs(task["raw_val"], folder)["mean"]
-    return {"R": task["R"], "method": task["label"], **m, "nfe": nfe,
+    return {"R": task["R"], "method": task["label"], "options": task["opts"], **m, "nfe": nfe,
             "seconds_per_slice": round((time.time() - t0) / max(slices, 1), 3),
             "PSNR_per_slice": _slice_psnr(task["raw_val"], folder)}
+
+
+HEAD = 0.08  # head mask: reference above this fraction of its volume's maximum
+
+
+def _folder(work: Path, R: int, label: str) -> Path:
+    return work / "recon" / f"r{R}" / label.replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def head_ssim(raw_val: str, folder: Path) -> float:
+    """SSIM (fastMRI's: 7x7 window, data_range the volume maximum) averaged over the head only: reference pixels
+    above HEAD of the volume maximum. Outside the head the RSS reference holds its noise floor (about 0.015 of
+    the maximum here) while SENSE-type reconstructions are zero outside the coil maps' support, and SSIM's
+    luminance term there is C1 / (μ² + C1) ≈ 0.3 whatever the reconstruction inside the head."""
+    from skimage.metrics import structural_similarity
+
+    from ambient_mri.metrics import center_crop
+
+    vals = []
+    for f in sorted(Path(raw_val).glob("*.h5")):
+        with h5py.File(f, "r") as h, h5py.File(folder / f.name, "r") as r:
+            gt = h["reconstruction_rss"][()]
+            pred = center_crop(r["reconstruction"][()], gt.shape[-2:])
+        for g, p in zip(gt, pred):
+            _, smap = structural_similarity(g, p, data_range=gt.max(), full=True)
+            vals.append(smap[g > HEAD * gt.max()])
+    return float(np.concatenate(vals).mean())
 
 
 def _slice_psnr(raw_val: str, folder: Path) -> list[float]:
@@ -177,13 +207,12 @@ def main() -> None:
         for label, method, key, opts in methods(args.adps_steps):
             if args.only and label not in args.only:
                 continue
-            name = label.replace(" ", "_").replace("(", "").replace(")", "")
             tasks.append({"R": R, "cf": demo_center_fraction(args.size, R), "label": label, "method": method,
-                          "model": key, "opts": opts, "folder": str(work / "recon" / f"r{R}" / name),
+                          "model": key, "opts": opts, "folder": str(_folder(work, R, label)),
                           "raw_val": paths["raw_val"], "models": {k: str(v / "model.pt") for k, v in runs.items()},
                           "device": args.device, "threads": args.threads})
     cost = {"adps": 3.0, "dps": 3.0, "ald": 1.0, "fast": 1.0, "one_step": 0.0}  # NFE x (1 or fwd+bwd)
-    tasks.sort(key=lambda t: -cost.get(t["method"], 0.0) * t["opts"].get("steps", 1))
+    tasks.sort(key=lambda t: -cost.get(t["method"], 0.0) * t["opts"].get("steps", 1) * t["opts"].get("num_samples", 1))
     rows = []
     with ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:
         for fut in as_completed([ex.submit(_evaluate, t) for t in tasks]):
@@ -196,6 +225,8 @@ def main() -> None:
     if earlier:  # the other rows as they were measured, with the settings and seconds of that run
         rows += [r for r in earlier["rows"] if r["method"] not in args.only]
     rows.sort(key=lambda r: (r["R"], labels.index(r["method"])))
+    for r in rows:  # every row, also those kept from an earlier run (their reconstructions are still in --work)
+        r["SSIM_head"] = head_ssim(paths["raw_val"], _folder(work, r["R"], r["method"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "quality_mri",
@@ -217,7 +248,8 @@ def main() -> None:
     _plot(rows, out.with_suffix(".png"))
     print()
     for r in rows:
-        print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} NFE {r['nfe']:4d}")
+        print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} "
+              f"SSIM(head) {r['SSIM_head']:.4f} NFE {r['nfe']:4d}")
     for R, pairs in record["paired_per_slice_psnr"].items():
         for name, v in pairs.items():
             print(f"{R} {name}: {v['mean_dB']:+.2f} dB (SD {v['sd_dB']:.2f}), "
