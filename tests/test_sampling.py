@@ -141,3 +141,5 @@ def test_fast_dc_noise_weight_is_per_example(problem):
     mixed = fast_dc(*args, steps=10, dtype=torch.float64, seed=1, rho=10.0, noise_std=torch.tensor([0.0, 0.3]))
     torch.testing.assert_close(mixed[0], plain[0], rtol=0, atol=1e-12)
     assert not torch.allclose(mixed[1], plain[1], atol=1e-3)
+    with pytest.raises(am.AmbientMRIError, match="noise_std"):
+        fast_dc(*args, steps=2, dtype=torch.float64, rho=10.0)

@@ -80,7 +80,8 @@ def noise_std(acquired: np.ndarray, edge: float = 0.125) -> float:
     """Thermal noise per k-space sample of the acquired columns (C, H0, L), from the image rows at both ends of
     the readout field of view (``edge`` of H0 each): fastMRI's 2x readout oversampling leaves them empty of
     anatomy. Complex Gaussian noise of per-sample variance σ² has median |v| = σ √ln 2; the median ignores the
-    few rows an object may reach. The centred 1-D inverse FFT is orthonormal, so σ is the k-space level."""
+    few rows an object may reach. The centred 1-D inverse FFT is orthonormal, so σ is the k-space level. Without
+    readout oversampling the end rows may hold anatomy and the estimate is then too high (pass the level instead)."""
     H0 = acquired.shape[-2]
     n = max(1, int(round(edge * H0)))
     t = torch.from_numpy(np.ascontiguousarray(acquired, dtype=np.complex64))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
+from ..errors import AmbientMRIError
 from ..model import apply_denoiser
 from ..operators import LinearOperator
 from ..solvers import conjugate_gradient
@@ -91,8 +92,10 @@ def fast_dc(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int 
     sig = edm_sigmas(steps, sigma_min, sigma_max)
     x = randn_like_image(shape, dtype, g, y.device) * float(sig[0])
     rhs = A.adjoint(y)
+    if rho and noise_std is None:
+        raise AmbientMRIError("fast_dc: rho > 0 weighs D by the data's noise level; give noise_std")
     n2 = 0.0
-    if rho and noise_std is not None:
+    if rho:
         n2 = _bcast(torch.as_tensor(noise_std, dtype=torch.float64).reshape(-1).expand(shape[0]), x).to(y.device)
         n2 = (n2**2).to(x.real.dtype)
     x0 = x
