@@ -41,8 +41,8 @@ def methods(adps_steps: int) -> list[tuple[str, str, str | None, dict]]:
         ("cg_sense", "sense", None, {}),
         ("l1_wavelet", "l1_wavelet", None, {}),
         ("ambient one-step", "one_step", "ambient", {}),
-        # fast: the mean of 2 posterior samples at equal NFE (+0.1-0.2 dB over one 50-step sample on the
-        # calibration volume, benchmarks/results/tune_fast_rho.json) and a std map for free
+        # fast: the mean of 2 posterior samples at equal NFE (+0.13 dB over one 50-step sample in a pilot on the
+        # calibration volume, docs/reconstruction.md) and a std map for free
         ("ambient fast (50 NFE)", "fast", "ambient", {"steps": 25, "num_samples": 2}),
         ("ambient fast (100 NFE)", "fast", "ambient", {"steps": 50, "num_samples": 2}),
         (f"ambient A-DPS ({adps_steps})", "adps", "ambient", {"steps": adps_steps}),
