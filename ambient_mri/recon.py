@@ -398,19 +398,19 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         yy = torch.from_numpy(np.repeat(y, reps, axis=0))
         mm = torch.from_numpy(np.repeat(m, reps, axis=0))[:, None, None, :]
         pp = torch.from_numpy(np.repeat(mps, reps, axis=0))
-        per: dict = {}
+        noise = None
         if method == "fast":  # σ_n per slice in the input's scale: given, or estimated from the scan
             given = opts.pop("noise_std", None)
             noise = scan_noise_std(k, m) if given is None else np.full(S, float(given))
             extra["noise_std"] = noise.tolist()
-            per["noise_std"] = torch.from_numpy(np.repeat(noise / scales, reps).astype(np.float32))
+            noise = torch.from_numpy(np.repeat(noise / scales, reps).astype(np.float32))
         bs = batch_size or yy.shape[0]
         outs = []
         for i, start in enumerate(range(0, yy.shape[0], bs)):
             sl = slice(start, start + bs)
             x, nfe = _diffusion(method, model, yy[sl].to(dev), mm[sl].to(dev), pp[sl].to(dev), n_steps,
                                 seed + 7919 * i, model.info, dev, progress, **opts,
-                                **{key: v[sl].to(dev) for key, v in per.items()})
+                                **({} if noise is None else {"noise_std": noise[sl].to(dev)}))
             outs.append(x.detach().cpu())
         nfe *= reps  # each slice's samples are separate trajectories (batched, but each one evaluates the network)
         samples = torch.cat(outs).numpy().reshape(S, reps, H, W)

@@ -59,6 +59,13 @@ HOW_TO_PREPARE = (
 # --------------------------------------------------------------------------------------------------
 
 
+def _readout_image(kspace: np.ndarray) -> torch.Tensor:
+    """Centred orthonormal 1-D inverse FFT along the readout (rows) of k-space (..., H0, L): the hybrid
+    (x, k_y) space in which each acquired column is independent."""
+    t = torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64))
+    return torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+
+
 def row_crop(kspace: np.ndarray, rows: int) -> np.ndarray:
     """Crop the readout (row) oversampling of k-space (..., H0, L) to ``rows`` image rows: centred 1-D inverse
     FFT along rows, fastMRI's centre-crop offset (H0 - rows) // 2, centred FFT back. Columns are independent,
@@ -68,8 +75,7 @@ def row_crop(kspace: np.ndarray, rows: int) -> np.ndarray:
         return np.ascontiguousarray(kspace, dtype=np.complex64)
     if not 0 < rows < H0:
         raise AmbientMRIError(f"cannot crop {H0} k-space rows to {rows} image rows")
-    t = torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64))
-    x = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    x = _readout_image(kspace)
     top = (H0 - rows) // 2
     x = x[..., top: top + rows, :]
     k = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(x, dim=-2), dim=-2, norm="ortho"), dim=-2)
@@ -84,8 +90,7 @@ def noise_std(acquired: np.ndarray, edge: float = 0.125) -> float:
     readout oversampling the end rows may hold anatomy and the estimate is then too high (pass the level instead)."""
     H0 = acquired.shape[-2]
     n = max(1, int(round(edge * H0)))
-    t = torch.from_numpy(np.ascontiguousarray(acquired, dtype=np.complex64))
-    x = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    x = _readout_image(acquired)
     outer = torch.cat([x[..., :n, :], x[..., H0 - n:, :]], dim=-2)
     return float(outer.abs().median()) / float(np.sqrt(np.log(2)))
 

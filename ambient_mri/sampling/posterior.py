@@ -96,8 +96,8 @@ def fast_dc(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int 
         raise AmbientMRIError("fast_dc: rho > 0 weighs D by the data's noise level; give noise_std")
     n2 = 0.0
     if rho:
-        n2 = _bcast(torch.as_tensor(noise_std, dtype=torch.float64).reshape(-1).expand(shape[0]), x).to(y.device)
-        n2 = (n2**2).to(x.real.dtype)
+        n = torch.as_tensor(noise_std, dtype=x.real.dtype, device=y.device).reshape(-1).expand(shape[0])
+        n2 = _bcast(n**2, x)
     x0 = x
     for i in tqdm(range(steps), disable=not progress, desc="fast-DC"):
         s, s_next = float(sig[i]), float(sig[i + 1])
