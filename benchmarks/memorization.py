@@ -63,39 +63,62 @@ def _previous(out: Path, name: str) -> dict | None:
         return None
 
 
+def evaluate(samples: np.ndarray, faces, noisy: np.ndarray, smooth: float) -> dict:
+    """The numbers of one set of samples that the trajectory follows: copies (pixels and low-passed), the share
+    above 0.95, the estimated noise level and the recall of the σ_n = 0.2 training noise."""
+    from ambient_mri.memorization import noise_recall, study
+
+    raw = study({"m": samples}, faces)["models"]["m"]
+    low = study({"m": samples}, faces, smooth=smooth)["models"]["m"]
+    return {"num_samples": len(samples), "mean": raw["mean"], "above_0.95": raw["share_above"]["0.95"],
+            "copies": raw["copies"], "copies_smooth": low["copies"], "noise_sigma": noise_levels(samples)["mean"],
+            "noise_recall": noise_recall(samples, faces.images, noisy)["mean"]}
+
+
 def _train_and_sample(job: dict) -> dict:
-    """Worker: train one model, draw its samples, run the probe. Returns its record and the samples' path."""
+    """Worker: train one model (evaluating it at each of job["stages"] on the way), draw its samples, run the
+    probe. Returns its record and the samples' path."""
     torch.set_num_threads(job["threads"])
-    from ambient_mri.data.images import load_images
+    from ambient_mri.data.images import corrupt_images, load_images
     from ambient_mri.image_commands import write_samples
     from ambient_mri.images import default_sigma_min, memorization_probe, sample_images
     from ambient_mri.model import load_model, safe_load
     from ambient_mri.training.trainer import train
 
+    faces = load_images("faces", image_size=(32, 32), limit=job["limit"])
+    noisy = corrupt_images(faces.images, sigma_n=0.2)[0].numpy()
     run = Path(job["work"]) / "runs" / job["recipe"]
     reuse = job["reuse"] and (run / "checkpoint.pt").is_file() and \
         int(safe_load(run / "checkpoint.pt")["step"]) >= job["steps"]
     if run.exists() and not reuse:
         shutil.rmtree(run)  # a fresh run: train() would otherwise resume from the old checkpoint
-    t = time.time()
-    if not reuse:
-        train(ROOT / "recipes" / f"{job['recipe']}.yaml", overrides=job["overrides"], progress=False)
-    train_s = (job.get("prior") or {}).get("train_seconds") if reuse else time.time() - t
+    trajectory = (job.get("prior") or {}).get("trajectory", [])[:-1] if reuse else []
+    train_s = (job.get("prior") or {}).get("train_seconds") if reuse else 0.0
+    # A resumed run continues exactly (trainer docstring), so stopping at each stage changes nothing but the time.
+    for stage in ([] if reuse else [s for s in job["stages"] if 0 < s < job["steps"]] + [job["steps"]]):
+        t = time.time()
+        train(ROOT / "recipes" / f"{job['recipe']}.yaml", overrides=[*job["overrides"], f"training.steps={stage}"],
+              progress=False)
+        train_s += time.time() - t
+        if stage < job["steps"]:
+            model = load_model(run / "model.pt", device=job["device"])
+            x = sample_images(model, job["stage_num"], steps=job["sample_steps"], seed=job["seed"], batch_size=64)
+            trajectory.append({"steps": stage, **evaluate(x.numpy(), faces, noisy, job["smooth"])})
     log = _log(run)
     done = int(safe_load(run / "checkpoint.pt")["step"])  # also when max_minutes stopped it between logs
     model = load_model(run / "model.pt", device=job["device"])
     t = time.time()
     x = sample_images(model, job["num"], steps=job["sample_steps"], seed=job["seed"], batch_size=64)
     sample_s = time.time() - t
+    trajectory.append({"steps": done, **evaluate(x.numpy(), faces, noisy, job["smooth"])})
     folder = Path(job["work"]) / "samples" / job["name"]
     write_samples(x, folder, {"model": str(run / "model.pt"), "steps": job["sample_steps"]})
     np.save(folder / "all.npy", x.cpu().numpy())
     rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "reused_trained_model": reuse,
            "train_seconds": round(train_s, 1) if train_s is not None else None,
            "final_loss": log[-1]["loss"] if log else None, "sample_seconds": round(sample_s, 1),
-           "sigma_min": default_sigma_min(model)}
+           "sigma_min": default_sigma_min(model), "trajectory": trajectory}
     if job["probe"] > 0:
-        faces = load_images("faces", image_size=(32, 32), limit=job["limit"])
         n_train = len(faces) - HOLDOUT
         groups = {"train": np.linspace(0, n_train - 1, job["probe"]).round().astype(int),
                   "heldout": np.arange(n_train, len(faces))}
@@ -115,6 +138,11 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=50.0, help="safety cap on each model's training time")
     p.add_argument("--num", type=int, default=256, help="samples per model")
     p.add_argument("--sample-steps", type=int, default=18, help="EDM Heun steps")
+    p.add_argument("--stages", default="500,1000,1500",
+                   help="comma-separated step counts at which every model is also evaluated on the way ('' : none)")
+    p.add_argument("--stage-num", type=int, default=128, help="samples per model at each stage")
+    p.add_argument("--smooth", type=float, default=1.5,
+                   help="Gaussian low-pass (px) of the noise-robust comparison (copies of noisy photos count)")
     p.add_argument("--probe", type=int, default=16, help="training photos in the memorisation probe (0: skip)")
     p.add_argument("--probe-steps", type=int, default=100, help="(A-)DPS steps of the probe")
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
@@ -131,7 +159,14 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     from ambient_mri.data.images import ImageSet, corrupt_images, load_images
-    from ambient_mri.memorization import noise_recall, plot_histogram, plot_neighbours, study, summary_table
+    from ambient_mri.memorization import (
+        noise_recall,
+        plot_histogram,
+        plot_neighbours,
+        plot_trajectory,
+        study,
+        summary_table,
+    )
 
     tic = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -148,7 +183,9 @@ def main() -> None:
         jobs.append({"name": name, "recipe": recipe, "overrides": overrides, "work": str(work), "num": args.num,
                      "sample_steps": args.sample_steps, "seed": args.seed, "device": device, "threads": args.threads,
                      "probe": args.probe, "probe_steps": args.probe_steps, "limit": limit, "reuse": args.reuse,
-                     "steps": args.steps, "prior": _previous(out, name) if args.reuse else None})
+                     "steps": args.steps, "prior": _previous(out, name) if args.reuse else None,
+                     "stages": [int(v) for v in args.stages.split(",") if v.strip()], "stage_num": args.stage_num,
+                     "smooth": args.smooth})
     with ProcessPoolExecutor(max(1, args.workers), mp_context=get_context("spawn")) as ex:
         done = list(ex.map(_train_and_sample, jobs))
     records = {d["name"]: d["record"] for d in done}
@@ -158,18 +195,25 @@ def main() -> None:
         print(f"warning: the models trained unequal steps {steps} (--minutes cap); see the JSON", flush=True)
 
     result = study(samples, faces)
-    hist = plot_histogram(result, out.with_suffix(".png"))
-    figs = [str(hist)]
+    low = study(samples, faces, smooth=args.smooth)  # noise-robust: a copy of a noisy photo is a copy
+    figs = [str(plot_histogram(result, out.with_suffix(".png"))),
+            str(plot_histogram(low, out.with_name(f"{out.stem}_smooth.png"))),
+            str(plot_trajectory({k: r["trajectory"] for k, r in records.items()},
+                                out.with_name(f"{out.stem}_trajectory.png"),
+                                reference_noise=noise_levels(faces.images)["mean"]))]
     for name in samples:
         figs.append(str(plot_neighbours(result, name, out.with_name(f"{out.stem}_neighbours_{name}.png"), num=10)))
+    figs.append(str(plot_neighbours(low, "noisy_s0.2", out.with_name(f"{out.stem}_neighbours_smooth_noisy_s0.2.png"),
+                                    num=10)))
 
     # Reference: how real *new* photos of training people score (one photo per person held out of the set).
     out_idx = np.arange(0, len(faces), 10)  # ORL files are sorted person by person, ten photos each
     keep = np.setdiff1d(np.arange(len(faces)), out_idx)
     ref_train = ImageSet(faces.images[keep], [faces.labels[i] for i in keep], [faces.names[i] for i in keep],
                          "training photos minus one photo per person")
-    ref = study({"unseen photos of training people": faces.images[out_idx]}, ref_train)
-    reference = {k: v for k, v in ref["models"]["unseen photos of training people"].items() if k != "per_sample"}
+    unseen = {"unseen photos of training people": faces.images[out_idx]}
+    reference, reference_smooth = ({k: v for k, v in next(iter(r["models"].values())).items() if k != "per_sample"}
+                                   for r in (study(unseen, ref_train), study(unseen, ref_train, smooth=args.smooth)))
 
     noisy_train, _ = corrupt_images(faces.images, sigma_n=0.2)
     noise = {"clean training images": noise_levels(faces.images),
@@ -183,6 +227,7 @@ def main() -> None:
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     for name in records:
         records[name]["memorization"] = clean["models"][name]
+        records[name]["memorization_smooth"] = {k: v for k, v in low["models"][name].items() if k != "per_sample"}
         records[name]["noise_sigma_estimate"] = noise[f"samples {name}"]
         records[name]["noise_recall_sigma_n_0.2"] = recall[name]
     doc = {"benchmark": "memorization",
@@ -191,7 +236,8 @@ def main() -> None:
                        "torch": torch.__version__, "threads": args.threads, "device": device},
            "settings": {**vars(args), "steps_trained": steps, "sampler": f"EDM Heun, {args.sample_steps} steps"},
            "train": clean["train"], "similarity_settings": clean["settings"], "noise_sigma_estimate": noise,
-           "reference_unseen_photos": reference,
+           "similarity_settings_smooth": low["settings"], "train_smooth": low["train"],
+           "reference_unseen_photos": reference, "reference_unseen_photos_smooth": reference_smooth,
            "models": records, "figures": figs, "total_minutes": round((time.time() - tic) / 60, 2)}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
@@ -201,6 +247,15 @@ def main() -> None:
     print(summary_table(result))
     print(f"reference, {len(out_idx)} real photos held out (one per person): copies {reference['copies']:.1%}, "
           f"same-id {reference['identity_matches']:.1%}, >0.95 {reference['share_above']['0.95']:.1%}")
+    print(f"\nthe same after a {args.smooth:g} px low-pass (copies of noisy photos count as copies):")
+    print(summary_table(low))
+    print(f"reference (low-passed): copies {reference_smooth['copies']:.1%}")
+    print("\nwhile training (samples per stage: --stage-num; the last row: --num)")
+    print(f"  {'model':14s} {'steps':>6s} {'copies':>7s} {'lowpass':>7s} {'>0.95':>6s} {'noise':>6s} {'recall':>6s}")
+    for k, r in records.items():
+        for t in r["trajectory"]:
+            print(f"  {k:14s} {t['steps']:6d} {t['copies']:7.1%} {t['copies_smooth']:7.1%} {t['above_0.95']:6.1%} "
+                  f"{t['noise_sigma']:6.3f} {t['noise_recall']:6.3f}")
     print("\nestimated noise sigma ([-1, 1] scale), mean over images:")
     for k, v in noise.items():
         print(f"  {k:40s} {v['mean']:.4f}")
