@@ -113,8 +113,7 @@ def run_memorization(args) -> int:
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     out = Path(args.output) if args.output else Path(dirs[0])
     _writable(out)
-    result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center,
-                   smooth=args.smooth)
+    result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))
     print(f"written: {paths['json']}, {paths['histogram']}")
@@ -148,9 +147,6 @@ def add_image_commands(sub) -> None:
                    help="folder for memorization.json, histogram.png, neighbours_*.png (default: first --samples)")
     m.add_argument("--thresholds", nargs="+", type=float, default=[0.90, 0.95, 0.99])
     m.add_argument("--center", action="store_true", help="mean-centre images before the cosine (correlation)")
-    m.add_argument("--smooth", type=float, default=0.0, metavar="PX",
-                   help="compare after a Gaussian low-pass of PX pixels (noise-robust: counts a copy of a noisy "
-                        "training image as a copy; default 0)")
     m.add_argument("--num-pairs", type=int, default=8, help="sample / neighbour pairs per figure")
     m.set_defaults(func=run_memorization)
 

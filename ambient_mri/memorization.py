@@ -14,10 +14,6 @@ study also measures the training set against itself and separates
                     training-set nearest-neighbour similarity) and its 3 nearest training images show one person
     novel           everything else
 
-A model trained on noisy images that memorises them reproduces their noise too, which lowers its pixel cosine
-to the clean images without making it any less of a copy: ``smooth`` (pixels) compares low-passed images, where
-that noise is averaged out (a σ_n = 0.2 ORL photo low-passed by 1.5 px has cosine 0.99 with its clean version).
-
 Figures: ``histogram.png`` (one curve per model, plus the training set against itself) and
 ``neighbours_<label>.png`` (the most similar samples beside their nearest training images).
 """
@@ -95,40 +91,24 @@ def _summary(v: np.ndarray, thresholds) -> dict:
             "share_above": _shares(v, thresholds)}
 
 
-def smooth_images(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian low-pass of (N, C, H, W) images, σ in pixels, per image and channel (sigma 0: unchanged)."""
-    if not (np.isfinite(sigma) and sigma >= 0):
-        raise AmbientMRIError(f"smooth must be a finite number of pixels >= 0, got {sigma}")
-    if sigma == 0:
-        return images
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(np.asarray(images, np.float32), sigma=(0, 0, sigma, sigma), mode="reflect")
-
-
 def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: bool = False,
-          copy_floor: float = 0.98, identity_threshold: float | None = None, identity_k: int = 3,
-          smooth: float = 0.0) -> dict:
+          copy_floor: float = 0.98, identity_threshold: float | None = None, identity_k: int = 3) -> dict:
     """The memorisation study of several models' samples against one training set (see the module docstring).
 
-    samples: {label: (N, C, H, W) in [-1, 1]}; train: as ``training_images_like``. smooth > 0 compares the
-    images after a Gaussian low-pass of ``smooth`` pixels (``smooth_images``), so that a copy of a *noisy*
-    training image counts as a copy of its content; the figures still show the images themselves. Returns a
-    JSON-ready dict (``settings``, ``train``, ``models``) plus, under ``_arrays``, what the figures need.
+    samples: {label: (N, C, H, W) in [-1, 1]}; train: as ``training_images_like``. Returns a JSON-ready dict
+    (``settings``, ``train``, ``models``) plus, under ``_arrays``, what the figures need.
     """
     if not samples:
         raise AmbientMRIError("no samples to study")
     first = next(iter(samples.values()))
     tr = training_images_like(train, first)
     X = tr.images
-    Xc = smooth_images(X, smooth)  # what is compared
     labels = np.asarray(tr.labels if len(tr.labels) == len(X) else [""] * len(X))
     has_ids = len(set(labels.tolist())) > 1
-    t_sim, _ = nearest_neighbours(Xc, Xc, k=1, center=center, exclude_self=True)
+    t_sim, _ = nearest_neighbours(X, X, k=1, center=center, exclude_self=True)
     t_nn = t_sim[:, 0]
     id_thr = float(np.median(t_nn)) if identity_threshold is None else float(identity_threshold)
-    out = {"settings": {"similarity": "cosine of flattened images in [-1, 1]" + (" (mean-centred)" if center else "")
-                        + (f" after a Gaussian low-pass of {smooth:g} px" if smooth else ""), "smooth": float(smooth),
+    out = {"settings": {"similarity": "cosine of flattened images in [-1, 1]" + (" (mean-centred)" if center else ""),
                         "thresholds": list(thresholds), "copy_floor": copy_floor,
                         "identity_threshold": id_thr if has_ids else None, "identity_k": identity_k},
            "train": {"source": tr.source, "num_images": int(len(X)), "image_shape": list(X.shape[1:]),
@@ -141,10 +121,9 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
             raise AmbientMRIError(f"samples {name!r} are {'x'.join(map(str, S.shape[1:]))}, the first ones "
                                   f"{'x'.join(map(str, X.shape[1:]))}")
         k = min(max(identity_k, 1), len(X))
-        Sc = smooth_images(S, smooth)
-        sim, idx = nearest_neighbours(Sc, Xc, k=k, center=center)
+        sim, idx = nearest_neighbours(S, X, k=k, center=center)
         s1, j = sim[:, 0], idx[:, 0]
-        ssim = batch_ssim(Sc, Xc[j], data_range=2.0) if min(X.shape[-2:]) >= 7 else np.full(len(S), np.nan)
+        ssim = batch_ssim(S, X[j], data_range=2.0) if min(X.shape[-2:]) >= 7 else np.full(len(S), np.nan)
         copy = s1 >= np.maximum(t_nn[j], copy_floor)
         rec = {"num_samples": int(len(S)), **_summary(s1, thresholds),
                "ssim": {"mean": float(np.nanmean(ssim)), "median": float(np.nanmedian(ssim)),
@@ -228,8 +207,7 @@ def plot_histogram(result: dict, path) -> Path:
             label="training image vs nearest other training image")
     for t in result["settings"]["thresholds"]:
         ax.axvline(t, color="k", linewidth=0.6, alpha=0.4)
-    sm = result["settings"].get("smooth")
-    ax.set_xlabel("highest cosine similarity to a training image" + (f" (both low-passed, {sm:g} px)" if sm else ""))
+    ax.set_xlabel("highest cosine similarity to a training image")
     ax.set_ylabel("density")
     ax.set_title("Memorisation: similarity of generated samples to their nearest training image", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
@@ -241,21 +219,22 @@ def plot_histogram(result: dict, path) -> Path:
 
 def plot_trajectory(trajectory: dict[str, list[dict]], path, reference_noise: float | None = None) -> Path:
     """Memorisation against training steps, one line per model. trajectory: {label: [{"steps", "copies",
-    "copies_smooth", "noise_sigma", "noise_recall"}, ...]} (the memorisation benchmark's records). Panels: the
-    share of samples that copy a training image (solid: low-passed comparison, dashed: pixels), the samples'
-    estimated noise level (grey: ``reference_noise``, the clean training images) and ``noise_recall``."""
+    "noise_copies", "noise_sigma", "noise_recall"}, ...]} (the memorisation benchmark's records). Panels: the
+    share of samples that copy a training image (solid: the pixel rule of ``study``; dashed: samples whose
+    ``noise_recall`` exceeds 0.5, i.e. that carry their photo's own training noise), the samples' estimated
+    noise level (grey: ``reference_noise``, the clean training images) and the mean ``noise_recall``."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for c, (name, recs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], trajectory.items()):
         st = [r["steps"] for r in recs]
-        axes[0].plot(st, [r["copies_smooth"] for r in recs], "-o", color=c, label=name)
-        axes[0].plot(st, [r["copies"] for r in recs], "--", color=c, alpha=0.6)
+        axes[0].plot(st, [r["copies"] for r in recs], "-o", color=c, label=name)
+        axes[0].plot(st, [r["noise_copies"] for r in recs], "--", color=c, alpha=0.7)
         axes[1].plot(st, [r["noise_sigma"] for r in recs], "-o", color=c, label=name)
         axes[2].plot(st, [r["noise_recall"] for r in recs], "-o", color=c, label=name)
     if reference_noise is not None:
         axes[1].axhline(reference_noise, color="gray", linestyle="--", label="clean training images")
-    for ax, t in zip(axes, ["copies (solid: low-passed images, dashed: pixels)", "estimated noise σ of the samples",
-                            "noise_recall: the training noise in the samples"]):
+    for ax, t in zip(axes, ["copies (solid: of a clean photo; dashed: with its training noise)",
+                            "estimated noise σ of the samples", "noise_recall: the training noise in the samples"]):
         ax.set_xlabel("training steps")
         ax.set_title(t, fontsize=9)
         ax.legend(fontsize=7)

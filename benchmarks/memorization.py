@@ -14,14 +14,14 @@ training images and whether that noise is the noisy model's own training noise (
 correlation of each sample's residual against its nearest clean photo with that photo's training noise), the
 memorisation probe (reconstruct training / held-out photos from 10% of their pixels), and as
 a reference the same statistics for real photos held out of the training photos (one per person) against the
-rest. A model that memorised noisy photos reproduces their noise, which hides its copies from the pixel cosine,
-so every number is also given for low-passed images (--smooth px), where that noise is averaged out. Every model
-is also evaluated at --stages on the way (--stage-num samples): memorisation against training steps.
-Writes benchmarks/results/memorization.json, memorization.png (histogram), memorization_smooth.png (the same,
-low-passed), memorization_trajectory.png and memorization_neighbours_<model>.png.
+rest. A model that memorised noisy photos reproduces their noise, which hides its copies from the pixel cosine:
+``noise_copies`` counts the samples whose residual carries their photo's own training noise (noise_recall > 0.5).
+Every model is also evaluated at --stages on the way (--stage-num samples): memorisation against training steps.
+Writes benchmarks/results/memorization.json, memorization.png (histogram), memorization_trajectory.png and
+memorization_neighbours_<model>.png.
 
     python benchmarks/memorization.py [--limit 100] [--steps 2000] [--stages 500,1000,1500] [--minutes 50]
-                                      [--num 256] [--workers 3] [--smooth 1.5]
+                                      [--num 256] [--workers 3]
 """
 
 from __future__ import annotations
@@ -67,16 +67,17 @@ def _previous(out: Path, name: str) -> dict | None:
         return None
 
 
-def evaluate(samples: np.ndarray, faces, noisy: np.ndarray, smooth: float) -> dict:
-    """The numbers of one set of samples that the trajectory follows: copies (pixels and low-passed), the share
-    above 0.95, the estimated noise level and the recall of the σ_n = 0.2 training noise."""
+def evaluate(samples: np.ndarray, faces, noisy: np.ndarray) -> dict:
+    """The numbers of one set of samples that the trajectory follows: copies of a clean photo (the study's rule),
+    the share above 0.95, the estimated noise level, and the recall of the σ_n = 0.2 training noise (mean, and
+    the share of samples above 0.5: copies of a *noisy* photo, which the pixel rule misses)."""
     from ambient_mri.memorization import noise_recall, study
 
     raw = study({"m": samples}, faces)["models"]["m"]
-    low = study({"m": samples}, faces, smooth=smooth)["models"]["m"]
+    rec = noise_recall(samples, faces.images, noisy)
     return {"num_samples": len(samples), "mean": raw["mean"], "above_0.95": raw["share_above"]["0.95"],
-            "copies": raw["copies"], "copies_smooth": low["copies"], "noise_sigma": noise_levels(samples)["mean"],
-            "noise_recall": noise_recall(samples, faces.images, noisy)["mean"]}
+            "copies": raw["copies"], "noise_copies": rec["share_above_0.5"],
+            "noise_sigma": noise_levels(samples)["mean"], "noise_recall": rec["mean"]}
 
 
 def _train_and_sample(job: dict) -> dict:
@@ -110,14 +111,14 @@ def _train_and_sample(job: dict) -> dict:
         if stage < job["steps"]:
             model = load_model(run / "model.pt", device=job["device"])
             x = sample_images(model, job["stage_num"], steps=job["sample_steps"], seed=job["seed"], batch_size=64)
-            trajectory.append({"steps": stage, **evaluate(x.numpy(), faces, noisy, job["smooth"])})
+            trajectory.append({"steps": stage, **evaluate(x.numpy(), faces, noisy)})
     log = _log(run)
     done = int(safe_load(run / "checkpoint.pt")["step"])  # also when max_minutes stopped it between logs
     model = load_model(run / "model.pt", device=job["device"])
     t = time.time()
     x = sample_images(model, job["num"], steps=job["sample_steps"], seed=job["seed"], batch_size=64)
     sample_s = time.time() - t
-    trajectory.append({"steps": done, **evaluate(x.numpy(), faces, noisy, job["smooth"])})
+    trajectory.append({"steps": done, **evaluate(x.numpy(), faces, noisy)})
     folder = Path(job["work"]) / "samples" / job["name"]
     write_samples(x, folder, {"model": str(run / "model.pt"), "steps": job["sample_steps"]})
     np.save(folder / "all.npy", x.cpu().numpy())
@@ -148,8 +149,6 @@ def main() -> None:
     p.add_argument("--stages", default="500,1000,1500",
                    help="comma-separated step counts at which every model is also evaluated on the way ('' : none)")
     p.add_argument("--stage-num", type=int, default=128, help="samples per model at each stage")
-    p.add_argument("--smooth", type=float, default=1.5,
-                   help="Gaussian low-pass (px) of the noise-robust comparison (copies of noisy photos count)")
     p.add_argument("--probe", type=int, default=16, help="training photos in the memorisation probe (0: skip)")
     p.add_argument("--probe-steps", type=int, default=100, help="(A-)DPS steps of the probe")
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
@@ -192,7 +191,7 @@ def main() -> None:
                      "probe": args.probe, "probe_steps": args.probe_steps, "limit": limit, "reuse": args.reuse,
                      "steps": args.steps, "prior": _previous(out, name) if args.reuse else None,
                      "stages": [int(v) for v in args.stages.split(",") if v.strip()], "stage_num": args.stage_num,
-                     "smooth": args.smooth, "minutes": args.minutes})
+                     "minutes": args.minutes})
     with ProcessPoolExecutor(max(1, args.workers), mp_context=get_context("spawn")) as ex:
         done = list(ex.map(_train_and_sample, jobs))
     records = {d["name"]: d["record"] for d in done}
@@ -202,16 +201,12 @@ def main() -> None:
         print(f"warning: the models trained unequal steps {steps} (--minutes cap); see the JSON", flush=True)
 
     result = study(samples, faces)
-    low = study(samples, faces, smooth=args.smooth)  # noise-robust: a copy of a noisy photo is a copy
     figs = [str(plot_histogram(result, out.with_suffix(".png"))),
-            str(plot_histogram(low, out.with_name(f"{out.stem}_smooth.png"))),
             str(plot_trajectory({k: r["trajectory"] for k, r in records.items()},
                                 out.with_name(f"{out.stem}_trajectory.png"),
                                 reference_noise=noise_levels(faces.images)["mean"]))]
     for name in samples:
         figs.append(str(plot_neighbours(result, name, out.with_name(f"{out.stem}_neighbours_{name}.png"), num=10)))
-    figs.append(str(plot_neighbours(low, "noisy_s0.2", out.with_name(f"{out.stem}_neighbours_smooth_noisy_s0.2.png"),
-                                    num=10)))
 
     # Reference: how real *new* photos of training people score (one photo per person held out of the set).
     out_idx = np.arange(0, len(faces), 10)  # ORL files are sorted person by person, ten photos each
@@ -219,8 +214,7 @@ def main() -> None:
     ref_train = ImageSet(faces.images[keep], [faces.labels[i] for i in keep], [faces.names[i] for i in keep],
                          "training photos minus one photo per person")
     unseen = {"unseen photos of training people": faces.images[out_idx]}
-    reference, reference_smooth = ({k: v for k, v in next(iter(r["models"].values())).items() if k != "per_sample"}
-                                   for r in (study(unseen, ref_train), study(unseen, ref_train, smooth=args.smooth)))
+    reference = {k: v for k, v in study(unseen, ref_train)["models"][next(iter(unseen))].items() if k != "per_sample"}
 
     noisy_train, _ = corrupt_images(faces.images, sigma_n=0.2)
     noise = {"clean training images": noise_levels(faces.images),
@@ -234,7 +228,6 @@ def main() -> None:
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     for name in records:
         records[name]["memorization"] = clean["models"][name]
-        records[name]["memorization_smooth"] = {k: v for k, v in low["models"][name].items() if k != "per_sample"}
         records[name]["noise_sigma_estimate"] = noise[f"samples {name}"]
         records[name]["noise_recall_sigma_n_0.2"] = recall[name]
     doc = {"benchmark": "memorization",
@@ -243,8 +236,7 @@ def main() -> None:
                        "torch": torch.__version__, "threads": args.threads, "device": device},
            "settings": {**vars(args), "steps_trained": steps, "sampler": f"EDM Heun, {args.sample_steps} steps"},
            "train": clean["train"], "similarity_settings": clean["settings"], "noise_sigma_estimate": noise,
-           "similarity_settings_smooth": low["settings"], "train_smooth": low["train"],
-           "reference_unseen_photos": reference, "reference_unseen_photos_smooth": reference_smooth,
+           "reference_unseen_photos": reference,
            "models": records, "figures": figs, "total_minutes": round((time.time() - tic) / 60, 2)}
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
@@ -254,14 +246,11 @@ def main() -> None:
     print(summary_table(result))
     print(f"reference, {len(out_idx)} real photos held out (one per person): copies {reference['copies']:.1%}, "
           f"same-id {reference['identity_matches']:.1%}, >0.95 {reference['share_above']['0.95']:.1%}")
-    print(f"\nthe same after a {args.smooth:g} px low-pass (copies of noisy photos count as copies):")
-    print(summary_table(low))
-    print(f"reference (low-passed): copies {reference_smooth['copies']:.1%}")
     print("\nwhile training (samples per stage: --stage-num; the last row: --num)")
-    print(f"  {'model':14s} {'steps':>6s} {'copies':>7s} {'lowpass':>7s} {'>0.95':>6s} {'noise':>6s} {'recall':>6s}")
+    print(f"  {'model':14s} {'steps':>6s} {'copies':>7s} {'noisy-c':>7s} {'>0.95':>6s} {'noise':>6s} {'recall':>6s}")
     for k, r in records.items():
         for t in r["trajectory"]:
-            print(f"  {k:14s} {t['steps']:6d} {t['copies']:7.1%} {t['copies_smooth']:7.1%} {t['above_0.95']:6.1%} "
+            print(f"  {k:14s} {t['steps']:6d} {t['copies']:7.1%} {t['noise_copies']:7.1%} {t['above_0.95']:6.1%} "
                   f"{t['noise_sigma']:6.3f} {t['noise_recall']:6.3f}")
     print("\nestimated noise sigma ([-1, 1] scale), mean over images:")
     for k, v in noise.items():

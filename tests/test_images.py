@@ -327,32 +327,10 @@ def test_noise_recall_tells_noisy_copies_from_fresh_noise():
         noise_recall(noisy[pick], clean, noisy[:10])
 
 
-def test_smoothed_study_counts_noisy_copies_as_copies():
-    """A copy of a noisy training image is a copy: pixel cosine misses it, the low-passed comparison does not."""
-    from scipy.ndimage import zoom
-
-    from ambient_mri.memorization import smooth_images, study
-
-    rng = np.random.default_rng(3)
-    train = np.tanh(zoom(rng.standard_normal((60, 1, 4, 4)), (1, 1, 8, 8), order=3)).astype(np.float32)  # smooth
-    new = np.tanh(zoom(rng.standard_normal((20, 1, 4, 4)), (1, 1, 8, 8), order=3)).astype(np.float32)
-    noisy_copies = train[:20] + 0.2 * rng.standard_normal((20, 1, 32, 32)).astype(np.float32)
-    samples = {"noisy copies": noisy_copies, "new": new}
-    raw, low = study(samples, train), study(samples, train, smooth=1.5)
-    assert raw["models"]["noisy copies"]["copies"] < 0.2     # the noise hides them from the pixel cosine
-    assert low["models"]["noisy copies"]["copies"] == 1.0
-    assert [r["nearest"] for r in low["models"]["noisy copies"]["per_sample"]] == list(range(20))
-    assert raw["models"]["new"]["copies"] == low["models"]["new"]["copies"] == 0.0
-    assert low["settings"]["smooth"] == 1.5 and "low-pass" in low["settings"]["similarity"]
-    assert smooth_images(train, 0) is train
-    with pytest.raises(AmbientMRIError, match="smooth"):
-        study(samples, train, smooth=-1)
-
-
 def test_trajectory_figure(tmp_path):
     from ambient_mri.memorization import plot_trajectory
 
-    recs = {m: [{"steps": s, "copies": c * s, "copies_smooth": 2 * c * s, "noise_sigma": 0.03, "noise_recall": c}
+    recs = {m: [{"steps": s, "copies": c * s, "noise_copies": 2 * c * s, "noise_sigma": 0.03, "noise_recall": c}
                 for s in (500, 1000)] for m, c in (("clean", 1e-4), ("noisy", 2e-4))}
     path = plot_trajectory(recs, tmp_path / "t.png", reference_noise=0.028)
     assert Image.open(path).size[0] > 1000 and not list(tmp_path.glob(".*"))  # written atomically, no leftovers
@@ -393,15 +371,4 @@ def test_sample_and_memorization_commands(trained, tmp_path):
     assert c["share_above"] == {"0.90": 1.0, "0.95": 1.0, "0.99": 1.0} and c["copies"] == 1.0
     assert [s["nearest"] for s in c["per_sample"]] == [0, 4, 7, 9] and c["ssim"]["mean"] == pytest.approx(1.0)
     assert res["models"]["ambient"]["num_samples"] == 3 and res["train"]["num_images"] == 12
-    # The low-passed comparison from the command line: a copier that adds noise is still a copier.
-    rng = np.random.default_rng(0)
-    noise = 0.2 * rng.standard_normal((4, *train.images.shape[1:]))
-    np.save(copier / "samples.npy", train.images[[0, 4, 7, 9]] + noise)
-    assert image_cli(["memorization", "--samples", str(copier), "--train", str(trained["tmp"] / "train"),
-                      "--output", str(rep), "--smooth", "1.5"]) == 0
-    res = json.loads((rep / "memorization.json").read_text())
-    assert res["settings"]["smooth"] == 1.5 and res["models"]["copier"]["copies"] == 1.0
-    assert [s["nearest"] for s in res["models"]["copier"]["per_sample"]] == [0, 4, 7, 9]
-    assert image_cli(["memorization", "--samples", str(copier), "--train", str(trained["tmp"] / "train"),
-                      "--smooth", "-1"]) == 2
     assert image_cli(["memorization", "--samples", str(tmp_path / "nothing"), "--train", "faces"]) == 2
