@@ -213,8 +213,8 @@ def main() -> None:
     keep = np.setdiff1d(np.arange(len(faces)), out_idx)
     ref_train = ImageSet(faces.images[keep], [faces.labels[i] for i in keep], [faces.names[i] for i in keep],
                          "training photos minus one photo per person")
-    unseen = {"unseen photos of training people": faces.images[out_idx]}
-    reference = {k: v for k, v in study(unseen, ref_train)["models"][next(iter(unseen))].items() if k != "per_sample"}
+    ref = study({"unseen photos of training people": faces.images[out_idx]}, ref_train)
+    reference = {k: v for k, v in ref["models"]["unseen photos of training people"].items() if k != "per_sample"}
 
     noisy_train, _ = corrupt_images(faces.images, sigma_n=0.2)
     noise = {"clean training images": noise_levels(faces.images),
