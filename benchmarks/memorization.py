@@ -93,14 +93,15 @@ def _train_and_sample(job: dict) -> dict:
     faces = load_images("faces", image_size=(32, 32), limit=job["limit"])
     noisy = corrupt_images(faces.images, sigma_n=0.2)[0].numpy()
     run = Path(job["work"]) / "runs" / job["recipe"]
-    reuse = job["reuse"] and (run / "checkpoint.pt").is_file() and \
-        int(safe_load(run / "checkpoint.pt")["step"]) >= job["steps"]
-    if run.exists() and not reuse:
+    start = int(safe_load(run / "checkpoint.pt")["step"]) if job["reuse"] and (run / "checkpoint.pt").is_file() else 0
+    reuse = start >= job["steps"]
+    if run.exists() and not start:
         shutil.rmtree(run)  # a fresh run: train() would otherwise resume from the old checkpoint
-    trajectory = (job.get("prior") or {}).get("trajectory", [])[:-1] if reuse else []
-    train_s = (job.get("prior") or {}).get("train_seconds") if reuse else 0.0
+    prior = (job.get("prior") or {}) if start else {}  # a reused or resumed model keeps its earlier record
+    trajectory = prior.get("trajectory", [])[:-1]
+    train_s = prior.get("train_seconds") or 0.0
     # A resumed run continues exactly (trainer docstring), so stopping at each stage changes nothing but the time.
-    for stage in ([] if reuse else [s for s in job["stages"] if 0 < s < job["steps"]] + [job["steps"]]):
+    for stage in ([] if reuse else [s for s in job["stages"] if start < s < job["steps"]] + [job["steps"]]):
         t = time.time()
         left = job["minutes"] - train_s / 60  # --minutes caps the training time of all stages together
         train(ROOT / "recipes" / f"{job['recipe']}.yaml", progress=False,
@@ -123,7 +124,7 @@ def _train_and_sample(job: dict) -> dict:
     write_samples(x, folder, {"model": str(run / "model.pt"), "steps": job["sample_steps"]})
     np.save(folder / "all.npy", x.cpu().numpy())
     rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "reused_trained_model": reuse,
-           "train_seconds": round(train_s, 1) if train_s is not None else None,
+           "resumed_from_step": start if 0 < start < job["steps"] else None, "train_seconds": round(train_s, 1),
            "final_loss": log[-1]["loss"] if log else None, "sample_seconds": round(sample_s, 1),
            "sigma_min": default_sigma_min(model), "trajectory": trajectory}
     if job["probe"] > 0:
@@ -159,7 +160,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for all models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda")
-    p.add_argument("--reuse", action="store_true", help="keep models in --work that trained --steps (sample again)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep models in --work: sample again from those that trained --steps, resume those that "
+                        "stopped short (--minutes counts their earlier training)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
