@@ -1,7 +1,7 @@
 """Memorisation on the ORL faces (32x32): a clean model, an ambient model (pixels missing with p = 0.6, further
 δ = 0.1) and a noisy model (σ_n = 0.2) trained with the same step budget on the same photos; 256 samples each.
 
-Not a test (about 45-55 minutes on a 2-core CPU at the defaults). The three models train side by side (one
+Not a test (about 55 minutes on a 2-core CPU at the defaults). The three models train side by side (one
 process and one torch thread each, --workers at a time), each then draws its samples and runs the probe.
 By default they train on the first 100 ORL photos (10 people x 10 photos, --limit): memorisation is a
 small-data effect, and on this CPU budget (about 2000 steps of batch 32) a clean model copies a 100-photo set
@@ -20,7 +20,7 @@ Every model is also evaluated at --stages on the way (--stage-num samples): memo
 Writes benchmarks/results/memorization.json, memorization.png (histogram), memorization_trajectory.png and
 memorization_neighbours_<model>.png.
 
-    python benchmarks/memorization.py [--limit 100] [--steps 2000] [--stages 500,1000,1500] [--minutes 50]
+    python benchmarks/memorization.py [--limit 100] [--steps 2000] [--stages 500,1000,1500] [--minutes 60]
                                       [--num 256] [--workers 3]
 """
 
@@ -144,7 +144,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=100, help="train on the first N ORL photos (0: all 400)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of every model (batch 32)")
-    p.add_argument("--minutes", type=float, default=50.0, help="safety cap on each model's training time (all stages)")
+    p.add_argument("--minutes", type=float, default=60.0, help="safety cap on each model's training time (all stages)")
     p.add_argument("--num", type=int, default=256, help="samples per model")
     p.add_argument("--sample-steps", type=int, default=18, help="EDM Heun steps")
     p.add_argument("--stages", default="500,1000,1500",
