@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 (timeout $((60 * MINUTES + 200)) python3 benchmarks/quality_mri.py --device cuda --minutes "$MINUTES" --workers 6 \
     --work /tmp/gpu_suite_quality --set training.batch_size=32 --set training.checkpoint_every=2000 \
     --out "$OUT/quality_mri.json" > "$OUT/quality.log" 2>&1; echo "rc=$?" >> "$OUT/quality.log") &
-(sleep $((60 * MINUTES + 40)); timeout 190 python3 benchmarks/memorization.py --device cuda --limit 0 \
+(sleep $((60 * MINUTES + 40)); timeout 220 python3 benchmarks/memorization.py --device cuda --limit 0 \
     --steps "$MEM_STEPS" --stages 1000,2000,4000 --minutes 2 --workers 3 --work /tmp/gpu_suite_mem --out "$OUT/memorization.json" \
     > "$OUT/memorization.log" 2>&1; echo "rc=$?" >> "$OUT/memorization.log") &
 wait
