@@ -3,75 +3,150 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import AmbientMRIError, DataFileError
-from .recon import METHODS, reconstruct_file
+from .files import (
+    check_finite_number,
+    input_files,
+    make_folder,
+    refuse_overwrite,
+    remove_temps,
+    run_lock,
+    save_figure,
+    write_json,
+    write_text,
+)
+from .recon import METHODS
 
 
-def _inputs(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(path.glob("*.h5"))
-        if files:
-            return files
-        raise AmbientMRIError(f"{path}: no .h5 files")
-    raise AmbientMRIError(f"{path}: no such file or folder")
+def _fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _writable(folder: Path) -> None:
+def _model_digest(path: str | None) -> str | None:
+    if not path:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recon_settings(args, source: Path, model_digest: str | None) -> str:
+    """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ."""
+    keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size")
+    return json.dumps({**{k: getattr(args, k, None) for k in keys}, "model": model_digest,
+                       "source": _fingerprint(source)}, sort_keys=True)
+
+
+def finished(out: Path, settings: str) -> bool:
+    """An output counts as done only when it is a whole reconstruction file made with these settings."""
+    import h5py
+
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataFileError(folder, f"output folder cannot be written ({e.strerror or e})") from None
+        with h5py.File(out, "r") as f:
+            rec = f["reconstruction"]
+            stored = f.attrs.get("settings")
+            stored = stored.decode() if isinstance(stored, bytes) else stored
+            return stored == settings and rec.ndim == 3 and bool(np.isfinite(rec[()]).all())
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _check_not_foreign(out: Path) -> None:
+    """An existing readable HDF5 file without a reconstruction is someone's data: never overwrite it."""
+    import h5py
+
+    try:
+        with h5py.File(out, "r") as f:
+            foreign = "reconstruction" not in f
+    except OSError:
+        return  # not a whole HDF5 file: a leftover to redo
+    if foreign:
+        raise DataFileError(out, "exists and is not a reconstruction file; it will not be overwritten")
+
+
+def _report_bad(bad: list[tuple[Path, str]], what: str) -> None:
+    if bad:
+        print(f"{len(bad)} {what} failed:", file=sys.stderr)
+        for f, why in bad:
+            print(f"  {f}: {why}", file=sys.stderr)
 
 
 def run_reconstruct(args) -> int:
-    from .recon import DIFFUSION
+    from .recon import DIFFUSION, reconstruct_file
 
-    files = _inputs(Path(args.input))
-    out = Path(args.output)
     if args.method in DIFFUSION and not args.model:
         raise AmbientMRIError(f"--method {args.method} needs --model (a model file from `ambient-mri train`)")
     for name in ("steps", "num_samples", "batch_size", "threads"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    _writable(out)
+    check_finite_number("--acceleration", args.acceleration, 1.0)
+    check_finite_number("--center-fraction", args.center_fraction, 0.0, strict=True)
+    files, bad = input_files(args.input)
+    single = Path(args.input).is_file()
+    out = Path(args.output)
+    refuse_overwrite(files + [f for f, _ in bad], [out] + [out / f.name for f in files])
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     opts = dict(method=args.method, steps=args.steps, num_samples=args.num_samples, seed=args.seed,
                 device=args.device, batch_size=args.batch_size, progress=False)
+    digest = None
     if args.model:
         from .model import load_model
+        from .recon import check_multicoil_model
 
         opts["model"] = load_model(args.model)
-    done = 0
-    # a bar on terminals only (disable=None); closed before an error message is printed
-    with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
-        for f in bar:
-            target = out / f.name
-            if target.exists() and not args.overwrite:  # resumable: finished volumes are kept
-                continue
-            reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
-                             center_fraction=args.center_fraction, **opts)
-            done += 1
-    print(f"{done} volume(s) reconstructed into {out} ({len(files) - done} already there)")
-    return 0
+        check_multicoil_model(opts["model"])
+        digest = _model_digest(args.model)
+    done = kept = 0
+    with run_lock(out, f"reconstruct {args.input} -> {out}"):
+        remove_temps(out)
+        # a bar on terminals only (disable=None); closed before an error message is printed
+        with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
+            for f in bar:
+                target = out / f.name
+                settings = recon_settings(args, f, digest)
+                try:
+                    if target.exists():
+                        _check_not_foreign(target)
+                        if not args.overwrite and finished(target, settings):  # resumable: finished volumes kept
+                            kept += 1
+                            continue
+                    reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
+                                     center_fraction=args.center_fraction, settings=settings, **opts)
+                    done += 1
+                except AmbientMRIError as e:
+                    if single:  # one file: its problem is the command's error
+                        raise
+                    bad.append((f, e.problem if isinstance(e, DataFileError) and Path(e.path) == f else str(e)))
+                except Exception as e:  # noqa: BLE001 - one volume must not stop the others; it is listed
+                    if single:
+                        raise
+                    bad.append((f, f"unexpected {type(e).__name__}: {e}"))
+    reasons = {why for _, why in bad}
+    if bad and not done + kept and len(reasons) == 1:  # the same problem everywhere: the arguments, not the files
+        raise AmbientMRIError(f"all {len(bad)} volume(s) failed: {reasons.pop()}")
+    print(f"{done} volume(s) reconstructed into {out} ({kept} already there, {len(bad)} failed)")
+    _report_bad(bad, "volume(s)")
+    return 1 if bad else 0
 
 
-def _save_png(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -> None:
+def save_panels(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -> None:
+    """One row of titled magnitude panels as a PNG (error and std maps in their own colour map)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,50 +155,63 @@ def _save_png(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -> 
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels):
         is_map = title.startswith(("error", "std"))
-        ax.imshow(img, cmap="magma" if is_map else "gray", vmin=0, vmax=(vmax / 4 if is_map else vmax))
+        ax.imshow(np.abs(img), cmap="magma" if is_map else "gray", vmin=0, vmax=(vmax / 4 if is_map else vmax))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
+
+
+def _volume_png(target_file: Path, recon_file: Path, png: Path) -> None:
+    import h5py
+
+    from .metrics import center_crop
+
+    with h5py.File(target_file, "r") as t, h5py.File(recon_file, "r") as p:
+        key = "reconstruction_rss" if "reconstruction_rss" in t else "reconstruction_esc"
+        gt = t[key][()]
+        s = gt.shape[0] // 2
+        rec = np.abs(center_crop(p["reconstruction"][s], gt.shape[-2:]))
+        panels = [("reference", gt[s])]
+        if "zero_filled" in p:
+            panels.append(("zero-filled", center_crop(p["zero_filled"][s], gt.shape[-2:])))
+        method = p.attrs.get("method", "?")
+        panels += [(f"recon ({method})", rec), ("error |recon - ref|", np.abs(rec - gt[s]))]
+        if "std" in p:
+            panels.append(("std over samples", center_crop(p["std"][s], gt.shape[-2:])))
+    save_panels(png, panels, float(gt.max()))
 
 
 def run_evaluate(args) -> int:
-    import h5py
+    from .metrics import evaluate_dirs
 
-    from .metrics import center_crop, evaluate_dirs
-
-    res = evaluate_dirs(args.target, args.recon)
     out = Path(args.output or args.recon)
-    _writable(out)
+    refuse_overwrite(list(Path(args.target).glob("*.h5")) + list(Path(args.recon).glob("*.h5")),
+                     [out / "metrics.csv", out / "metrics.json"])
+    res = evaluate_dirs(args.target, args.recon, strict=False)
+    make_folder(out)
     rows = res["volumes"]
     print(f"{'volume':<32} {'PSNR':>8} {'SSIM':>8} {'NMSE':>9}")
     for r in rows:
         print(f"{r['file']:<32} {r['PSNR']:8.3f} {r['SSIM']:8.4f} {r['NMSE']:9.5f}")
     m = res["mean"]
-    print(f"{'mean':<32} {m['PSNR']:8.3f} {m['SSIM']:8.4f} {m['NMSE']:9.5f}")
-    with open(out / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "PSNR", "SSIM", "NMSE"])
-        w.writeheader()
-        w.writerows(rows + [{"file": "mean", **m}])
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
+    label = f"mean of {len(rows)}/{res['targets']}"
+    print(f"{label:<32} {m['PSNR']:8.3f} {m['SSIM']:8.4f} {m['NMSE']:9.5f}")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["file", "PSNR", "SSIM", "NMSE"])
+    w.writeheader()
+    w.writerows(rows + [{"file": "mean", **m}])
+    write_text(out / "metrics.csv", buf.getvalue())
+    write_json(out / "metrics.json", res)
     for r in rows:
-        with h5py.File(Path(args.target) / r["file"], "r") as t, h5py.File(Path(args.recon) / r["file"], "r") as p:
-            key = "reconstruction_rss" if "reconstruction_rss" in t else "reconstruction_esc"
-            gt = t[key][()]
-            s = gt.shape[0] // 2
-            rec = center_crop(p["reconstruction"][s], gt.shape[-2:])
-            panels = [("reference", gt[s])]
-            if "zero_filled" in p:
-                panels.append(("zero-filled", center_crop(p["zero_filled"][s], gt.shape[-2:])))
-            panels += [(f"recon ({p.attrs.get('method', '?')})", rec), ("error |recon - ref|", np.abs(rec - gt[s]))]
-            if "std" in p:
-                panels.append(("std over samples", center_crop(p["std"][s], gt.shape[-2:])))
-        _save_png(out / f"{Path(r['file']).stem}.png", panels, float(gt.max()))
+        _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / f"{Path(r['file']).stem}.png")
     print(f"metrics.csv, metrics.json and one PNG per volume in {out}")
-    return 0
+    bad = [(Path(args.recon) / f["file"], f["reason"]) for f in res["failed"]]
+    bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
+    if bad:
+        print(f"warning: the mean is over {len(rows)} of {res['targets']} target volumes", file=sys.stderr)
+    _report_bad(bad, "volume(s)")
+    return 1 if bad else 0
 
 
 def add_commands(sub) -> None:

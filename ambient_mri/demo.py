@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import AmbientMRIError
+from .files import make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
@@ -101,7 +102,7 @@ def _run_demo(args) -> int:
         raise AmbientMRIError(f"--threads must be >= 0 (0: chosen for the image size), got {args.threads}")
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
-    _writable_folder(out)
+    make_folder(out)
     _check_settings(out / "data", args.size, coils)
     print(f"[1/4] building the demo data in {out / 'data'} ({args.size}x{args.size}, {coils} coils; "
           f"{threads} CPU thread(s))")
@@ -139,20 +140,13 @@ def _run_demo(args) -> int:
         R, method = key.split("/")
         print(f"{R[1:]:>2} {method:<12} {r['PSNR']:7.2f} {r['SSIM']:7.4f} {r['NMSE']:8.5f} {r['nfe']:5d} "
               f"{r['seconds']:7.1f}")
-    (out / "results.json").write_text(json.dumps({"run": str(run), "results": results,
-                                                  "settings": {"size": args.size, "coils": coils,
-                                                               "minutes": args.minutes, "threads": threads,
-                                                               "adps_steps": args.adps_steps},
-                                                  "seconds": round(time.time() - tic, 1)}, indent=2) + "\n")
+    write_json(out / "results.json", {"run": str(run), "results": results,
+                                      "settings": {"size": args.size, "coils": coils, "minutes": args.minutes,
+                                                   "threads": threads, "adps_steps": args.adps_steps},
+                                      "seconds": round(time.time() - tic, 1)})
     _figure(out, paths["raw_val"])
     print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
     return 0
-
-
-def _writable_folder(folder: Path) -> None:
-    from .commands import _writable
-
-    _writable(folder)
 
 
 def _figure(out: Path, raw_val) -> None:
@@ -183,5 +177,4 @@ def _figure(out: Path, raw_val) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out / "results.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "results.png", dpi=90)

@@ -7,16 +7,14 @@ them on their own.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .commands import _writable
 from .errors import AmbientMRIError
+from .files import atomic_path, check_finite_number, make_folder, write_json
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -52,27 +50,24 @@ def image_grid(images_u8: np.ndarray, columns: int | None = None, pad: int = 2, 
 def _save_png(path: Path, img: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(img).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def write_samples(samples, output, meta: dict | None = None) -> dict:
     """sample_00000.png ... (one per image), samples.npy (all, float32 in [-1, 1] or complex64), grid.png and
     samples.json (``meta``) in ``output``."""
     out = Path(output)
-    _writable(out)
+    make_folder(out)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
     u8 = _to_uint8(x)
     width = max(5, len(str(len(x) - 1)))
     for i, im in enumerate(u8):
         _save_png(out / f"sample_{i:0{width}d}.png", im)
-    tmp = out / ".samples.npy.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
-    os.replace(tmp, out / "samples.npy")
     _save_png(out / "grid.png", image_grid(u8[:256]))
-    (out / "samples.json").write_text(json.dumps(meta or {}, indent=1))
+    write_json(out / "samples.json", meta or {})
     return {"num": len(x), "folder": str(out)}
 
 
@@ -80,11 +75,13 @@ def run_sample(args) -> int:
     from .images import default_sigma_min, sample_images
     from .model import load_model
 
-    if args.num < 1:
-        raise AmbientMRIError(f"--num must be >= 1, got {args.num}")
+    for name in ("num", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
+    model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
     out = Path(args.output)
-    _writable(out)
-    model = load_model(args.model, device=args.device)
+    make_folder(out)
     tic = time.time()
     x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
@@ -112,7 +109,7 @@ def run_memorization(args) -> int:
         raise AmbientMRIError(f"--labels must differ, got {labels}")
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     out = Path(args.output) if args.output else Path(dirs[0])
-    _writable(out)
+    make_folder(out)
     result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))

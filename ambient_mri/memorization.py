@@ -20,14 +20,13 @@ Figures: ``histogram.png`` (one curve per model, plus the training set against i
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .data.images import ImageSet, from_model_scale, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
+from .files import make_folder, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -172,12 +171,7 @@ def noise_recall(samples, clean, noisy, center: bool = False) -> dict:
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def _plt():
@@ -282,16 +276,14 @@ def _safe_name(label: str) -> str:
 def write_study(result: dict, output, num_pairs: int = 8) -> dict:
     """memorization.json, histogram.png and neighbours_<label>.png in ``output``; returns their paths."""
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     paths = {"histogram": str(plot_histogram(result, out / "histogram.png"))}
     for name in result["models"]:
         paths[f"neighbours_{name}"] = str(plot_neighbours(result, name, out / f"neighbours_{_safe_name(name)}.png",
                                                           num_pairs))
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     clean["figures"] = paths
-    tmp = out / ".memorization.json.tmp"
-    tmp.write_text(json.dumps(clean, indent=1))
-    os.replace(tmp, out / "memorization.json")
+    write_json(out / "memorization.json", clean)
     paths["json"] = str(out / "memorization.json")
     return paths
 

@@ -77,40 +77,68 @@ def _read(path: Path, key: str) -> np.ndarray:
         raise DataFileError(path, f"cannot be read as HDF5 ({e})") from None
 
 
-def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None) -> dict:
-    """Evaluate every reconstruction in ``recon_dir`` against the same-named file in ``target_dir``.
-
-    Both volumes are centre-cropped to (W, W) with W the target width, as ``fastmri.evaluate`` does.
-    target_key: default ``reconstruction_rss`` (``reconstruction_esc`` when a file has no rss).
-    Returns {"volumes": [{"file", "PSNR", "SSIM", "NMSE"}, ...], "mean": {...}}.
-    """
+def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dict[str, float]:
+    """PSNR/SSIM/NMSE of one reconstruction file against its reference file, both centre-cropped to (w, w) with
+    w the target width (as ``fastmri.evaluate``). Any problem is a DataFileError naming the file at fault."""
     import h5py
 
+    target_file, recon_file = Path(target_file), Path(recon_file)
+    key = target_key
+    if key is None:
+        try:
+            with h5py.File(target_file, "r") as f:
+                key = "reconstruction_rss" if "reconstruction_rss" in f else "reconstruction_esc"
+        except OSError as e:
+            raise DataFileError(target_file, f"cannot be read as HDF5 ({e})") from None
+    gt, pred = _read(target_file, key), _read(recon_file, "reconstruction")
+    for path, a, what in ((target_file, gt, key), (recon_file, pred, "reconstruction")):
+        if a.ndim not in (2, 3) or 0 in a.shape:
+            raise DataFileError(path, f"{what} has shape {a.shape}: expected a non-empty volume (S, H, W)")
+        if not np.isfinite(a).all():
+            raise DataFileError(path, f"{what} contains NaN or Inf")
+    if not np.abs(gt).max() > 0:
+        raise DataFileError(target_file, f"{key} is all zero: PSNR and SSIM are undefined against it")
+    if gt.shape[0] != pred.shape[0] and gt.ndim == pred.ndim == 3:
+        raise DataFileError(recon_file, f"has {pred.shape[0]} slices, its target {target_file.name} has {gt.shape[0]}")
+    w = gt.shape[-1]
+    try:
+        gt, pred = center_crop(gt, (w, w)), center_crop(pred, (w, w))
+        return evaluate_volume(gt, pred)
+    except AmbientMRIError as e:
+        raise DataFileError(recon_file, f"{e} (target {target_file.name}: {gt.shape})") from None
+
+
+def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True) -> dict:
+    """Evaluate every reconstruction in ``recon_dir`` against the same-named file in ``target_dir``
+    (``evaluate_file``). target_key: default ``reconstruction_rss`` (``reconstruction_esc`` when a file has no rss).
+
+    Returns {"volumes": [{"file", "PSNR", "SSIM", "NMSE"}, ...], "mean": {...}, "targets": number of target
+    files, "missing": target names without a reconstruction, "failed": [{"file", "reason"}]}; the mean is over
+    "volumes" only. ``strict``: the first bad file raises; otherwise every bad file is listed in "failed".
+    """
     target_dir, recon_dir = Path(target_dir), Path(recon_dir)
     for d in (target_dir, recon_dir):
         if not d.is_dir():
             raise AmbientMRIError(f"{d}: not a directory")
-    rows = []
-    for tgt_file in sorted(target_dir.glob("*.h5")):
+    targets = sorted(p for p in target_dir.glob("*.h5") if not p.name.startswith("."))
+    rows, missing, failed = [], [], []
+    for tgt_file in targets:
         rec_file = recon_dir / tgt_file.name
-        if not rec_file.exists():
+        if not rec_file.exists() and not rec_file.is_symlink():
+            missing.append(tgt_file.name)
             continue
-        key = target_key
-        if key is None:
-            try:
-                with h5py.File(tgt_file, "r") as f:
-                    key = "reconstruction_rss" if "reconstruction_rss" in f else "reconstruction_esc"
-            except OSError as e:
-                raise DataFileError(tgt_file, f"cannot be read as HDF5 ({e})") from None
-        gt = _read(tgt_file, key)
-        pred = _read(rec_file, "reconstruction")
-        w = gt.shape[-1]
-        gt, pred = center_crop(gt, (w, w)), center_crop(pred, (w, w))
-        rows.append({"file": tgt_file.name, **evaluate_volume(gt, pred)})
+        try:
+            rows.append({"file": tgt_file.name, **evaluate_file(tgt_file, rec_file, target_key)})
+        except AmbientMRIError as e:
+            if strict:
+                raise
+            failed.append({"file": tgt_file.name, "reason": str(e)})
     if not rows:
-        raise AmbientMRIError(f"no reconstruction in {recon_dir} matches a target file in {target_dir}")
+        why = "; ".join(f"{f['file']}: {f['reason']}" for f in failed[:3])
+        raise AmbientMRIError(f"no reconstruction in {recon_dir} could be scored against a target file in "
+                              f"{target_dir}" + (f" ({why})" if why else ""))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-    return {"volumes": rows, "mean": mean}
+    return {"volumes": rows, "mean": mean, "targets": len(targets), "missing": missing, "failed": failed}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ back with ``torch.load(weights_only=True)``, so loading never runs pickled code.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from torch import nn
 from .corruption import cond_channels, is_complex
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
+from .files import atomic_path
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
 from .operators import LinearOperator
 from .solvers import conjugate_gradient
@@ -64,19 +63,9 @@ def apply_denoiser(model, x: torch.Tensor, sigma, mask: torch.Tensor | None, ope
 
 
 def atomic_torch_save(obj: Any, path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through ``files.atomic_path``: a reader never sees half a file; a full disk is a DataFileError."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def safe_load(path, map_location="cpu") -> dict:
@@ -87,7 +76,13 @@ def safe_load(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
-        raise DataFileError(path, f"not a loadable ambient_mri file ({type(e).__name__}: {str(e)[:200]})") from None
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "Unpickler" in msg:
+            # torch's message goes on to suggest weights_only=False, i.e. running the file's code: never quote it
+            raise DataFileError(path, "holds pickled Python objects beyond weights (code could run on loading); "
+                                "ambient_mri loads tensors and plain values only and refuses this file") from None
+        raise DataFileError(path, f"not a loadable ambient_mri file ({type(e).__name__}: "
+                            f"{msg.strip().splitlines()[0][:160] if msg.strip() else 'unreadable'})") from None
 
 
 def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
+from .files import atomic_path, ensure_space
 from .masks import COLUMN_KINDS, acs_width, further_mask, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -166,14 +167,20 @@ def _scan_mask_tilde(mask: torch.Tensor, info: dict, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows)).to(mask.device)
 
 
-def _model_rows(model, H0: int, W: int) -> int:
-    """Check that ``model`` suits multi-coil k-space (S, C, H0, W); -> its image rows (the readout crop)."""
+def check_multicoil_model(model) -> dict:
+    """The model's training record, if the model suits multi-coil k-space; else an AmbientMRIError saying why."""
     info = getattr(model, "info", None)
     if not isinstance(info, dict):
         raise AmbientMRIError(f"model must be a model file or a loaded ambient_mri model (load_model), got "
                               f"{type(model).__name__}")
     if info.get("operator") != "multicoil":
         raise AmbientMRIError(f"model was trained for the {info.get('operator')!r} operator, not multi-coil MRI")
+    return info
+
+
+def _model_rows(model, H0: int, W: int) -> int:
+    """Check that ``model`` suits multi-coil k-space (S, C, H0, W); -> its image rows (the readout crop)."""
+    info = check_multicoil_model(model)
     shape = tuple(int(v) for v in info.get("image_shape", ()))
     if not shape:
         return H0
@@ -184,17 +191,8 @@ def _model_rows(model, H0: int, W: int) -> int:
     return h
 
 
-def one_step_sigma(info: dict) -> float:
-    """σ for A-OS: the anchor's 0.003 assumes a model trained down to that level; ours train ln σ ~ N(P_mean,
-    P_std²), so use the lower 2.3% quantile exp(P_mean - 2 P_std) (0.027 for EDM's defaults), never below 0.003.
-    At a σ the model never saw, D(x) is just x: c_skip -> 1 and F is untrained there."""
-    from .sampling.prior import training_sigma
-
-    return max(0.003, training_sigma(info, -2.0))
-
-
 def _diffusion(method: str, model, y, mask, maps, steps, seed, info, device, progress, **opts):
-    from .sampling import Prior, adps, ald, ambient_sigma_floor, dps, fast_dc, one_step
+    from .sampling import Prior, adps, ald, ambient_sigma_floor, dps, fast_dc, one_step, one_step_sigma
 
     B, _, H, W = y.shape
     A = MultiCoilMRI(maps, mask)
@@ -436,12 +434,16 @@ def _zero_filled_rss(k: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.
 
 
 def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: float | None = None,
-                     center_fraction: float | None = None, **options) -> Path:
+                     center_fraction: float | None = None, settings: str | None = None, **options) -> Path:
     """Official fastMRI file in -> fastMRI-format reconstruction file out (dataset ``reconstruction`` (S, h, w)
     float32, as ``fastmri.save_reconstructions``), written atomically. Test files use their own ``mask``;
     fully-sampled files are undersampled retrospectively with ``mask``/``acceleration``/``center_fraction``
-    (seeded by the file name, as fastMRI does)."""
+    (seeded by the file name, as fastMRI does). ``settings``: a string stored as the ``settings`` attribute, by
+    which a resumed folder run recognises a finished output."""
     import h5py
+
+    if Path(out_path).resolve() == Path(in_path).resolve():
+        raise DataFileError(out_path, f"is the input file {in_path}: refusing to write over input data")
 
     from .data import read_fastmri
 
@@ -473,18 +475,16 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
                     f"{center_fraction or 0.08}: give a larger one)")
         raise DataFileError(in_path, f"{e}{hint}") from None
     out_path = Path(out_path)
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("reconstruction", data=res.magnitude)
-            f.create_dataset("zero_filled", data=_zero_filled_rss(k, m, (int(h), int(w))))
-            if res.std is not None:
-                f.create_dataset("std", data=res.std)
-            f.attrs["method"] = res.method
-            f.attrs["nfe"] = res.nfe
-            f.attrs["acceleration"] = float(m.size / max(np.count_nonzero(m), 1))
-        tmp.replace(out_path)
-    except OSError as e:
-        raise DataFileError(out_path, f"cannot be written ({e.strerror or e})") from None
+    h, w = int(h), int(w)
+    ensure_space(out_path.parent, 4 * k.shape[0] * h * w * (3 if res.std is not None else 2), out_path.name)
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("reconstruction", data=res.magnitude)
+        f.create_dataset("zero_filled", data=_zero_filled_rss(k, m, (h, w)))
+        if res.std is not None:
+            f.create_dataset("std", data=res.std)
+        f.attrs["method"] = res.method
+        f.attrs["nfe"] = res.nfe
+        f.attrs["acceleration"] = float(m.size / max(np.count_nonzero(m), 1))
+        if settings is not None:
+            f.attrs["settings"] = settings
     return out_path

@@ -30,7 +30,6 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from ambient_mri.data.prepared import (
     row_crop,
 )
 from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.files import atomic_path, ensure_space, input_files, refuse_overwrite, remove_temps, run_lock
 from ambient_mri.masks import COLUMN_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
@@ -73,7 +73,7 @@ class PrepareOptions:
     def validate(self) -> PrepareOptions:
         if self.mask not in COLUMN_KINDS:
             raise AmbientMRIError(f"--mask must be one of {', '.join(COLUMN_KINDS)} (column masks), got {self.mask!r}")
-        if not self.acceleration or self.acceleration < 1:
+        if not np.isfinite(self.acceleration) or self.acceleration < 1:
             raise AmbientMRIError(f"--acceleration must be >= 1, got {self.acceleration}")
         if not 0 < self.center_fraction < 1:
             raise AmbientMRIError(f"--center-fraction must be in (0, 1), got {self.center_fraction}")
@@ -170,32 +170,21 @@ def slice_masks(name: str, width: int, num_slices: int, opts: PrepareOptions) ->
 
 @contextlib.contextmanager
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """An HDF5 file written to a temporary name beside ``path`` and renamed onto it only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as hf:
-            yield hf
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _remove_stale_temps(folder: Path, name: str) -> None:
-    """Temporary files a killed run left for this volume (only this run writes ``name`` here)."""
-    for p in folder.glob(f".{name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
+    """An HDF5 file written through ``files.atomic_path`` (renamed onto ``path`` only on success)."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        yield hf
 
 
 def _stored_settings(path: Path) -> str | None:
+    """The settings a prepared file was made with; None for a file that is no complete HDF5 file (a leftover to
+    redo). A readable HDF5 file of another kind is someone's data: DataFileError, never overwritten."""
     try:
         with h5py.File(path, "r") as hf:
-            s = hf.attrs.get("settings")
+            fmt, s = hf.attrs.get("format"), hf.attrs.get("settings")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+            if fmt not in (FORMAT, REFERENCE_FORMAT):
+                raise DataFileError(path, "exists and is not a prepared file; it will not be overwritten (move it, "
+                                    "or use another --output)")
             return s.decode() if isinstance(s, bytes) else (None if s is None else str(s))
     except OSError:
         return None
@@ -258,10 +247,6 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         if stored is not None and stored != settings:
             return FileResult(str(source), "refused", f"{out_path} was prepared with other settings ({stored}); "
                               "use another --output", str(out_path))
-    for folder in (out_dir, ref_dir):
-        if folder.is_dir():
-            _remove_stale_temps(folder, name)
-
     vol = read_fastmri(source)
     if not vol.multicoil:
         raise DataFileError(source, f"single-coil k-space {vol.kspace.shape}; prepare needs multi-coil files")
@@ -290,6 +275,11 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
     L = int(counts.max())
     K = C if opts.coils is None else int(opts.coils)
     want_ref = opts.split != "train" and (vol.target is not None or vol.mask is None)
+    # HDF5 can crash outright when the disk fills mid-write: refuse up front what cannot fit
+    need = 8 * S * K * H * (L + W)  # complex64 k-space columns and maps
+    if want_ref:
+        need += 8 * S * H * W + (4 * int(np.prod(vol.target.shape)) if vol.target is not None else 0)
+    ensure_space(out_dir, need, f"{name} ({need / 2**20:.1f} MB)")
 
     with contextlib.ExitStack() as stack:
         hf = stack.enter_context(atomic_h5(out_path))
@@ -412,34 +402,6 @@ def _job(args: tuple[str, str, PrepareOptions]) -> FileResult:
         return FileResult(source, "refused", f"unexpected {type(err).__name__}: {err}")
 
 
-def find_inputs(input: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """The input .h5 files: a folder's *.h5 (sorted) or one file."""
-    path = Path(input)
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.glob("*.h5") if p.is_file() and not p.name.startswith("."))
-    else:
-        raise AmbientMRIError(f"{path}: input folder not found")
-    if not files:
-        raise AmbientMRIError(f"{path}: no .h5 files found (expected official fastMRI multi-coil files)")
-    if limit is not None:
-        if limit < 1:
-            raise AmbientMRIError(f"--limit must be >= 1, got {limit}")
-        files = files[:limit]
-    return files
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as err:
-        raise AmbientMRIError(f"{folder}: output folder is not writable ({err.strerror or err})") from err
-
-
 def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: str = "random",
                     acceleration: float = 4, center_fraction: float = 0.08, split: str = "train",
                     per_slice_mask: bool = False, coils: int | None = None,
@@ -454,28 +416,35 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
 
     opts = PrepareOptions(mask, float(acceleration), float(center_fraction), split, bool(per_slice_mask), coils,
                           None if image_size is None else tuple(int(v) for v in image_size), calib_width).validate()
-    files = find_inputs(input, limit)
+    if workers < 1:
+        raise AmbientMRIError(f"--workers must be >= 1, got {workers}")
+    files, unusable = input_files(input, limit=limit)
     output = Path(output)
-    _check_writable(output / split)  # the reference folder, created on first use, sits beside it
+    out_dir, ref_dir = output / split, output / f"{split}_reference"
+    refuse_overwrite(files, [output, out_dir, ref_dir] + [d / f.name for f in files for d in (out_dir, ref_dir)])
     tic = time.time()
     summary = PrepareSummary(str(input), str(output), split)
+    summary.results += [FileResult(str(f), "refused", why) for f, why in unusable]
     jobs = [(str(f), str(output), opts) for f in files]
     bar = tqdm(total=len(jobs), desc=f"prepare {split}", unit="file", disable=not progress)
-    try:
-        if workers <= 1 or len(jobs) == 1:
-            with single_threaded_blas():
-                for job in jobs:
-                    summary.results.append(_job(job))
-                    bar.update(1)
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-                for result in pool.imap_unordered(_job, jobs):
-                    summary.results.append(result)
-                    bar.update(1)
-    finally:
-        bar.close()
-    order = {str(f): i for i, f in enumerate(files)}
+    with run_lock(out_dir, f"prepare {split} -> {output}"):
+        for folder in (out_dir, ref_dir):  # what a killed run of this split left half-written
+            remove_temps(folder)
+        try:
+            if workers <= 1 or len(jobs) <= 1:
+                with single_threaded_blas():
+                    for job in jobs:
+                        summary.results.append(_job(job))
+                        bar.update(1)
+            else:
+                ctx = mp.get_context("spawn")
+                with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+                    for result in pool.imap_unordered(_job, jobs):
+                        summary.results.append(result)
+                        bar.update(1)
+        finally:
+            bar.close()
+    order = {str(f): i for i, f in enumerate(sorted(files + [f for f, _ in unusable]))}
     summary.results.sort(key=lambda r: order.get(r.source, 0))
     summary.seconds = time.time() - tic
     return summary

@@ -8,10 +8,7 @@ computed as fastMRI does (RSS of the coil images, centre-cropped).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ import sigpy.mri
 import torch
 
 from ambient_mri.errors import AmbientMRIError
+from ambient_mri.files import atomic_path
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
 
@@ -323,22 +321,12 @@ def _centre_run(mask: np.ndarray) -> int:
 
 
 def _atomic_write(path: Path, datasets: dict, attrs: dict) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as hf:
-            for name, data in datasets.items():
-                if isinstance(data, bytes):
-                    hf.create_dataset(name, data=data, dtype=h5py.string_dtype("ascii"))
-                else:
-                    hf.create_dataset(name, data=data)
-            for name, value in attrs.items():
-                hf.attrs[name] = value
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """One HDF5 file through ``files.atomic_path``: readers never see half a file."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        for name, data in datasets.items():
+            if isinstance(data, bytes):
+                hf.create_dataset(name, data=data, dtype=h5py.string_dtype("ascii"))
+            else:
+                hf.create_dataset(name, data=data)
+        for name, value in attrs.items():
+            hf.attrs[name] = value

@@ -294,6 +294,11 @@ def _open_h5(path: Path) -> h5py.File:
 
 
 def _kspace_shape(path: Path, hf: h5py.File) -> tuple[int, ...]:
+    fmt = hf.attrs.get("format")
+    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    if isinstance(fmt, str) and fmt.startswith("ambient_mri."):
+        raise DataFileError(path, f"is an ambient_mri file ({fmt}), not an official fastMRI file: give the original "
+                            "fastMRI files (the ones `prepare` read) instead")
     if KSPACE_KEY not in hf:
         raise DataFileError(path, f"missing dataset 'kspace' (found: {sorted(hf.keys())})")
     ds = hf[KSPACE_KEY]

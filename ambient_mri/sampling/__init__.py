@@ -2,6 +2,7 @@
 
 from .generate import generate
 from .posterior import adps, ald, dps, fast_dc, one_step
-from .prior import Prior, ambient_sigma_floor, edm_sigmas
+from .prior import Prior, ambient_sigma_floor, edm_sigmas, one_step_sigma
 
-__all__ = ["Prior", "adps", "ambient_sigma_floor", "ald", "dps", "edm_sigmas", "fast_dc", "generate", "one_step"]
+__all__ = ["Prior", "adps", "ambient_sigma_floor", "ald", "dps", "edm_sigmas", "fast_dc", "generate", "one_step",
+           "one_step_sigma"]

@@ -35,6 +35,13 @@ def ambient_sigma_floor(info: dict) -> float:
     return training_sigma(info, 0.0) if info.get("ambient") else 0.0
 
 
+def one_step_sigma(info: dict) -> float:
+    """σ for A-OS: the anchor's 0.003 assumes a model trained down to that level; ours train ln σ ~ N(P_mean,
+    P_std²), so use the lower 2.3% quantile exp(P_mean - 2 P_std) (0.027 for EDM's defaults), never below 0.003.
+    At a σ the model never saw, D(x) is just x: c_skip -> 1 and F is untrained there."""
+    return max(0.003, training_sigma(info, -2.0))
+
+
 def training_sigma(info: dict, z: float) -> float:
     """exp(P_mean + z P_std): the σ at z standard deviations of the model's training σ distribution (ln σ normal;
     EDM's P_mean -1.2, P_std 1.2 when the model file does not record them)."""

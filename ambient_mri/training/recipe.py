@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -101,13 +102,15 @@ def _check_value(where: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
         return [_check_value(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: must be a finite number, got {value!r}")
+        return float(value)
     if tp is bool and not isinstance(value, bool):
         raise RecipeError(f"{where}: expected true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -138,13 +141,18 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {item!r} is not key=value")
     key, raw = item.split("=", 1)
     path = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"override {key.strip()!r}: {raw!r} is not a plain YAML value ({str(e).splitlines()[0]})") \
+            from None
     if len(path) == 1 and path[0] not in {f.name for f in fields(Recipe)}:
         owners = [s for s, cls in SECTIONS.items() if path[0] in {f.name for f in fields(cls)}]
         if len(owners) != 1:
             raise RecipeError(f"unknown recipe key {path[0]!r}" if not owners else
                               f"ambiguous key {path[0]!r}: write one of {', '.join(o + '.' + path[0] for o in owners)}")
         path = [owners[0], path[0]]
-    return path, yaml.safe_load(raw)
+    return path, value
 
 
 def validate(recipe: Recipe) -> Recipe:
@@ -171,6 +179,7 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
     if t.lr <= 0:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    _validate_ranges(recipe)
     if recipe.network.input_cg < 0:
         raise RecipeError(f"network.input_cg: must be >= 0, got {recipe.network.input_cg}")
     if recipe.network.input_cg and c.operator not in ("multicoil", "singlecoil"):
@@ -188,6 +197,37 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError("an ambient recipe needs corruption.extra_lines or corruption.delta: with Ã = A the "
                           "network never learns what lies outside the acquired samples")
     return recipe
+
+
+def _validate_ranges(recipe: Recipe) -> None:
+    """Numbers the schema's types allow but training cannot use: each refused by its key."""
+    n, t, c, d = recipe.network, recipe.training, recipe.corruption, recipe.data
+    checks = [
+        ("network.model_channels", n.model_channels, n.model_channels >= 1, ">= 1"),
+        ("network.channel_mult", n.channel_mult, len(n.channel_mult) >= 1 and min(n.channel_mult) >= 1,
+         "a non-empty list of integers >= 1"),
+        ("network.num_blocks", n.num_blocks, n.num_blocks >= 1, ">= 1"),
+        ("network.attn_levels", n.attn_levels, all(0 <= a < len(n.channel_mult) for a in n.attn_levels),
+         f"levels in 0..{len(n.channel_mult) - 1} (one per entry of network.channel_mult)"),
+        ("network.dropout", n.dropout, 0 <= n.dropout < 1, "in [0, 1)"),
+        ("network.sigma_data", n.sigma_data, n.sigma_data > 0, "> 0"),
+        ("training.P_std", t.P_std, t.P_std > 0, "> 0"),
+        ("training.grad_clip", t.grad_clip, t.grad_clip > 0, "> 0"),
+        ("training.ema_halflife_images", t.ema_halflife_images, t.ema_halflife_images > 0, "> 0"),
+        ("training.ema_rampup_ratio", t.ema_rampup_ratio, t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0,
+         "> 0 (or null)"),
+        ("training.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, ">= 0"),
+        ("training.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
+        ("training.consistency_weight", t.consistency_weight, t.consistency_weight >= 0, ">= 0"),
+        ("training.max_minutes", t.max_minutes, t.max_minutes is None or t.max_minutes > 0, "> 0 (or null)"),
+        ("corruption.extra_lines", c.extra_lines, c.extra_lines is None or c.extra_lines >= 1, ">= 1 (or null)"),
+        ("corruption.acs_lines", c.acs_lines, c.acs_lines is None or c.acs_lines >= 1, ">= 1 (or null)"),
+        ("data.limit", d.limit, d.limit is None or d.limit >= 1, ">= 1 (or null)"),
+        ("data.holdout", d.holdout, d.holdout >= 0, ">= 0"),
+    ]
+    for key, value, ok, rule in checks:
+        if not ok:
+            raise RecipeError(f"{key}: must be {rule}, got {value!r}")
 
 
 def _validate_images(recipe: Recipe) -> None:
@@ -228,6 +268,9 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(values, dict):
+            raise RecipeError(f"{path}: a recipe is a mapping of name, output, data, corruption, network and "
+                              f"training; this file holds a {type(values).__name__}")
         base_dir = path.parent
         values.setdefault("name", path.stem)
     values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}

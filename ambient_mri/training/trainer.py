@@ -11,19 +11,22 @@ import copy
 import json
 import logging
 import os
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..corruption import is_complex
 from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
+from ..files import ensure_space, make_folder, remove_temps, run_lock, save_figure, write_text
 from ..model import Denoiser, apply_denoiser, atomic_torch_save, safe_load, save_model
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .recipe import Recipe, load_recipe
@@ -109,13 +112,89 @@ def network_config(recipe: Recipe, image_channels: int, cond_channels: int) -> d
                 dropout=n.dropout, sigma_data=n.sigma_data, input_cg=n.input_cg)
 
 
-def _setup_logging(run_dir: Path, rank: int) -> None:
-    if rank != 0:
+@contextmanager
+def run_folder(run_dir: Path, r: Recipe, rank: int):
+    """The run folder for one training call (rank 0 writes): created or reused under a lock that refuses a
+    second run on it, cleared of the temporaries a killed run left, ``recipe.yaml`` and ``train.log`` written.
+    A call that fails before its first checkpoint removes a folder it created, so no stub is left behind."""
+    created = not run_dir.exists()
+    handler = None
+    with ExitStack() as stack:
+        if rank == 0:
+            make_folder(run_dir, "run folder")
+            stack.enter_context(run_lock(run_dir, f"train {r.name}"))
+            remove_temps(run_dir)
+            write_text(run_dir / "recipe.yaml", yaml.safe_dump(r.to_dict(), sort_keys=False))
+            handler = logging.FileHandler(run_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        try:
+            yield run_dir
+        except BaseException:
+            if rank == 0 and created and not (run_dir / CHECKPOINT).exists():
+                log.removeHandler(handler)
+                handler.close()
+                handler = None
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+
+
+def trim_log(path: Path, start: int) -> None:
+    """Keep the log.jsonl records of steps <= ``start``: a resumed run logs every later step again."""
+    if not path.is_file():
         return
-    handler = logging.FileHandler(run_dir / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= start:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def restore(ckpt_path: Path, model, ema, opt) -> int:
+    """Load model, EMA and optimiser from a checkpoint; -> its step."""
+    ck = safe_load(ckpt_path)
+    try:
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataFileError(ckpt_path, "this checkpoint does not match the recipe's network or is not a "
+                            f"checkpoint ({type(e).__name__}: {str(e)[:160]}); resume with the recipe that "
+                            "wrote it, or train under another name or output") from None
+    log.info("resumed from %s at step %d", ckpt_path, step)
+    return step
+
+
+@torch.no_grad()
+def ema_update(ema, model, t, step: int) -> None:
+    """EDM's EMA: a half-life in images, ramped up to ``ema_rampup_ratio`` of the images seen so far."""
+    halflife = t.ema_halflife_images
+    if t.ema_rampup_ratio is not None:
+        halflife = min(halflife, (step + 1) * t.batch_size * t.ema_rampup_ratio)
+    beta = 0.5 ** (t.batch_size / max(halflife, 1e-8))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1 - beta)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, n_train: int, device) -> None:
+    """checkpoint.pt (the resume state), model.pt (EMA weights) and a preview PNG, each written atomically."""
+    ensure_space(run_dir, 4 * 5 * sum(p.numel() for p in model.parameters()), "a checkpoint and a model file")
+    atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                       "step": step, "recipe": r.to_dict()}, run_dir / CHECKPOINT)
+    save_model(ema, run_dir / MODEL)
+    _preview(ema, data, n_train, r, run_dir / f"preview_{step:07d}.png", device)
+    log.info("step %d: checkpoint and model written", step)
 
 
 def train(recipe, overrides=None, resume: str | Path | None = None, progress: bool = True,
@@ -130,47 +209,40 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     r = load_recipe(recipe, overrides)
     rank, world, local_rank = _dist_env()
     device = _device(r.training.device, local_rank)
-    t = r.training
-    if t.batch_size % world:
-        raise AmbientMRIError(f"training.batch_size {t.batch_size} is not divisible by the {world} processes")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
+    if r.training.batch_size % world:
+        raise AmbientMRIError(f"training.batch_size {r.training.batch_size} is not divisible by the {world} "
+                              "processes")
     run_dir = Path(resume) if resume else Path(r.output) / r.name
-    ckpt_path = run_dir / CHECKPOINT
-    if resume and not ckpt_path.is_file():
+    if resume and not (run_dir / CHECKPOINT).is_file():
         raise AmbientMRIError(f"{run_dir}: no {CHECKPOINT} to resume from")
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(__import__("yaml").safe_dump(r.to_dict(), sort_keys=False))
-    if world > 1:
-        dist.barrier()
-    _setup_logging(run_dir, rank)
-
-    data, data_info = dataset if dataset is not None else build_training_data(r)
+    data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
-    first = data[0]
-    img_shape = _image_shape(first, r.corruption.operator)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    with run_folder(run_dir, r, rank):
+        if world > 1:
+            dist.barrier()
+        _loop(r, data, data_info, run_dir, device, rank, world, progress)
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, world: int, progress: bool) -> None:
+    """EDM's loop: per step a global batch (a pure function of seed and step), σ and noise, one loss, AdamW with
+    warm-up, EMA; log.jsonl, checkpoints and previews on rank 0."""
+    t = r.training
+    img_shape = _image_shape(data[0], r.corruption.operator)
     info = model_info(r, data_info, img_shape)
     img_ch = 2 if is_complex(r.corruption.operator) else img_shape[0]
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every rerun
     model = Denoiser(network_config(r, img_ch, len(info["cond"])), info).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    start = 0
-    if ckpt_path.is_file():
-        ck = safe_load(ckpt_path)
-        try:
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["optimizer"])
-            start = int(ck["step"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise DataFileError(ckpt_path, "this checkpoint does not match the recipe's network or is not a "
-                                f"checkpoint ({type(e).__name__}: {str(e)[:160]}); resume with the recipe that "
-                                "wrote it, or train under another name or output") from None
-        log.info("resumed from %s at step %d", ckpt_path, start)
+    start = restore(run_dir / CHECKPOINT, model, ema, opt) if (run_dir / CHECKPOINT).is_file() else 0
+    if rank == 0:
+        trim_log(run_dir / "log.jsonl", start)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
     fwd = torch.compile(net) if t.compile else net
@@ -218,15 +290,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                     torch.nan_to_num_(p_.grad, nan=0.0, posinf=0.0, neginf=0.0)
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
-            halflife = t.ema_halflife_images
-            if t.ema_rampup_ratio is not None:
-                halflife = min(halflife, (step + 1) * t.batch_size * t.ema_rampup_ratio)
-            ema_beta = 0.5 ** (t.batch_size / max(halflife, 1e-8))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm.detach(), 1 - ema_beta)
-                for be, bm in zip(ema.buffers(), model.buffers()):
-                    be.copy_(bm)
+            ema_update(ema, model, t, step)
             done = step + 1
             loss_val = loss.detach()
             if world > 1:
@@ -247,11 +311,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 out_of_time = bool(flag.item())
             if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps or out_of_time):
-                atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(),
-                                   "optimizer": opt.state_dict(), "step": done, "recipe": r.to_dict()}, ckpt_path)
-                save_model(ema, run_dir / MODEL)
-                _preview(ema, data, n_train, r, run_dir / f"preview_{done:07d}.png", device)
-                log.info("step %d: checkpoint and model written", done)
+                save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device)
             if world > 1 and done % t.checkpoint_every == 0:
                 dist.barrier()
             if out_of_time:
@@ -261,9 +321,6 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
         bar.close()
         if log_file:
             log_file.close()
-    if world > 1:
-        dist.barrier()
-    return run_dir
 
 
 @torch.no_grad()
@@ -276,7 +333,7 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
     import matplotlib.pyplot as plt
 
     from ..corruption import make_operator
-    from ..recon import one_step_sigma
+    from ..sampling.prior import one_step_sigma
 
     idx = list(range(n_train, len(data)))
     if not idx:
@@ -295,7 +352,4 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
             axes[row, col].set_title(title)
             axes[row, col].axis("off")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=80)

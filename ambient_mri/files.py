@@ -1,0 +1,243 @@
+"""Writing without losing anything: atomic writes, no output over an input, one run per output, free space.
+
+Every file the package writes goes through ``atomic_path``: a temporary ``.NAME.<random>.tmp`` beside the
+target, fsynced and renamed onto it only when complete, so a reader (or a resumed run) never sees half a file.
+A killed run leaves only such temporaries; the next run that owns the folder removes them (``remove_temps``)
+under its lock (``run_lock``), which also keeps two runs from writing one output at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import AmbientMRIError, DataFileError
+
+LOCK_NAME = ".ambient_mri.lock"
+SPACE_MARGIN = 16 * 2**20  # bytes kept free beyond an estimate: HDF5 metadata, logs, rounding
+
+
+def os_reason(err: BaseException) -> str:
+    """A one-line reason for an OS-level write failure, naming a full disk plainly."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return "no space left on device"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+def make_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``folder`` (and parents) or raise DataFileError naming it: a file in the way, no permission."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataFileError(folder, f"{what} is not writable; files cannot be written there (it is an existing "
+                            "file, not a folder)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataFileError(folder, f"{what} is not writable; files cannot be written there "
+                            f"({os_reason(e)})") from None
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends normally it is fsynced and renamed onto
+    ``path``. On any failure the temporary is removed, and a write failure (full disk, no permission) becomes a
+    DataFileError naming ``path``."""
+    path = Path(path)
+    make_folder(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        # torch and h5py report a failed write as RuntimeError / OSError with their own wording
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and _disk_full(path.parent)):
+            reason = "no space left on device" if _disk_full(path.parent) else os_reason(e)
+            raise DataFileError(path, f"cannot be written ({reason})") from None
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomic text file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure as an atomic PNG; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+
+
+def remove_temps(folder: str | os.PathLike, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove the temporaries a killed run left in ``folder`` (call it holding the folder's ``run_lock``)."""
+    folder = Path(folder)
+    gone = []
+    if folder.is_dir():
+        for p in folder.glob(pattern):
+            if p.is_file() and p.name != LOCK_NAME:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    gone.append(p)
+    return gone
+
+
+def input_files(path: str | os.PathLike, pattern: str = "*.h5", limit: int | None = None,
+                what: str = "fastMRI .h5 files") -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The inputs of a folder command: one file, or a folder's ``pattern`` files (sorted, no hidden ones), split
+    into usable files and (file, reason) for unusable ones (a dangling symlink, a folder, no permission), which
+    commands list as bad instead of skipping in silence."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.glob(pattern) if not p.name.startswith("."))
+    elif path.is_symlink():
+        raise DataFileError(path, f"a symlink to {os.readlink(path)}, which does not exist")
+    else:
+        raise DataFileError(path, "no such file or folder")
+    if not files:
+        raise DataFileError(path, f"no {pattern.lstrip('*')} files in this folder (expected {what})")
+    if limit is not None:
+        if limit < 1:
+            raise AmbientMRIError(f"--limit must be >= 1, got {limit}")
+        files = files[:limit]
+    checked = [(f, unusable_reason(f)) for f in files]
+    return [f for f, why in checked if not why], [(f, why) for f, why in checked if why]
+
+
+def unusable_reason(path: Path) -> str:
+    """'' for a readable regular file, else why it cannot be an input (found before any reading)."""
+    if path.is_symlink() and not path.exists():
+        return f"a symlink to {os.readlink(path)}, which does not exist"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (no permission)"
+    return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold ``folder/.ambient_mri.lock`` for the block: a second run on the same output is refused by name. A
+    lock left by a run that no longer exists (same host, dead pid) is taken over."""
+    folder = make_folder(folder)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                other = {}
+            pid, host = other.get("pid"), other.get("host")
+            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                continue
+            raise DataFileError(folder, f"another run is writing here (`{other.get('command', '?')}`, pid {pid} on "
+                                f"{host}); wait for it to finish, or delete {lock} if no such run exists") from None
+        except OSError as e:
+            raise DataFileError(folder, f"cannot create the lock file {LOCK_NAME} ({os_reason(e)})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+
+
+def _resolved(p: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def refuse_overwrite(inputs: Iterable[str | os.PathLike], outputs: Iterable[str | os.PathLike],
+                     option: str = "--output") -> None:
+    """Raise before any work when an output path is (after symlinks) one of the inputs, or an output folder is
+    an input file: a command never writes over its own input."""
+    ins = {_resolved(p): Path(p) for p in inputs}
+    for out in outputs:
+        r = _resolved(out)
+        if r in ins:
+            raise DataFileError(out, f"would be written over the input {ins[r]}; refusing to touch input data: "
+                                f"choose another {option}")
+
+
+def ensure_space(folder: str | os.PathLike, nbytes: float, what: str) -> None:
+    """Refuse to start a write of about ``nbytes`` into ``folder`` when the disk cannot hold it."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_MARGIN:
+        raise DataFileError(folder, f"not enough disk space for {what}: needs about {_mb(nbytes + SPACE_MARGIN)}, "
+                            f"{_mb(free)} free")
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_finite_number(name: str, value, minimum: float | None = None, strict: bool = False) -> None:
+    """A command-line number: finite, and above ``minimum`` (strictly with ``strict``)."""
+    import math
+
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise AmbientMRIError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise AmbientMRIError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
