@@ -1,4 +1,4 @@
-"""The ``ambient-mri`` command line: prepare, train, reconstruct, evaluate, demo, sample, memorization."""
+"""The ``ambient-mri`` command line: prepare, convert, train, reconstruct, evaluate, demo, sample, memorization."""
 
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ambient-mri", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
+    from data_tools.convert_cli import add_convert_parser
     from data_tools.prepare_cli import add_prepare_parser
 
     add_prepare_parser(sub)
+    add_convert_parser(sub)
 
     t = sub.add_parser("train", help="train a diffusion model from a YAML recipe (torchrun-ready)")
     t.add_argument("recipe", help="recipe YAML file (see recipes/)")

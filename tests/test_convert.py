@@ -1,0 +1,376 @@
+"""Raw scanner data -> fastMRI files (data_tools/raw.py, ``ambient-mri convert``).
+
+ISMRMRD files are written with the ``ismrmrd`` library from known k-space; the real twix file is the
+2-channel GRE phantom that ships with twixtools (tests/data/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import io
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+ismrmrd = pytest.importorskip("ismrmrd")
+pytest.importorskip("twixtools")
+import ismrmrd.xsd as X  # noqa: E402
+
+import ambient_mri  # noqa: E402
+from ambient_mri.data import read_fastmri  # noqa: E402
+from ambient_mri.errors import DataFileError  # noqa: E402
+from data_tools.convert_cli import add_convert_parser  # noqa: E402
+from data_tools.prepare import prepare_fastmri  # noqa: E402
+from data_tools.raw import convert, convert_file, convert_ismrmrd, convert_twix, noise_whitener  # noqa: E402
+from data_tools.simulate import simulate_coil_data  # noqa: E402
+from helpers import blobs  # noqa: E402
+
+GRE = Path(__file__).parent / "data" / "gre.dat"
+S, C, h, W = 2, 4, 16, 16  # 2 slices x 4 coils; 32 x 16 k-space (2x readout oversampling)
+H = 2 * h
+
+
+def known_kspace(S=S, C=C, h=h, w=W, seed=0) -> np.ndarray:
+    return simulate_coil_data(blobs(S, h, seed=seed)[:, :, :w], num_coils=C, oversample=2, seed=seed).kspace
+
+
+def header_xml(Hh, Ww, recon, center, maximum, slices, trajectory="cartesian", z=1, accel=None) -> str:
+    enc = X.encodingType(
+        encodedSpace=X.encodingSpaceType(matrixSize=X.matrixSizeType(x=Hh, y=Ww, z=z),
+                                         fieldOfView_mm=X.fieldOfViewMm(x=2.0 * Hh, y=Ww, z=5)),
+        reconSpace=X.encodingSpaceType(matrixSize=X.matrixSizeType(x=recon[0], y=recon[1], z=1),
+                                       fieldOfView_mm=X.fieldOfViewMm(x=recon[0], y=recon[1], z=5)),
+        encodingLimits=X.encodingLimitsType(
+            kspace_encoding_step_1=X.limitType(minimum=0, maximum=maximum, center=center),
+            kspace_encoding_step_2=X.limitType(minimum=0, maximum=z - 1, center=z // 2),
+            slice=X.limitType(minimum=0, maximum=slices - 1, center=0)),
+        trajectory=X.trajectoryType(trajectory))
+    if accel:
+        enc.parallelImaging = X.parallelImagingType(
+            accelerationFactor=X.accelerationFactorType(kspace_encoding_step_1=accel, kspace_encoding_step_2=1))
+    hdr = X.ismrmrdHeader(
+        experimentalConditions=X.experimentalConditionsType(H1resonanceFrequency_Hz=123000000),
+        measurementInformation=X.measurementInformationType(patientPosition=X.patientPositionType("HFS"),
+                                                            protocolName="AXT2_test"),
+        subjectInformation=X.subjectInformationType(patientID="PATIENT-42"),
+        encoding=[enc])
+    return X.ToXML(hdr)
+
+
+def write_ismrmrd(path, k, lines=None, rows=None, noise=None, averages=1, repetitions=1, dwell=5.0,
+                  noise_dwell=5.0, trajectory="cartesian", z=1, reverse=False, accel=None, avg_offset=None):
+    """Known k-space (S, C, H, W) as an ISMRMRD file: one readout per (slice, column in ``lines``), holding the
+    samples ``rows`` (a slice of the readout), noise readouts first (``noise`` (C, M), 256 samples each)."""
+    nS, nC, nH, nW = k.shape
+    lines = range(nW) if lines is None else lines
+    rows = rows or slice(0, nH)
+    xml = header_xml(nH, nW, (nH // 2, nW), nW // 2, int(max(lines)), nS, trajectory, z, accel)
+    path = Path(path)
+    if path.exists():
+        path.unlink()
+    with ismrmrd.Dataset(str(path), "dataset", mode="w") as d:
+        d.write_xml_header(xml)
+        if noise is not None:
+            for j in range(0, noise.shape[1], 256):
+                a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(noise[:, j:j + 256], np.complex64))
+                a.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
+                a.sample_time_us = noise_dwell
+                d.append_acquisition(a)
+        for rep in range(repetitions):
+            for s in range(nS):
+                for e in lines:
+                    for av in range(averages):
+                        data = k[s, :, rows, e]
+                        if avg_offset is not None:
+                            data = data + (1 if av % 2 == 0 else -1) * avg_offset
+                        a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(data, np.complex64))
+                        a.idx.kspace_encode_step_1 = int(e)
+                        a.idx.slice = s
+                        a.idx.average = av
+                        a.idx.repetition = rep
+                        a.center_sample = nH // 2 - (rows.start or 0)
+                        a.sample_time_us = dwell
+                        if reverse:
+                            a.set_flag(ismrmrd.ACQ_IS_REVERSE)
+                        d.append_acquisition(a)
+    return path
+
+
+def rss_reference(k: np.ndarray, size) -> np.ndarray:
+    """fastMRI's target computed independently with numpy: RSS of the centred orthonormal ifft2, centre crop."""
+    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    rss = np.sqrt((np.abs(img) ** 2).sum(1))
+    top, left = (k.shape[-2] - size[0]) // 2, (k.shape[-1] - size[1]) // 2
+    return rss[:, top:top + size[0], left:left + size[1]]
+
+
+def sha(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------------
+# ISMRMRD: known k-space in, the same k-space out
+# --------------------------------------------------------------------------------------------------
+
+
+def test_fully_sampled_ismrmrd_round_trips(tmp_path):
+    k = known_kspace()
+    src = write_ismrmrd(tmp_path / "full.h5", k)
+    res = convert_ismrmrd(src, tmp_path / "out" / "full.h5")
+    assert res.status == "converted" and res.fully_sampled and not res.prewhitened
+    vol = read_fastmri(res.output)
+    out = vol.kspace.read()
+    assert out.dtype == np.complex64 and out.shape == (S, C, H, W)
+    np.testing.assert_array_equal(out, k)  # readout -> rows, e1 -> columns, centre at (H//2, W//2): no change
+    assert vol.mask is None and vol.target_key == "reconstruction_rss"
+    assert vol.header["encoding_size"][:2] == (H, W) and vol.header["recon_size"][:2] == (h, W)
+    assert (vol.header["padding_left"], vol.header["padding_right"]) == (0, W)
+    target = vol.target.read()
+    ref = rss_reference(k.astype(np.complex128), (h, W))
+    assert target.shape == (S, h, W)
+    np.testing.assert_allclose(target, ref, rtol=0, atol=1e-6 * ref.max())
+    assert vol.attrs["max"] == pytest.approx(float(target.max()))
+    assert vol.attrs["norm"] == pytest.approx(float(np.linalg.norm(target)), rel=1e-6)
+    assert vol.attrs["acquisition"] == "AXT2_test"
+    assert vol.attrs["patient_id"] == hashlib.sha256(b"PATIENT-42").hexdigest()  # a hash, never the raw ID
+    # a rerun with the same settings skips; other settings redo it
+    assert convert_ismrmrd(src, res.output).status == "skipped"
+    assert convert_ismrmrd(src, res.output, prewhiten=False).status == "converted"
+
+
+def test_undersampled_ismrmrd_keeps_the_acquired_mask(tmp_path):
+    k = known_kspace()
+    keep = np.zeros(W, bool)
+    keep[::4] = True
+    keep[W // 2 - 2:W // 2 + 2] = True  # 4 ACS lines (6..9)
+    src = write_ismrmrd(tmp_path / "under.h5", k, lines=np.flatnonzero(keep), accel=4)
+    res = convert_file(src, tmp_path / "out" / "under.h5")
+    assert res.status == "converted" and not res.fully_sampled
+    vol = read_fastmri(res.output)
+    np.testing.assert_array_equal(vol.mask, keep.astype(np.float32))
+    np.testing.assert_array_equal(vol.kspace.read(), k * keep)
+    assert vol.target is None  # as fastMRI test files
+    assert vol.attrs["acceleration"] == 4 and vol.attrs["num_low_frequency"] == 4
+
+
+def test_asymmetric_echo_and_partial_fourier_are_zero_filled_in_place(tmp_path):
+    k = known_kspace()
+    lines = range(3, W)             # partial Fourier: the first 3 phase-encode lines were never acquired
+    rows = slice(6, H)              # asymmetric echo: readouts start 6 samples late (centre_sample = H//2 - 6)
+    src = write_ismrmrd(tmp_path / "pf.h5", k, lines=lines, rows=rows)
+    vol = read_fastmri(convert_ismrmrd(src, tmp_path / "out" / "pf.h5").output)
+    expected = k.copy()
+    expected[..., :6, :] = 0
+    expected[..., :3] = 0
+    np.testing.assert_array_equal(vol.kspace.read(), expected)
+    assert vol.mask is None and vol.target is not None  # no gaps between the first and last line: fully sampled
+    np.testing.assert_allclose(vol.target.read(), rss_reference(expected.astype(np.complex128), (h, W)),
+                               atol=1e-6 * vol.target.read().max(), rtol=0)
+
+
+def test_averages_are_averaged_and_repetitions_refused_by_name(tmp_path):
+    k = known_kspace()
+    src = write_ismrmrd(tmp_path / "avg.h5", k, averages=2, avg_offset=0.5 + 0.25j)
+    res = convert_ismrmrd(src, tmp_path / "out" / "avg.h5")
+    np.testing.assert_allclose(read_fastmri(res.output).kspace.read(), k, atol=1e-6)
+    assert any("averaged" in n for n in res.notes)
+    rep = write_ismrmrd(tmp_path / "rep.h5", k, repetitions=2)
+    with pytest.raises(DataFileError, match=r"rep\.h5.*2 repetitions"):
+        convert_ismrmrd(rep, tmp_path / "out" / "rep.h5")
+
+
+def test_prewhitening_with_a_known_noise_covariance(tmp_path):
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((C, C)) + 1j * rng.standard_normal((C, C)) + 3 * np.eye(C)  # Psi = A A^H, correlated
+
+    def coloured(n, scale=1.0):
+        z = (rng.standard_normal((C, n)) + 1j * rng.standard_normal((C, n))) / np.sqrt(2)
+        return (scale * A @ z).astype(np.complex64)
+
+    noise = coloured(256 * 80)
+    # image readouts = pure noise, acquired at half the noise scan's dwell time -> twice its variance
+    k = coloured(S * H * W, np.sqrt(2)).reshape(C, S, H, W).transpose(1, 0, 2, 3).copy()
+    src = write_ismrmrd(tmp_path / "noise.h5", k, noise=noise, dwell=5.0, noise_dwell=10.0)
+    res = convert_ismrmrd(src, tmp_path / "out" / "noise.h5")
+    assert res.prewhitened
+    out = read_fastmri(res.output).kspace.read()
+    # exactly the documented transform: L^-1 k with L L^H = (X X^H / M) * (noise dwell / image dwell)
+    white = noise_whitener(noise, 10.0 / 5.0)
+    np.testing.assert_allclose(out, np.einsum("dc,schw->sdhw", white, k), rtol=0, atol=1e-4 * np.abs(out).max())
+    cov = np.einsum("schw,sdhw->cd", out, out.conj()) / (S * H * W)
+    np.testing.assert_allclose(cov, np.eye(C), atol=0.15)  # white, unit variance
+    raw_cov = np.einsum("schw,sdhw->cd", k, k.conj()) / (S * H * W)
+    assert np.abs(raw_cov - np.eye(C)).max() > 1  # ... and it was far from white before
+    # --no-prewhiten keeps the data as acquired
+    kept = convert_ismrmrd(src, tmp_path / "out2" / "noise.h5", prewhiten=False)
+    assert not kept.prewhitened
+    np.testing.assert_array_equal(read_fastmri(kept.output).kspace.read(), k)
+
+
+def test_converted_file_goes_through_prepare_and_reconstruct(tmp_path, one_thread):
+    k = known_kspace(S=2, C=4, h=32, w=32, seed=5)  # 64 x 32 k-space: 8 ACS lines at center_fraction 0.25
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_ismrmrd(raw / "vol.h5", k)
+    summary = convert(raw, tmp_path / "fastmri")
+    assert not summary.bad and len(summary.converted) == 1
+    f = Path(summary.converted[0].output)
+    prep = prepare_fastmri(f.parent, tmp_path / "prepared", acceleration=2, center_fraction=0.25, split="val",
+                           progress=False)
+    assert not prep.refused and len(prep.prepared) == 1, prep.report()
+    target = read_fastmri(f).target.read()
+    for method in ("zero_filled", "sense"):
+        out = ambient_mri.reconstruct_file(f, tmp_path / method / "vol.h5", acceleration=2, center_fraction=0.25,
+                                           method=method, progress=False)
+        with h5py.File(out, "r") as hf:
+            rec = hf["reconstruction"][()]
+        assert rec.shape == target.shape and np.isfinite(rec).all()
+        nrmse = np.linalg.norm(rec - target) / np.linalg.norm(target)
+        assert nrmse < 0.5, (method, nrmse)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad files
+# --------------------------------------------------------------------------------------------------
+
+
+def test_bad_files_give_data_file_errors_naming_the_file(tmp_path):
+    k = known_kspace(S=1)
+    good = write_ismrmrd(tmp_path / "good.h5", k)
+    data = good.read_bytes()
+    cases = {
+        "truncated.h5": lambda p: p.write_bytes(data[: len(data) // 2]),
+        "garbage.h5": lambda p: p.write_bytes(os.urandom(3000)),
+        "garbage.dat": lambda p: p.write_bytes(os.urandom(3000)),
+        "hdf5_garbage.h5": lambda p: p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"garbage" * 50),
+        "radial.h5": lambda p: write_ismrmrd(p, k, trajectory="radial"),
+        "three_d.h5": lambda p: write_ismrmrd(p, k, z=4),
+        "epi.h5": lambda p: write_ismrmrd(p, k, reverse=True),
+        "truncated.dat": lambda p: p.write_bytes(GRE.read_bytes()[:1_000_000]),
+    }
+    expect = {"radial.h5": "non-Cartesian", "three_d.h5": "3-D", "epi.h5": "reversed", "truncated.dat": "truncated",
+              "garbage.dat": "twix", "truncated.h5": "HDF5"}
+    for name, make in cases.items():
+        p = tmp_path / name
+        make(p)
+        with pytest.raises(DataFileError) as info:
+            convert_file(p, tmp_path / "out" / name)
+        msg = str(info.value)
+        assert str(p) in msg and "Traceback" not in msg, msg
+        assert expect.get(name, "") in msg, msg
+    fastmri_file = tmp_path / "fastmri.h5"  # an already converted file is not raw data
+    convert_ismrmrd(good, fastmri_file)
+    with pytest.raises(DataFileError, match="already a fastMRI file"):
+        convert_file(fastmri_file, tmp_path / "out" / "again.h5")
+    with pytest.raises(DataFileError, match="HDF5 file, not Siemens twix"):
+        convert_twix(good, tmp_path / "out" / "x.h5")
+    out = tmp_path / "out"
+    assert not out.exists() or not [p.name for p in out.iterdir()]  # nothing written, no temporaries left
+
+
+def test_folder_converts_the_good_files_and_lists_the_bad_one(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_ismrmrd(raw / "a.h5", known_kspace(S=1, seed=1))
+    shutil.copy(GRE, raw / "gre.dat")
+    (raw / "broken.dat").write_bytes(os.urandom(5000))
+    (raw / "notes.txt").write_text("not raw data: ignored")
+    parser = argparse.ArgumentParser()
+    add_convert_parser(parser.add_subparsers())
+    args = parser.parse_args(["convert", "--input", str(raw), "--output", str(tmp_path / "out"), "--quiet"])
+    assert args.func(args) == 1  # a bad file: non-zero exit
+    report = capsys.readouterr().out
+    assert "2 file(s) converted" in report and "1 bad" in report
+    assert f"{raw / 'broken.dat'}:" in report and "neither ISMRMRD" in report
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.h5", "gre.h5"]
+    again = convert(raw, tmp_path / "out")  # rerun: the complete outputs are skipped
+    assert len(again.skipped) == 2 and len(again.bad) == 1 and not again.converted
+    redo = convert(raw, tmp_path / "out", prewhiten=False)  # other settings: redone
+    assert len(redo.converted) == 2
+
+
+def test_output_in_the_input_folder_is_refused_and_nothing_changes(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_ismrmrd(raw / "a.h5", known_kspace(S=1))
+    shutil.copy(GRE, raw / "gre.dat")
+    before = sha(raw)
+    (tmp_path / "link").symlink_to(raw)
+    for out in (raw, tmp_path / "link", raw / "."):
+        with pytest.raises(DataFileError, match="input folder"):
+            convert(raw, out)
+    with pytest.raises(DataFileError, match="input folder"):
+        convert(raw / "a.h5", raw)  # one file: its own folder is refused too
+    parser = argparse.ArgumentParser()
+    add_convert_parser(parser.add_subparsers())
+    args = parser.parse_args(["convert", "--input", str(raw), "--output", str(tmp_path / "link")])
+    assert args.func(args) == 2 and "input folder" in capsys.readouterr().err
+    assert sha(raw) == before and sorted(p.name for p in raw.iterdir()) == ["a.h5", "gre.dat"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A real Siemens twix file
+# --------------------------------------------------------------------------------------------------
+
+
+def test_real_twix_gre_phantom_converts_to_an_image(tmp_path):
+    res = convert_twix(GRE, tmp_path / "gre.h5")
+    assert res.status == "converted" and res.fully_sampled and res.format == "twix"
+    vol = read_fastmri(res.output)
+    k = vol.kspace.read()
+    assert k.shape == (1, 2, 320, 160)  # 160 x 160 protocol, readout oversampling kept (2 x 160 rows)
+    assert vol.header["recon_size"][:2] == (160, 160) and vol.header["encoding_size"][:2] == (320, 160)
+    peak = np.unravel_index(np.abs(k).sum((0, 1)).argmax(), k.shape[-2:])
+    assert abs(peak[0] - 160) <= 2 and abs(peak[1] - 80) <= 2  # k-space centre at (H//2, W//2)
+    img = vol.target.read()
+    assert img.shape == (1, 160, 160) and np.isfinite(img).all() and img.max() > 0
+    # a phantom: bright object in the middle, dark corners
+    assert img[0, 60:100, 60:100].mean() > 5 * img[0, :10, :10].mean()
+    np.testing.assert_allclose(img, rss_reference(k.astype(np.complex128), (160, 160)), atol=1e-6 * img.max(), rtol=0)
+
+
+def test_twix_noise_scan_prewhitens_and_missing_lines_give_a_mask(tmp_path):
+    """The real GRE file rewritten with twixtools: a NOISEADJSCAN with known coil covariance added, every third
+    line outside the centre removed."""
+    import twixtools
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        meas = twixtools.read_twix(str(GRE), verbose=False, keep_acqend=True, parse_pmu=False, parse_geometry=False)
+    mdbs = [b.convert_to_local() for b in meas[-1]["mdb"]]
+    image = [b for b in mdbs if b.is_image_scan()]
+    rng = np.random.default_rng(0)
+    A = np.array([[1.0, 0], [0.6 + 0.3j, 0.5]])
+    noise = []
+    for _ in range(40):
+        nb = copy.deepcopy(image[0])
+        nb.clear_all_flags()
+        nb.add_flag("NOISEADJSCAN")
+        z = (rng.standard_normal((2, 320)) + 1j * rng.standard_normal((2, 320))) / np.sqrt(2)
+        nb.data[:] = (A @ z).astype(np.complex64)
+        noise.append(nb)
+    kept = [b for b in image if b.cLin % 3 != 1 or abs(b.cLin - 80) < 10]
+    scan = dict(meas[-1], mdb=noise + kept + [b for b in mdbs if b.is_flag_set("ACQEND")])
+    src = tmp_path / "synthetic.dat"
+    with contextlib.redirect_stdout(io.StringIO()):
+        twixtools.write_twix([scan], str(src))
+    white = convert_twix(src, tmp_path / "out" / "white.h5")
+    raw = convert_twix(src, tmp_path / "out" / "raw.h5", prewhiten=False)
+    assert white.prewhitened and not raw.prewhitened and not white.fully_sampled
+    vol, k0 = read_fastmri(white.output), read_fastmri(raw.output).kspace.read()
+    expected_mask = np.zeros(160, np.float32)
+    expected_mask[[b.cLin for b in kept]] = 1
+    np.testing.assert_array_equal(vol.mask, expected_mask)
+    assert vol.target is None and vol.attrs["num_low_frequency"] == 20
+    assert vol.attrs["acceleration"] == pytest.approx(160 / expected_mask.sum(), abs=0.01)
+    X = np.concatenate([b.data for b in noise], axis=1)
+    np.testing.assert_allclose(vol.kspace.read(), np.einsum("dc,schw->sdhw", noise_whitener(X), k0),
+                               rtol=0, atol=1e-6 * np.abs(k0).max())
+    whitened_noise = noise_whitener(X) @ X
+    np.testing.assert_allclose(whitened_noise @ whitened_noise.conj().T / X.shape[1], np.eye(2), atol=1e-6)
