@@ -107,7 +107,7 @@ def run_reconstruct(args) -> int:
     digest = None
     if args.model:
         from .model import load_model
-        from .recon import check_multicoil_model
+        from .scan import check_multicoil_model
 
         opts["model"] = load_model(args.model)
         check_multicoil_model(opts["model"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def write_samples(samples, output, meta: dict | None = None) -> dict:
 
 
 def run_sample(args) -> int:
-    from .images import default_sigma_min, sample_images
+    from .image_recon import default_sigma_min, sample_images
     from .model import load_model
 
     for name in ("num", "steps", "batch_size"):
@@ -86,13 +87,12 @@ def run_sample(args) -> int:
     x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
                       progress=not args.no_progress)
-    info = model.info
+    r = model.record
     meta = {"model": str(args.model), "num": args.num, "steps": args.steps, "seed": args.seed,
             "batch_size": args.batch_size, "sampler": "euler" if args.euler else "heun",
             "sigma_min": default_sigma_min(model, args.sigma_min), "seconds": round(time.time() - tic, 2),
-            "operator": info.get("operator"), "ambient": info.get("ambient"), "sigma_n": info.get("sigma_n"),
-            "further": info.get("further"), "data": {k: v for k, v in (info.get("data") or {}).items()
-                                                     if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
+            "operator": r.operator, "ambient": r.ambient, "sigma_n": r.sigma_n, "further": asdict(r.further),
+            "data": {k: v for k, v in r.data.items() if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
     write_samples(x, out, meta)
     print(f"{args.num} samples written to {out} (grid.png, samples.npy) in {meta['seconds']:.1f} s")
     return 0

@@ -107,19 +107,25 @@ def acquired_columns(mask) -> np.ndarray:
     return (m != 0).any(axis=0)
 
 
-def acs_width(mask) -> int:
-    """Width of the contiguous block of acquired columns around the k-space centre (W // 2); 0 if the centre
-    column was not acquired."""
+def acs_columns(mask) -> np.ndarray:
+    """(W,) bool: the contiguous block of acquired columns through the k-space centre column W // 2 (the ACS
+    block); all False when the centre column was not acquired."""
     cols = acquired_columns(mask)
+    out = np.zeros_like(cols)
     c = cols.shape[0] // 2
-    if not cols[c]:
-        return 0
-    lo, hi = c, c
-    while lo > 0 and cols[lo - 1]:
-        lo -= 1
-    while hi < cols.shape[0] - 1 and cols[hi + 1]:
-        hi += 1
-    return hi - lo + 1
+    if cols[c]:
+        lo, hi = c, c
+        while lo > 0 and cols[lo - 1]:
+            lo -= 1
+        while hi < cols.shape[0] - 1 and cols[hi + 1]:
+            hi += 1
+        out[lo: hi + 1] = True
+    return out
+
+
+def acs_width(mask) -> int:
+    """Width of the ACS block (``acs_columns``); 0 if the centre column was not acquired."""
+    return int(acs_columns(mask).sum())
 
 
 def calibration_width(mask) -> int:

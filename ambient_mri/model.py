@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .corruption import cond_channels, is_complex
+from .corruption import cond_channels
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
 from .files import atomic_path
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
 from .operators import LinearOperator
+from .record import TrainingRecord
 from .solvers import conjugate_gradient
 
 FORMAT = "ambient_mri.model/1"
@@ -26,17 +27,27 @@ FORMAT = "ambient_mri.model/1"
 class Denoiser(nn.Module):
     """D_θ(x, σ, M̃) on images: complex (B, H, W) for MRI, real (B, C, H, W) otherwise.
 
-    ``info`` records how the model was trained: operator, ambient (bool), mask settings, further corruption,
-    sigma_n, image_shape, sigma_data, cond (extra input channels).
-    """
+    ``record`` (``ambient_mri.record.TrainingRecord``) says how the model was trained; ``info`` is the same as plain
+    values (a copy: change the record with ``dataclasses.replace``)."""
 
-    def __init__(self, config: dict[str, Any], info: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], record: TrainingRecord | dict[str, Any]):
         super().__init__()
-        self.config, self.info = dict(config), dict(info)
+        self.config = dict(config)
+        self.record = record if isinstance(record, TrainingRecord) else TrainingRecord.from_dict(record)
         self.input_cg = int(self.config.get("input_cg", 0))
         self.precond = build_denoiser({k: v for k, v in self.config.items() if k != "input_cg"})
-        self.complex = is_complex(self.info.get("operator", "identity"))
-        self.cond = tuple(self.info.get("cond", ()))
+
+    @property
+    def complex(self) -> bool:
+        return self.record.is_mri
+
+    @property
+    def cond(self) -> tuple[str, ...]:
+        return self.record.cond
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.record.to_dict()
 
     def forward(self, x: torch.Tensor, sigma, mask_tilde: torch.Tensor | None = None,
                 operator: LinearOperator | None = None) -> torch.Tensor:
@@ -88,12 +99,13 @@ def safe_load(path, map_location="cpu") -> dict:
 def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
     """Write a model file (``state_dict`` defaults to the model's own, e.g. pass the EMA weights)."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    atomic_torch_save({"format": FORMAT, "config": _plain(model.config), "info": _plain(model.info),
+    atomic_torch_save({"format": FORMAT, "config": _plain(model.config), "info": _plain(model.record.to_dict()),
                        "state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path)
 
 
 def load_model(path, device=None) -> Denoiser:
-    """Read a model file (``model.pt`` of a run, EMA weights) safely; ``model.info`` says how it was trained."""
+    """Read a model file (``model.pt`` of a run, EMA weights) safely; ``model.record`` says how it was trained
+    (older files' records are converted; an unknown record version is refused by name)."""
     dev = resolve_device(device or "cpu")
     obj = safe_load(path)
     weights = isinstance(obj, dict) and ("state_dict" in obj or "ema" in obj)
@@ -102,7 +114,11 @@ def load_model(path, device=None) -> Denoiser:
             if isinstance(obj, dict) and "optimizer" in obj else ""
         raise DataFileError(path, f"not an ambient_mri model file (missing config/info/state_dict){hint}")
     try:
-        model = Denoiser(obj["config"], obj["info"])
+        record = TrainingRecord.from_dict(obj["info"])
+    except AmbientMRIError as e:
+        raise DataFileError(path, str(e)) from None
+    try:
+        model = Denoiser(obj["config"], record)
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))
     except (RuntimeError, TypeError, ValueError) as e:
         raise DataFileError(path, f"weights do not match the recorded network config ({str(e)[:200]})") from None

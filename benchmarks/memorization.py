@@ -87,7 +87,7 @@ def _train_and_sample(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from ambient_mri.data.images import corrupt_images, load_images
     from ambient_mri.image_commands import write_samples
-    from ambient_mri.images import default_sigma_min, memorization_probe, sample_images
+    from ambient_mri.image_recon import default_sigma_min, memorization_probe, sample_images
     from ambient_mri.model import load_model, safe_load
     from ambient_mri.training.trainer import train
 

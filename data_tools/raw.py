@@ -64,6 +64,7 @@ import numpy as np
 
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.files import atomic_path, make_folder, refuse_overwrite, remove_temps, run_lock, unusable_reason
+from ambient_mri.masks import acs_width
 
 FORMAT = "ambient_mri.convert/1"
 ISMRMRD_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
@@ -704,16 +705,6 @@ def _stored_settings(path: Path) -> str | None:
         return None
 
 
-def _centre_run(mask: np.ndarray) -> int:
-    c = mask.size // 2
-    if not mask[c]:
-        return 0
-    zeros = np.flatnonzero(~mask)
-    left = zeros[zeros < c].max(initial=-1)
-    right = zeros[zeros > c].min(initial=mask.size)
-    return int(right - left - 1)
-
-
 def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> ConvertedFile:
     tic = time.time()
     source, out_path = Path(source), Path(out_path)
@@ -760,7 +751,7 @@ def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> 
         datasets["mask"] = mask.astype(bool)
         # fastMRI stores the nominal integer factor; without one in the header, the achieved one (2 decimals)
         attrs["acceleration"] = int(round(accel)) if abs(accel - round(accel)) < 1e-6 else round(float(accel), 2)
-        attrs["num_low_frequency"] = _centre_run(mask)
+        attrs["num_low_frequency"] = acs_width(mask)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as hf:
         for name, data in datasets.items():
             if isinstance(data, bytes):

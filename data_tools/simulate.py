@@ -20,6 +20,7 @@ import torch
 
 from ambient_mri.errors import AmbientMRIError
 from ambient_mri.files import atomic_path
+from ambient_mri.masks import acs_width
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
 
@@ -304,20 +305,9 @@ def _file_attrs(
         out["norm"] = float(np.linalg.norm(target))
     if mask is not None:
         out["acceleration"] = int(round(mask.size / mask.sum()))
-        out["num_low_frequency"] = _centre_run(mask)
+        out["num_low_frequency"] = acs_width(mask)
     out.update(extra or {})
     return out
-
-
-def _centre_run(mask: np.ndarray) -> int:
-    """Length of the run of acquired columns through the centre column (the ACS block)."""
-    c = mask.size // 2
-    if not mask[c]:
-        return 0
-    zeros = np.flatnonzero(mask == 0)
-    left = zeros[zeros < c].max(initial=-1)
-    right = zeros[zeros > c].min(initial=mask.size)
-    return int(right - left - 1)
 
 
 def _atomic_write(path: Path, datasets: dict, attrs: dict) -> None:

@@ -1,5 +1,6 @@
 """reconstruct(): CG-SENSE accuracy, input forms, every diffusion method with a tiny trained model, bad input."""
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -8,11 +9,13 @@ import pytest
 import torch
 
 import ambient_mri as am
+from ambient_mri.baselines import SENSE_GRID
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.masks import kspace_mask
 from ambient_mri.metrics import center_crop, evaluate_volume
 from ambient_mri.operators import fft2c
-from ambient_mri.recon import DIFFUSION, SENSE_GRID, check_inputs, prepare_scan, reconstruct, reconstruct_file
+from ambient_mri.recon import DIFFUSION, reconstruct, reconstruct_file
+from ambient_mri.scan import check_inputs, prepare_scan
 from data_tools.simulate import make_fastmri_volume, rss_target, simulate_coil_data, write_fastmri
 from helpers import blobs
 
@@ -238,7 +241,7 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
     """fast: the network sees only measured lines (Ã = the model's further corruption of the scan's mask, ACS
     kept); A-DPS: a fresh training-type Ã that does not depend on the scan's mask."""
     import ambient_mri.sampling as sampling
-    from ambient_mri.recon import _acs_columns
+    from ambient_mri.masks import acs_columns as _acs_columns
 
     seen = []
     real = sampling.Prior.__init__
@@ -380,7 +383,7 @@ def test_bad_input_errors(demo, tmp_path):
 
 def test_model_for_another_operator_is_refused(demo):
     model = am.load_model(demo["run"] / "model.pt")
-    model.info["operator"] = "singlecoil"
+    model.record = dataclasses.replace(model.record, operator="singlecoil")
     with pytest.raises(AmbientMRIError, match="singlecoil"):
         reconstruct(demo["kspace"], demo["mask"], model=model, method="one_step")
 

@@ -84,7 +84,7 @@ def fast_dc(prior: Prior, y: torch.Tensor, A: LinearOperator, shape, steps: int 
 
     The CG is early-stopped (``cg_iters``): it fits the acquired data while keeping D's content where the data say
     little, and stopping regularises against noise amplification. How many steps pay depends on the prior:
-    ``reconstruct`` takes 20 with an ambient model and 10 with a clean one (recon.FAST_DEFAULTS).
+    ``reconstruct`` takes 20 with an ambient model and 10 with a clean one (sampling.policy.FAST_MRI).
     λ_i = lam + rho σ_n² / σ_i² (DiffPIR's data weight): with the noise level σ_n of y (``noise_std``, a float or
     one per example), the denoised estimate at level σ_i counts as a measurement of error ~σ_i, so late steps
     trust D more than the noisy data. ``reconstruct`` estimates σ_n from the scan and takes rho = 10."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..model import apply_denoiser
@@ -21,32 +20,6 @@ class Prior:
         self.nfe += 1
         inp = self.A_tilde.normal(x) if self.A_tilde is not None else x
         return apply_denoiser(self.model, inp, sigma, self.mask_tilde, self.A_tilde)
-
-
-def ambient_sigma_floor(info: dict) -> float:
-    """Smallest σ a sampler should use with a model trained on further-corrupted data (0 for other models).
-
-    EDM preconditioning gives D = c_skip x_in + c_out F with c_out -> 0 as σ -> 0. An ambient network's input
-    Ã^H Ã x lacks what Ã did not see, so at small σ D returns its masked input and cannot add the missing content
-    (samples of an ambient face model looked like masked photos at σ_min = 0.002). Its training σ follow
-    ln σ ~ N(P_mean, P_std²); samplers stop at the median, exp(P_mean) (0.30 for EDM's defaults), and return
-    D there. On the demo and face models: faces at σ_min 0.2 have the clean photos' noise level (0.026 vs 0.028)
-    where 0.002 gave masked images; MRI fast +0.5 dB at R = 4 (docs/reconstruction.md)."""
-    return training_sigma(info, 0.0) if info.get("ambient") else 0.0
-
-
-def one_step_sigma(info: dict) -> float:
-    """σ for A-OS: the anchor's 0.003 assumes a model trained down to that level; ours train ln σ ~ N(P_mean,
-    P_std²), so use the lower 2.3% quantile exp(P_mean - 2 P_std) (0.027 for EDM's defaults), never below 0.003.
-    At a σ the model never saw, D(x) is just x: c_skip -> 1 and F is untrained there."""
-    return max(0.003, training_sigma(info, -2.0))
-
-
-def training_sigma(info: dict, z: float) -> float:
-    """exp(P_mean + z P_std): the σ at z standard deviations of the model's training σ distribution (ln σ normal;
-    EDM's P_mean -1.2, P_std 1.2 when the model file does not record them)."""
-    t = (info.get("recipe") or {}).get("training", {})
-    return float(np.exp(t.get("P_mean", -1.2) + z * t.get("P_std", 1.2)))
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,

@@ -8,6 +8,7 @@ takes its shard, so any number of processes follows the same trajectory and a re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
 from ..files import ensure_space, make_folder, remove_temps, run_lock, save_figure, write_text
 from ..model import Denoiser, apply_denoiser, atomic_torch_save, safe_load, save_model
+from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .recipe import Recipe, load_recipe
 
@@ -93,16 +95,16 @@ def _image_shape(item: dict, operator: str) -> tuple[int, ...]:
     return tuple(y.shape[-2:]) if is_complex(operator) else tuple(y.shape)
 
 
-def model_info(recipe: Recipe, dataset_info: dict, image_shape: tuple[int, ...]) -> dict:
-    """What a model file records about its training (reconstruct builds Ã from it)."""
-    c = recipe.corruption
-    return {
-        "operator": c.operator, "ambient": c.ambient, "cond": list(c.cond) if c.ambient else
-        [ch for ch in c.cond if ch == "ones"], "further": {"extra_lines": c.extra_lines, "delta": c.delta,
-                                                        "acs_lines": c.acs_lines, "redraw": c.redraw},
-        "sigma_n": c.sigma_n, "image_shape": list(image_shape), "sigma_data": recipe.network.sigma_data,
-        "data": dataset_info, "recipe": recipe.to_dict(),
-    }
+def training_record(recipe: Recipe, dataset_info: dict, image_shape: tuple[int, ...]) -> TrainingRecord:
+    """What a model file records about its training (sampling reads it through ``sampling.policy``)."""
+    c, t = recipe.corruption, recipe.training
+    return TrainingRecord(
+        operator=c.operator, ambient=c.ambient, image_shape=tuple(int(v) for v in image_shape),
+        cond=tuple(c.cond) if c.ambient else tuple(ch for ch in c.cond if ch == "ones"),
+        further=FurtherCorruption(c.extra_lines, c.delta, c.acs_lines, c.redraw), sigma_n=c.sigma_n,
+        sigma=SigmaDistribution(t.P_mean, t.P_std), sigma_data=recipe.network.sigma_data,
+        acquisition=acquisition_from_summary(dataset_info.get("mask") or {}, dataclasses.asdict(c)),
+        data=dataset_info, recipe=recipe.to_dict())
 
 
 def network_config(recipe: Recipe, image_channels: int, cond_channels: int) -> dict:
@@ -234,10 +236,10 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     warm-up, EMA; log.jsonl, checkpoints and previews on rank 0."""
     t = r.training
     img_shape = _image_shape(data[0], r.corruption.operator)
-    info = model_info(r, data_info, img_shape)
+    record = training_record(r, data_info, img_shape)
     img_ch = 2 if is_complex(r.corruption.operator) else img_shape[0]
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every rerun
-    model = Denoiser(network_config(r, img_ch, len(info["cond"])), info).to(device)
+    model = Denoiser(network_config(r, img_ch, len(record.cond)), record).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     start = restore(run_dir / CHECKPOINT, model, ema, opt) if (run_dir / CHECKPOINT).is_file() else 0
@@ -333,7 +335,7 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
     import matplotlib.pyplot as plt
 
     from ..corruption import make_operator
-    from ..sampling.prior import one_step_sigma
+    from ..sampling.policy import one_step_sigma
 
     idx = list(range(n_train, len(data)))
     if not idx:
@@ -343,7 +345,7 @@ def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device)
                 ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])
-    rec = apply_denoiser(model, zf, one_step_sigma(model.info), batch["mask"], A)
+    rec = apply_denoiser(model, zf, one_step_sigma(model.record), batch["mask"], A)
     fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
     for row, (a, b) in enumerate(zip(zf, rec)):
         for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):

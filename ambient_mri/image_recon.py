@@ -1,17 +1,9 @@
 """Images with the MRI engine's samplers: unconditional generation, inpainting, denoising, the memorisation probe.
 
-Everything here is a thin layer over ``ambient_mri.sampling`` (``generate``, ``dps``/``adps``, ``ald``, ``fast_dc``,
-``one_step``) with the image operators ``PixelMask`` and ``Identity``. Images are (B, C, H, W) in [-1, 1] (the
-training scale; ``ambient_mri.data.images.to_model_scale`` maps [0, 1] images there).
-
-How a model's training shapes its sampling (read from ``model.info``):
-    ambient pixel model (trained on Ã ⊂ A)  the denoiser sees Ã^H Ã x and the mask of Ã; Ã is a fresh
-                                           training-type mask (pixels missing with the training p and/or the
-                                           training box, then the further δ), fixed for a whole trajectory
-                                           samplers stop at exp(P_mean) (``ambient_sigma_floor``)
-    noisy model (trained on y = x + σ_n z)  the Tweedie loss trains D only for σ > σ_n: samplers stop at
-                                           σ_min = σ_n and return E[x0 | x_σn] (override with sigma_min)
-    clean model                            the plain EDM denoiser
+A thin front end over ``ambient_mri.sampling``: EDM's ``generate`` for generation and, for posteriors, the method
+table, defaults, Ã and σ rules of ``sampling.policy`` (the same ones ``reconstruct`` uses for MRI) with the image
+operators ``PixelMask`` and ``Identity``. Images are (B, C, H, W) in [-1, 1] (the training scale;
+``ambient_mri.data.images.to_model_scale`` maps [0, 1] images there).
 """
 
 from __future__ import annotations
@@ -24,13 +16,12 @@ import torch
 
 from .devices import resolve_device
 from .errors import AmbientMRIError
-from .masks import further_mask
 from .operators import Identity, LinearOperator, PixelMask
-from .sampling import Prior, adps, ald, ambient_sigma_floor, dps, fast_dc, generate, one_step
+from .sampling import generate, policy
+from .sampling.policy import _GEN_TAG, image_prior, sigma_floor
+from .sampling.prior import Prior
 
-METHODS = ("dps", "adps", "ald", "fast_dc", "one_step")
-DEFAULT_STEPS = {"dps": 250, "adps": 250, "ald": 250, "fast_dc": 50, "one_step": 1}
-_GEN_TAG = 31337  # generation / inference masks use their own seeded streams, never the training ones
+METHODS = policy.IMAGE_METHODS
 
 
 @dataclass
@@ -50,66 +41,15 @@ class ImageResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _info(model) -> dict:
-    return getattr(model, "info", {}) or {}
-
-
 def is_image_model(model) -> bool:
-    return _info(model).get("operator") in ("pixel", "identity")
-
-
-def model_sigma_n(model) -> float:
-    return float(_info(model).get("sigma_n") or 0.0)
+    return policy.as_record(model).operator in ("pixel", "identity")
 
 
 def model_image_shape(model) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in _info(model).get("image_shape", ()))
+    shape = policy.as_record(model).image_shape
     if not shape:
         raise AmbientMRIError("the model file does not record its image shape")
     return shape
-
-
-def _is_ambient_pixel(model) -> bool:
-    info = _info(model)
-    return info.get("operator") == "pixel" and bool(info.get("ambient"))
-
-
-def training_type_mask(model, batch: int, seed: int = 0) -> torch.Tensor | None:
-    """A fresh Ã (B, 1, H, W) of the kind an ambient pixel model was trained with (None for other models):
-    the training acquisition (missing pixels with probability p, and/or a missing box), then the further
-    corruption (each kept pixel dropped with probability δ). Sample b uses the generators seeded by (seed, b)."""
-    if not _is_ambient_pixel(model):
-        return None
-    from .data.images import box_mask
-
-    info = _info(model)
-    _, H, W = model_image_shape(model)
-    rec = info.get("recipe", {}).get("corruption", {})
-    m = info.get("data", {}).get("mask", {}) or {}
-    p = float(m.get("p", rec.get("p", 0.0)) or 0.0)
-    box = m.get("box", rec.get("box"))
-    delta = (info.get("further") or {}).get("delta")
-    rows = []
-    for b in range(batch):
-        a = (np.random.RandomState((seed, _GEN_TAG, b, 0)).uniform(size=(H, W)) >= p).astype(np.float32)
-        if box is not None:
-            a = a * box_mask((H, W), int(box), seed=(seed, _GEN_TAG, b, 1))
-        if delta is not None:
-            a = further_mask(a, delta=float(delta), seed=(seed, _GEN_TAG, b, 2), kind="pixels")
-        rows.append(a)
-    return torch.from_numpy(np.stack(rows))[:, None]
-
-
-def image_prior(model, batch: int, seed: int = 0, device=None) -> Prior:
-    """The Prior the samplers use: with a fixed training-type Ã per trajectory for ambient pixel models."""
-    mt = training_type_mask(model, batch, seed)
-    if mt is None:
-        if "mask" in (_info(model).get("cond") or ()):  # e.g. an identity model trained with a mask channel
-            _, H, W = model_image_shape(model)[-3:]
-            return Prior(model, None, torch.ones(batch, 1, H, W, device=device))
-        return Prior(model)
-    mt = mt.to(device)
-    return Prior(model, PixelMask(mt), mt)
 
 
 def _device(model, device) -> torch.device:
@@ -127,11 +67,9 @@ def _device(model, device) -> torch.device:
 
 
 def default_sigma_min(model, sigma_min: float | None = None, floor: float = 0.002) -> float:
-    """σ_min of the sampler: the given one, else ``floor``, σ_n for a model trained on noisy images, and the
-    ambient floor (``ambient_sigma_floor``) for a model trained on further-corrupted pixels, whichever is largest."""
-    if sigma_min is not None:
-        return float(sigma_min)
-    return max(floor, model_sigma_n(model), ambient_sigma_floor(_info(model)))
+    """σ_min of generation: the given one, else ``policy.sigma_floor`` (``floor``, σ_n of a noisy model, the
+    ambient floor of an ambient one, whichever is largest)."""
+    return float(sigma_min) if sigma_min is not None else sigma_floor(policy.as_record(model), floor)
 
 
 @torch.no_grad()
@@ -145,14 +83,13 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
     """
     if num < 1 or batch_size < 1 or steps < 1:
         raise AmbientMRIError(f"num, batch_size and steps must be >= 1 (got {num}, {batch_size}, {steps})")
-    info = _info(model)
-    op = info.get("operator")
-    if op in ("multicoil", "singlecoil") and info.get("ambient"):
+    r = policy.as_record(model)
+    if r.is_mri and r.ambient:
         raise AmbientMRIError("generation from an ambient MRI model needs coil maps and a k-space Ã; "
                               "use ambient_mri.reconstruct for posterior sampling instead")
     dev = _device(model, device)
     shape = model_image_shape(model)
-    complex_ = op in ("multicoil", "singlecoil")
+    complex_ = r.is_mri
     img_shape = tuple(shape[-2:]) if complex_ else shape
     s_min = default_sigma_min(model, sigma_min)
     out = []
@@ -189,8 +126,9 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
 
 def _check_model(model) -> tuple[int, int, int]:
     if not is_image_model(model):
-        raise AmbientMRIError(f"model was trained for the {_info(model).get('operator')!r} operator; inpainting and "
-                              "denoising need an image model (operator pixel or identity)")
+        op = policy.as_record(model).operator
+        raise AmbientMRIError(f"model was trained for the {op!r} operator; inpainting and denoising need an image "
+                              "model (operator pixel or identity)")
     return model_image_shape(model)
 
 
@@ -200,11 +138,11 @@ def posterior(model, y, A: LinearOperator, mask: torch.Tensor, sigma_n: float = 
     """Posterior samples of x given y = A x + σ_n z for an image model, with the package's samplers.
 
     y (B, C, H, W); ``mask`` (B, 1, H, W) is the mask of A (ones for the identity), shown to ambient models by
-    ``one_step``. method: dps | adps (A-DPS: dps through a training-type Ã; chosen automatically for ambient
-    models) | ald | fast_dc | one_step. ``options`` go to the sampler (zeta, sigma_max, sigma_min, ...).
+    ``one_step``. method: dps | adps (A-DPS: dps through a training-type Ã; an ambient model always sees one) |
+    ald | fast (also called fast_dc) | one_step. ``options`` go to the sampler (zeta, sigma_max, sigma_min, ...;
+    the method table of ``sampling.policy`` lists them).
     """
-    if method not in METHODS:
-        raise AmbientMRIError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    m = policy.method(method, "image", options)
     if num_samples < 1:
         raise AmbientMRIError(f"num_samples must be >= 1, got {num_samples}")
     if sigma_n < 0:
@@ -216,24 +154,15 @@ def posterior(model, y, A: LinearOperator, mask: torch.Tensor, sigma_n: float = 
         raise AmbientMRIError(f"the model was trained on {C}x{H}x{W} images, the input is "
                               f"{'x'.join(map(str, y.shape[-3:]))}")
     mask = mask.to(dev)
-    steps = steps or DEFAULT_STEPS[method]
+    steps = steps or policy.default_steps(m, policy.as_record(model))
     B = y.shape[0]
     tic = time.time()
     samples, nfe = [], 0
     for s in range(num_samples):
         run_seed = seed * 1_000_003 + s
-        if method == "one_step":
-            prior = Prior(model)
-            x = one_step(prior, y, A, mask, sigma=options.get("sigma", max(0.003, sigma_n)))
-        else:
-            prior = image_prior(model, B, seed=run_seed, device=dev)
-            opts = dict(options)
-            opts.setdefault("sigma_min", default_sigma_min(model, None, floor=0.004))
-            if method == "ald":
-                opts.setdefault("gamma", max(sigma_n, 1e-3))
-            fn = {"dps": dps, "adps": adps, "ald": ald, "fast_dc": fast_dc}[method]
-            x = fn(prior, y, A, (B, C, H, W), steps=steps, seed=run_seed, dtype=torch.float32, progress=progress,
-                   **opts)
+        prior = Prior(model) if m.name == "one_step" else image_prior(model, B, seed=run_seed, device=dev)
+        x = policy.sample(m, prior, y, A, (B, C, H, W), mask, steps, run_seed, sigma_n=sigma_n, progress=progress,
+                          dtype=torch.float32, **options)
         samples.append(x.detach().cpu().clamp(-1, 1))
         nfe += prior.nfe
     stack = torch.stack(samples)

@@ -1,0 +1,122 @@
+"""A multi-coil scan as reconstruction takes it: input checks, the per-slice preparation that training data got
+(readout crop, ESPIRiT maps and the intensity scale from the ACS lines only), the noise level, and whether a model
+suits the scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import AmbientMRIError
+from .metrics import center_crop
+from .record import TrainingRecord
+
+
+def _as_numpy(a, name: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
+    """-> k-space (S, C, H, W) complex64 zeroed off the mask, and per-slice column masks (S, W)."""
+    k = _as_numpy(kspace, "kspace")
+    if not np.iscomplexobj(k):
+        raise AmbientMRIError(f"kspace must be complex, got {k.dtype}")
+    if k.ndim == 3:
+        k = k[None]
+    if k.ndim != 4:
+        raise AmbientMRIError(f"kspace must be (S, C, H, W) or (C, H, W), got shape {k.shape}")
+    if not np.isfinite(k).all():
+        raise AmbientMRIError("kspace contains NaN or Inf")
+    S, _, H, W = k.shape
+    m = _as_numpy(mask, "mask").astype(np.float32)
+    if m.ndim == 0 or m.shape[-1] != W:
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
+    if not np.isfinite(m).all():
+        raise AmbientMRIError("mask contains NaN or Inf")
+    if (m.ndim == 2 and m.shape[0] == H and H != S) or (m.ndim == 3 and m.shape[:2] == (S, H) and H > 1):
+        # (H, W) or per-slice (S, H, W) column masks
+        if not (m == m[..., :1, :]).all():
+            raise AmbientMRIError("the mask varies along the readout (rows): reconstruct takes Cartesian "
+                                  "column (phase-encode) masks only")
+        m = m[..., :1, :]
+    m = np.broadcast_to(m.reshape(-1, W), (S, W)).copy() if m.reshape(-1, W).shape[0] in (1, S) else None
+    if m is None:
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W), one row per slice ({S}, W) "
+                              f"or per-slice ({S}, H, W)")
+    if not (m != 0).any(axis=1).all():
+        raise AmbientMRIError("mask is all zero for at least one slice: nothing was acquired")
+    return (k * m[:, None, None, :]).astype(np.complex64), m
+
+
+def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
+    """Per slice: readout crop, ESPIRiT maps (unless given) and the intensity scale, from the ACS lines only."""
+    from .data.prepared import calibration_columns, calibration_scale, prepare_slice, row_crop
+
+    S, _, _, W = k.shape
+    if maps is not None:
+        maps = _as_numpy(maps, "maps")
+        if maps.ndim not in (3, 4) or (maps.ndim == 4 and maps.shape[0] not in (1, S)):
+            raise AmbientMRIError(f"maps must be (C, H, W) or (S={S}, C, H, W), got shape {maps.shape}")
+    ks, mps, scales = [], [], []
+    for s in range(S):
+        lines = np.flatnonzero(m[s])
+        if maps is None:
+            try:
+                p = prepare_slice(k[s][..., lines], lines, W, rows=rows)
+            except AmbientMRIError as e:
+                raise AmbientMRIError(f"slice {s}: {e}") from None
+            full = np.zeros((*p.kspace.shape[:-1], W), np.complex64)
+            full[..., lines] = p.kspace
+            ks.append(full), mps.append(p.maps), scales.append(p.scale)
+        else:
+            full = row_crop(k[s], rows or k.shape[-2])
+            mp = maps[s if maps.shape[0] == S else 0] if maps.ndim == 4 else maps
+            if mp.shape != full.shape:
+                raise AmbientMRIError(f"maps of shape {mp.shape} do not match the k-space slice {full.shape}")
+            ks.append(full * m[s]), mps.append(mp.astype(np.complex64))
+            scales.append(calibration_scale(full * m[s], mp, calibration_columns(m[s])))
+    return np.stack(ks), np.stack(mps), np.asarray(scales, np.float32)
+
+
+def scan_noise_std(k: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(S,) thermal noise per k-space sample of each slice (data.prepared.noise_std on its acquired columns), in
+    the input's scale."""
+    from .data.prepared import noise_std
+
+    return np.array([noise_std(k[s][..., np.flatnonzero(m[s])]) for s in range(k.shape[0])])
+
+
+def check_multicoil_model(model) -> TrainingRecord:
+    """The model's training record, if the model suits multi-coil k-space; else an AmbientMRIError saying why."""
+    record = getattr(model, "record", None)
+    if not isinstance(record, TrainingRecord):
+        raise AmbientMRIError(f"model must be a model file or a loaded ambient_mri model (load_model), got "
+                              f"{type(model).__name__}")
+    if record.operator != "multicoil":
+        raise AmbientMRIError(f"model was trained for the {record.operator!r} operator, not multi-coil MRI")
+    return record
+
+
+def model_rows(model, H0: int, W: int) -> int:
+    """Check that ``model`` suits multi-coil k-space (S, C, H0, W); -> its image rows (the readout crop)."""
+    shape = check_multicoil_model(model).image_shape
+    if not shape:
+        return H0
+    h, w = shape[-2:]
+    if w != W or h > H0:
+        raise AmbientMRIError(f"model was trained on {h}x{w} images but the k-space is {H0}x{W} (rows can only be "
+                              "cropped, columns must match); retrain at this size or resample the data")
+    return h
+
+
+def zero_filled_rss(k: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """fastMRI's zero-filled baseline: RSS of the inverse FFT of the undersampled k-space, centre-cropped."""
+    from .coils import rss
+    from .operators import ifft2c
+
+    img = rss(ifft2c(torch.from_numpy(k * m.reshape(-1, 1, 1, k.shape[-1])))).numpy()
+    return center_crop(img, size).astype(np.float32)
+
+
