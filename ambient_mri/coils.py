@@ -10,6 +10,8 @@ import torch
 from .errors import AmbientMRIError
 from .masks import calibration_width
 
+MIN_ACS_LINES = 6  # fewer: an error (sigpy's ESPIRiT on a 4-line region returns maps that are zero everywhere)
+
 
 def default_kernel_width(calib_width: int) -> int:
     """ESPIRiT kernel width for a calibration width.
@@ -59,10 +61,11 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     acs = calibration_width(np.abs(k).reshape(-1, k.shape[-1]) > 0 if mask is None else m)
     if calib_width is None:
         calib_width = min(acs, 32)
-    if calib_width < 6:
+    if calib_width < MIN_ACS_LINES:
         raise AmbientMRIError(
-            f"espirit: only {acs} fully acquired centre (ACS) lines; need at least 6 to estimate coil maps "
-            "(pass maps explicitly)"
+            f"espirit: need at least {MIN_ACS_LINES} fully acquired centre (ACS) lines to estimate coil maps, found "
+            f"{acs}" + ("" if calib_width == acs else f" (calib_width {calib_width})") + "; acquire more ACS lines "
+            "or pass maps explicitly"
         )
     if calib_width > acs:
         raise AmbientMRIError(f"espirit: calib_width {calib_width} exceeds the {acs} acquired ACS lines")
@@ -74,6 +77,10 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
                                    max_iter=max_iter, device=dev, show_pbar=show_pbar, **sigpy_options).run()
         for s in batch
     ]).astype(k.dtype if k.dtype == np.complex128 else np.complex64)
+    empty = [i for i, mp in enumerate(maps) if not np.any(mp)]
+    if empty:
+        raise AmbientMRIError(f"espirit: the maps of slice(s) {empty} are zero everywhere (no eigenvalue above crop "
+                              f"{crop} from {calib_width} ACS lines): acquire more ACS lines or pass maps explicitly")
     maps = maps if k.ndim == 4 else maps[0]
     return torch.from_numpy(maps) if is_torch else maps
 
