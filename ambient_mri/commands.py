@@ -24,7 +24,7 @@ from .files import (
     write_json,
     write_text,
 )
-from .recon import METHODS
+from .sampling.policy import MRI_METHODS as METHODS
 
 
 def _fingerprint(path: Path) -> dict:
@@ -214,6 +214,12 @@ def run_evaluate(args) -> int:
     return 1 if bad else 0
 
 
+def _run_demo(args) -> int:
+    from .demo import run_demo  # torch training and the demo data sources load only when the demo runs
+
+    return run_demo(args)
+
+
 def add_commands(sub) -> None:
     r = sub.add_parser("reconstruct", help="reconstruct fastMRI files (a file or a folder)")
     r.add_argument("--model", help="model file (needed by the diffusion methods)")
@@ -249,4 +255,4 @@ def add_commands(sub) -> None:
     d.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default 0: 1 or torch's default, whichever a quick benchmark finds "
                         "faster on this machine now; on busy cores one thread can be 20x faster)")
-    d.set_defaults(func=lambda a: __import__("ambient_mri.demo", fromlist=["run_demo"]).run_demo(a))
+    d.set_defaults(func=_run_demo)

@@ -27,7 +27,7 @@ from .files import make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
-METHODS = ("zero_filled", "sense", "l1_wavelet", "one_step", "fast", "adps")
+DEMO_METHODS = ("zero_filled", "sense", "l1_wavelet", "one_step", "fast", "adps")
 
 
 def pick_threads(size: int, device: str | None = None) -> int:
@@ -118,7 +118,7 @@ def _run_demo(args) -> int:
     results: dict = {}
     for R in (4, 8):
         cf = demo_center_fraction(args.size, R)
-        for method in METHODS:
+        for method in DEMO_METHODS:
             folder = out / "recon" / f"r{R}" / method
             t0 = time.time()
             nfe = 0
@@ -161,12 +161,12 @@ def _figure(out: Path, raw_val) -> None:
         ref = h["reconstruction_rss"][()]
     s = ref.shape[0] // 2
     vmax = float(ref.max())
-    fig, axes = plt.subplots(4, len(METHODS) + 1, figsize=(2.2 * (len(METHODS) + 1), 9))
+    fig, axes = plt.subplots(4, len(DEMO_METHODS) + 1, figsize=(2.2 * (len(DEMO_METHODS) + 1), 9))
     for row, R in enumerate((4, 8)):
         axes[2 * row, 0].imshow(ref[s], cmap="gray", vmin=0, vmax=vmax)
         axes[2 * row, 0].set_title(f"reference (R={R} row)", fontsize=8)
         axes[2 * row + 1, 0].axis("off")
-        for col, method in enumerate(METHODS, start=1):
+        for col, method in enumerate(DEMO_METHODS, start=1):
             with h5py.File(out / "recon" / f"r{R}" / method / f.name, "r") as h:
                 rec = h["reconstruction"][s]
             axes[2 * row, col].imshow(rec, cmap="gray", vmin=0, vmax=vmax)

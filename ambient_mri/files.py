@@ -93,6 +93,21 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def write_h5(path: str | os.PathLike, datasets: dict, attrs: dict | None = None) -> None:
+    """One HDF5 file of ``datasets`` (bytes become ASCII strings, as fastMRI's ``ismrmrd_header``) and ``attrs``,
+    written atomically."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
+        for name, data in datasets.items():
+            if isinstance(data, bytes):
+                hf.create_dataset(name, data=data, dtype=h5py.string_dtype("ascii"))
+            else:
+                hf.create_dataset(name, data=data)
+        for name, value in (attrs or {}).items():
+            hf.attrs[name] = value
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
     """A matplotlib figure as an atomic PNG; the figure is closed."""
     import matplotlib.pyplot as plt

@@ -1,13 +1,8 @@
-"""``ambient-mri sample`` and ``ambient-mri memorization``: generation and the memorisation study.
-
-Wire into the main parser with ``add_image_commands(subparsers)``; ``python -m ambient_mri.image_commands`` runs
-them on their own.
-"""
+"""``ambient-mri sample`` and ``ambient-mri memorization``: generation and the memorisation study (wired into the
+main parser, ``ambient_mri.cli``, by ``add_image_commands(subparsers)``)."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -146,18 +141,3 @@ def add_image_commands(sub) -> None:
     m.add_argument("--center", action="store_true", help="mean-centre images before the cosine (correlation)")
     m.add_argument("--num-pairs", type=int, default=8, help="sample / neighbour pairs per figure")
     m.set_defaults(func=run_memorization)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ambient-mri", description=__doc__)
-    add_image_commands(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except AmbientMRIError as e:
-        print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

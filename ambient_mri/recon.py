@@ -18,7 +18,7 @@ import torch
 from . import baselines
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
-from .files import atomic_path, ensure_space
+from .files import ensure_space, write_h5
 from .masks import COLUMN_KINDS, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -151,7 +151,6 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     fully-sampled files are undersampled retrospectively with ``mask``/``acceleration``/``center_fraction``
     (seeded by the file name, as fastMRI does). ``settings``: a string stored as the ``settings`` attribute, by
     which a resumed folder run recognises a finished output."""
-    import h5py
 
     if Path(out_path).resolve() == Path(in_path).resolve():
         raise DataFileError(out_path, f"is the input file {in_path}: refusing to write over input data")
@@ -188,14 +187,9 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     out_path = Path(out_path)
     h, w = int(h), int(w)
     ensure_space(out_path.parent, 4 * k.shape[0] * h * w * (3 if res.std is not None else 2), out_path.name)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("reconstruction", data=res.magnitude)
-        f.create_dataset("zero_filled", data=zero_filled_rss(k, m, (h, w)))
-        if res.std is not None:
-            f.create_dataset("std", data=res.std)
-        f.attrs["method"] = res.method
-        f.attrs["nfe"] = res.nfe
-        f.attrs["acceleration"] = float(m.size / max(np.count_nonzero(m), 1))
-        if settings is not None:
-            f.attrs["settings"] = settings
+    datasets = {"reconstruction": res.magnitude, "zero_filled": zero_filled_rss(k, m, (h, w))}
+    if res.std is not None:
+        datasets["std"] = res.std
+    attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(m.size / max(np.count_nonzero(m), 1))}
+    write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path

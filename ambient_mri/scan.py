@@ -52,7 +52,7 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
 
 def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
     """Per slice: readout crop, ESPIRiT maps (unless given) and the intensity scale, from the ACS lines only."""
-    from .data.prepared import calibration_columns, calibration_scale, prepare_slice, row_crop
+    from .data.calibration import calibration_columns, calibration_scale, prepare_slice, row_crop
 
     S, _, _, W = k.shape
     if maps is not None:
@@ -83,7 +83,7 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
 def scan_noise_std(k: np.ndarray, m: np.ndarray) -> np.ndarray:
     """(S,) thermal noise per k-space sample of each slice (data.prepared.noise_std on its acquired columns), in
     the input's scale."""
-    from .data.prepared import noise_std
+    from .data.calibration import noise_std
 
     return np.array([noise_std(k[s][..., np.flatnonzero(m[s])]) for s in range(k.shape[0])])
 

@@ -85,7 +85,8 @@ def _train_and_sample(job: dict) -> dict:
     """Worker: train one model (evaluating it at each of job["stages"] on the way), draw its samples, run the
     probe. Returns its record and the samples' path."""
     torch.set_num_threads(job["threads"])
-    from ambient_mri.data.images import corrupt_images, load_images
+    from ambient_mri.data.image_measurements import corrupt_images
+    from ambient_mri.data.images import load_images
     from ambient_mri.image_commands import write_samples
     from ambient_mri.image_recon import default_sigma_min, memorization_probe, sample_images
     from ambient_mri.model import load_model, safe_load
@@ -170,7 +171,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
-    from ambient_mri.data.images import ImageSet, corrupt_images, load_images
+    from ambient_mri.data.image_measurements import corrupt_images
+    from ambient_mri.data.images import ImageSet, load_images
     from ambient_mri.memorization import (
         noise_recall,
         plot_histogram,

@@ -39,15 +39,9 @@ import h5py
 import numpy as np
 
 from ambient_mri.coils import sense_combine
+from ambient_mri.data.calibration import apply_compression, prepare_slice, row_crop
 from ambient_mri.data.fastmri import FastMRIVolume, read_fastmri
-from ambient_mri.data.prepared import (
-    FORMAT,
-    REFERENCE_FORMAT,
-    SCALE_RULE,
-    apply_compression,
-    prepare_slice,
-    row_crop,
-)
+from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.files import atomic_path, ensure_space, input_files, refuse_overwrite, remove_temps, run_lock
 from ambient_mri.masks import COLUMN_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies

@@ -63,7 +63,7 @@ import h5py
 import numpy as np
 
 from ambient_mri.errors import AmbientMRIError, DataFileError
-from ambient_mri.files import atomic_path, make_folder, refuse_overwrite, remove_temps, run_lock, unusable_reason
+from ambient_mri.files import make_folder, refuse_overwrite, remove_temps, run_lock, unusable_reason, write_h5
 from ambient_mri.masks import acs_width
 
 FORMAT = "ambient_mri.convert/1"
@@ -752,14 +752,7 @@ def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> 
         # fastMRI stores the nominal integer factor; without one in the header, the achieved one (2 decimals)
         attrs["acceleration"] = int(round(accel)) if abs(accel - round(accel)) < 1e-6 else round(float(accel), 2)
         attrs["num_low_frequency"] = acs_width(mask)
-    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as hf:
-        for name, data in datasets.items():
-            if isinstance(data, bytes):
-                hf.create_dataset(name, data=data, dtype=h5py.string_dtype("ascii"))
-            else:
-                hf.create_dataset(name, data=data)
-        for name, value in attrs.items():
-            hf.attrs[name] = value
+    write_h5(out_path, datasets, attrs)
     return ConvertedFile(str(source), "converted", "", str(out_path), fmt, tuple(asm.kspace.shape), fully,
                          asm.prewhitened, float(round(accel, 2)), asm.notes, time.time() - tic)
 

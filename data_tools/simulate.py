@@ -13,18 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import sigpy.mri
 import torch
 
+from ambient_mri.data.fastmri_header import ISMRMRD_NAMESPACE
 from ambient_mri.errors import AmbientMRIError
-from ambient_mri.files import atomic_path
+from ambient_mri.files import write_h5
 from ambient_mri.masks import acs_width
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
-
-ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 
 
 @dataclass
@@ -231,7 +229,7 @@ def write_fastmri(
         datasets[key] = tgt
     if m is not None:
         datasets["mask"] = m.astype(bool)
-    _atomic_write(path, datasets, _file_attrs(path, tgt, m, acquisition, attrs))
+    write_h5(path, datasets, _file_attrs(path, tgt, m, acquisition, attrs))
     return path
 
 
@@ -310,13 +308,3 @@ def _file_attrs(
     return out
 
 
-def _atomic_write(path: Path, datasets: dict, attrs: dict) -> None:
-    """One HDF5 file through ``files.atomic_path``: readers never see half a file."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as hf:
-        for name, data in datasets.items():
-            if isinstance(data, bytes):
-                hf.create_dataset(name, data=data, dtype=h5py.string_dtype("ascii"))
-            else:
-                hf.create_dataset(name, data=data)
-        for name, value in attrs.items():
-            hf.attrs[name] = value

@@ -11,7 +11,7 @@ import torch
 
 import ambient_mri as am
 from ambient_mri.coils import MIN_ACS_LINES, default_kernel_width, espirit, rss, sense_combine
-from ambient_mri.data.prepared import row_crop
+from ambient_mri.data.calibration import row_crop
 from ambient_mri.masks import calibration_width, center_block, kspace_mask
 from ambient_mri.metrics import center_crop, evaluate_volume
 from ambient_mri.solvers import conjugate_gradient

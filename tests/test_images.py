@@ -16,17 +16,15 @@ import ambient_mri.image_recon as im
 import ambient_mri.metrics as metrics
 import ambient_mri.sampling as sampling
 import ambient_mri.training.trainer as trainer
+from ambient_mri.cli import main as image_cli
 from ambient_mri.data.factory import build_training_data
+from ambient_mri.data.image_measurements import ImageMeasurements, box_mask, corrupt_images
 from ambient_mri.data.images import (
-    ImageMeasurements,
-    box_mask,
-    corrupt_images,
     image_set_from_array,
     load_images,
     read_image_folder,
 )
 from ambient_mri.errors import AmbientMRIError, DataFileError, RecipeError
-from ambient_mri.image_commands import main as image_cli
 from ambient_mri.memorization import load_samples
 from ambient_mri.model import load_model
 from ambient_mri.sampling.prior import Prior
@@ -106,7 +104,7 @@ def test_training_goes_through_the_mri_trainer_and_loss(trained):
 
 def test_generation_and_posteriors_use_the_package_samplers(trained, monkeypatch):
     assert im.generate is sampling.generate  # posteriors go through sampling.policy, which calls these by name
-    assert all(getattr(sampling, name) in (sampling.dps, sampling.adps, sampling.ald, sampling.fast_dc)
+    assert all(getattr(im.policy.posterior, name) in (sampling.dps, sampling.adps, sampling.ald, sampling.fast_dc)
                for name in im.policy.SAMPLERS.values())
     seen = []
     original = Prior.denoise

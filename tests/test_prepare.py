@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ambient_mri.data.prepared import FORMAT, PreparedSlices, row_crop
+from ambient_mri.data.calibration import row_crop
+from ambient_mri.data.prepared import FORMAT, PreparedSlices
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.masks import kspace_mask
 from ambient_mri.operators import MultiCoilMRI
@@ -366,7 +367,7 @@ def test_calibration_volume_uses_slices_of_neither_split(tmp_path):
 def test_noise_std_reads_the_noise_level_from_the_readout_oversampling(std):
     """data.prepared.noise_std on the acquired columns of 2x-oversampled 8-coil k-space: the simulated complex
     noise level to within 5%, whatever the acceleration; noise-free data give (almost) zero."""
-    from ambient_mri.data.prepared import noise_std
+    from ambient_mri.data.calibration import noise_std
     from ambient_mri.masks import kspace_mask
     from data_tools.simulate import simulate_coil_kspace
     from helpers import blobs

@@ -172,7 +172,7 @@ def test_fast_defaults_depend_on_the_kind_of_prior(demo, monkeypatch):
     """FAST_DEFAULTS: 20 CG steps between denoiser calls and deterministic DDIM steps for an ambient model, 10
     and η 0.5 for a clean one, the data weight ρ 10 for both (chosen on the demo calibration volume,
     benchmarks/tune_fast.py); explicit options win."""
-    import ambient_mri.sampling as sampling
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.model import Denoiser
     from ambient_mri.training.recipe import load_recipe
     from ambient_mri.training.trainer import network_config
@@ -195,7 +195,7 @@ def test_fast_weighs_the_data_by_the_scans_own_noise_level(demo, monkeypatch):
     """The fast sampler's σ_n comes from the scan (the demo data carry complex noise of std 0.005 per k-space
     sample), is recorded in ``extra`` and reaches the sampler per slice in the normalised scale; a given
     ``noise_std`` (input scale) replaces the estimate."""
-    import ambient_mri.sampling as sampling
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
 
     seen = []
     real = sampling.fast_dc
@@ -240,7 +240,7 @@ def test_fast_sampler_is_data_consistent(demo):
 def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
     """fast: the network sees only measured lines (Ã = the model's further corruption of the scan's mask, ACS
     kept); A-DPS: a fresh training-type Ã that does not depend on the scan's mask."""
-    import ambient_mri.sampling as sampling
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.masks import acs_columns as _acs_columns
 
     seen = []
@@ -277,7 +277,7 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
 
 
 def test_ambient_mri_samplers_stop_at_the_ambient_sigma_floor(demo, monkeypatch):
-    import ambient_mri.sampling as sampling
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.sampling import ambient_sigma_floor
 
     got = []
@@ -296,7 +296,7 @@ def test_ambient_mri_samplers_stop_at_the_ambient_sigma_floor(demo, monkeypatch)
 def test_clean_prior_sees_what_it_was_trained_on_and_output_lies_in_the_maps_range(demo, monkeypatch):
     """A clean (oracle) multi-coil model is trained on A^H A (x0 + σ n) with a full mask, so samplers must feed
     it S^H S x, not x; and no sampler may leave content where the coil maps are zero (nothing constrains it)."""
-    import ambient_mri.sampling as sampling
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.training.trainer import train
 
     paths = demo["paths"]

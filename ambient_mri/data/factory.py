@@ -25,7 +25,7 @@ def build_training_data(recipe):
         base = PreparedSlices(d.path, limit=d.limit)
         return with_further(base, recipe), base.info()
     if d.kind in ("images", "faces", "mnist"):
-        from .images import build_image_measurements
+        from .image_measurements import build_image_measurements
 
         base = build_image_measurements(recipe)
         return with_further(base, recipe), base.info()

@@ -15,140 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
 from ..errors import DataFileError
+from .fastmri_header import read_header
+from .lazy_h5 import LazyH5Array
 
-ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 KSPACE_KEY = "kspace"
 MASK_KEY = "mask"
-HEADER_KEY = "ismrmrd_header"
 # fastMRI's SliceDataset uses "reconstruction_esc" for single-coil and "reconstruction_rss" for multi-coil.
 TARGET_KEYS = {
     True: ("reconstruction_rss", "reconstruction_esc"),
     False: ("reconstruction_esc", "reconstruction_rss"),
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# Lazy array
-# --------------------------------------------------------------------------------------------------
-
-
-class LazyH5Array:
-    """Array-like view of one HDF5 dataset: indexing reads only the selection, as a numpy copy.
-
-    ``check_finite`` makes every read raise ``DataFileError`` (naming the slices) on NaN/Inf.
-    """
-
-    def __init__(
-        self,
-        volume: FastMRIVolume,
-        key: str,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        check_finite: bool = False,
-    ):
-        self._volume = volume
-        self.key = key
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.check_finite = check_finite
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"LazyH5Array({self._volume.path.name}:{self.key}, shape={self.shape}, dtype={self.dtype})"
-
-    def __getitem__(self, index) -> np.ndarray:
-        with self._volume._h5() as hf:
-            out = self._read(hf[self.key], index)
-        out = np.array(out, dtype=self.dtype, copy=True)  # detach from h5py buffers (issue 215)
-        if self.check_finite:
-            self._raise_if_not_finite(out, index)
-        return out
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[()]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def read(self) -> np.ndarray:
-        """The whole dataset as a numpy array (reads everything)."""
-        return self[()]
-
-    def _read(self, ds: h5py.Dataset, index):
-        try:
-            return self._select(ds, index)
-        except OSError as err:
-            raise DataFileError(
-                self._volume.path, f"could not read {self.key}[{_fmt(index)}]: {err}"
-            ) from err
-
-    def _select(self, ds: h5py.Dataset, index):
-        first, rest = _split_index(index)
-        if not (isinstance(first, (list, np.ndarray)) and np.asarray(first).dtype.kind in "iu"):
-            return ds[index]
-        # h5py only accepts increasing, unique index lists: read those, then reorder as numpy would.
-        ids = np.asarray(first)
-        flat = np.where(ids < 0, ids + self.shape[0], ids).ravel()
-        if flat.size and (flat.min() < 0 or flat.max() >= self.shape[0]):
-            raise IndexError(f"index out of range for {self.key} with {self.shape[0]} slices")
-        uniq, inverse = np.unique(flat, return_inverse=True)
-        if not uniq.size:
-            return np.empty((0, *self.shape[1:]), ds.dtype)[(slice(None), *rest)]
-        block = ds[(uniq.tolist(), *rest)]
-        return block[inverse.reshape(ids.shape)]
-
-    def _raise_if_not_finite(self, out: np.ndarray, index) -> None:
-        finite = np.isfinite(out)
-        if finite.all():
-            return
-        path = self._volume.path
-        bad = _bad_slices(finite, index, self.shape[0])
-        if bad is None:
-            raise DataFileError(path, f"{self.key} contains non-finite values (NaN or Inf)")
-        which = f"slice {bad[0]}" if len(bad) == 1 else f"slices {bad}"
-        raise DataFileError(path, f"{self.key} {which} contains non-finite values (NaN or Inf)")
-
-
-def _split_index(index) -> tuple[Any, tuple]:
-    if isinstance(index, tuple):
-        return (index[0], index[1:]) if index else (Ellipsis, ())
-    return index, ()
-
-
-def _bad_slices(finite: np.ndarray, index, num_slices: int) -> list[int] | None:
-    """Slice numbers (in the file) whose read data hold NaN/Inf; None if the index is too exotic to map."""
-    first, _ = _split_index(index)
-    try:
-        ids = np.arange(num_slices)[first if first is not Ellipsis else slice(None)]
-    except (IndexError, TypeError):
-        return None
-    if np.ndim(ids) == 0:
-        return [int(ids)]
-    if finite.ndim == 0 or finite.shape[0] != len(ids):
-        return None
-    ok = finite.reshape(len(ids), -1).all(axis=1)
-    return [int(i) for i in np.asarray(ids)[~ok]]
-
-
-def _fmt(index) -> str:
-    return "..." if index is Ellipsis or (isinstance(index, tuple) and not index) else str(index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +64,7 @@ class FastMRIVolume:
             self.target_key = _pick_target_key(self.path, hf, self.multicoil, target_key)
             target_shape = _target_shape(self.path, hf, self.target_key, shape)
             self.mask = _read_mask(self.path, hf, shape[-1])
-            self.header = _read_header(self.path, hf, shape, target_shape)
+            self.header = read_header(self.path, hf, shape, target_shape)
             self.attrs = {k: _plain(v) for k, v in hf.attrs.items()}
         self.kspace = LazyH5Array(self, KSPACE_KEY, shape, np.complex64, check_finite=True)
         self.target = (
@@ -367,89 +250,6 @@ def _read_mask(path: Path, hf: h5py.File, width: int) -> np.ndarray | None:
     if not mask.any():
         raise DataFileError(path, "mask is all zero (no acquired columns)")
     return mask
-
-
-def _read_header(path: Path, hf: h5py.File, kshape: tuple[int, ...], target_shape: tuple | None) -> dict:
-    if HEADER_KEY not in hf:
-        return _header_from_shapes(kshape, target_shape)
-    try:
-        raw = hf[HEADER_KEY][()]
-    except (OSError, TypeError) as err:
-        raise DataFileError(path, f"ismrmrd_header cannot be read: {err}") from err
-    return _parse_header(path, raw)
-
-
-def _header_from_shapes(kshape: tuple[int, ...], target_shape: tuple | None) -> dict:
-    """Without a header: no padding, encoded size = k-space size, recon size = target size (else k-space)."""
-    H, W = kshape[-2:]
-    h, w = target_shape[-2:] if target_shape is not None else (H, W)
-    return {
-        "encoding_size": (int(H), int(W), 1),
-        "recon_size": (int(h), int(w), 1),
-        "enc_limits_min": 0,
-        "enc_limits_center": int(W) // 2,
-        "enc_limits_max": int(W),
-        "padding_left": 0,
-        "padding_right": int(W),
-        "from_xml": False,
-    }
-
-
-def _parse_header(path: Path, raw) -> dict:
-    if isinstance(raw, np.ndarray):
-        raw = raw.item() if raw.size == 1 else raw.tobytes()
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    try:
-        root = ET.fromstring(bytes(raw))
-    except (ET.ParseError, TypeError, ValueError) as err:
-        raise DataFileError(path, f"ismrmrd_header is not valid XML: {err}") from err
-    query = _header_query(path, root)
-    enc = ["encoding", "encodedSpace", "matrixSize"]
-    rec = ["encoding", "reconSpace", "matrixSize"]
-    lims = ["encoding", "encodingLimits", "kspace_encoding_step_1"]
-    enc_size = tuple(query(enc + [a]) for a in "xyz")
-    recon_size = tuple(query(rec + [a]) for a in "xyz")
-    center, maximum = query(lims + ["center"]), query(lims + ["maximum"])
-    minimum = query(lims + ["minimum"], default=0)
-    if center < 0 or maximum < 0:
-        raise DataFileError(
-            path, f"ismrmrd_header has invalid encoding limits (center {center}, maximum {maximum})"
-        )
-    # Same arithmetic as fastmri.data.mri_data.SliceDataset._retrieve_metadata.
-    padding_left = enc_size[1] // 2 - center
-    return {
-        "encoding_size": enc_size,
-        "recon_size": recon_size,
-        "enc_limits_min": minimum,
-        "enc_limits_center": center,
-        "enc_limits_max": maximum + 1,
-        "padding_left": padding_left,
-        "padding_right": padding_left + maximum + 1,
-        "from_xml": True,
-    }
-
-
-def _header_query(path: Path, root: ET.Element):
-    """fastmri.et_query semantics (descendant search, ISMRMRD namespace), returning ints."""
-    namespaced = root.tag.startswith("{")
-    ns = {"i": ISMRMRD_NAMESPACE}
-
-    def query(names: list[str], default: int | None = None) -> int:
-        expr = "." + "".join(f"//i:{n}" if namespaced else f"//{n}" for n in names)
-        el = root.find(expr, ns)
-        if el is None or el.text is None:
-            if default is not None:
-                return default
-            raise DataFileError(path, f"ismrmrd_header lacks {'/'.join(names)}")
-        try:
-            return int(el.text.strip())
-        except ValueError as err:
-            raise DataFileError(
-                path, f"ismrmrd_header {'/'.join(names)} is not an integer: {el.text.strip()!r}"
-            ) from err
-
-    return query
 
 
 def _slice_number(i, num_slices: int) -> int:

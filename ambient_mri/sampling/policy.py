@@ -23,6 +23,7 @@ from ..errors import AmbientMRIError
 from ..masks import further_mask, kspace_mask
 from ..operators import MultiCoilMRI, PixelMask
 from ..record import TrainingRecord
+from . import posterior
 from .prior import Prior
 
 _GEN_TAG = 31337  # image generation / inference masks use their own seeded streams, never the training ones
@@ -148,7 +149,7 @@ def training_type_mask(record, batch: int, seed: int, width: int | None = None) 
             m = kspace_mask(kind, (1, width), float(a.acceleration), float(a.center_fraction), seed=(seed, b))
             rows.append(further_mask(m, seed=(seed, b, 1), **fur) if fur else m)
         return torch.from_numpy(np.stack(rows))[:, None]
-    from ..data.images import box_mask
+    from ..data.image_measurements import box_mask
 
     _, H, W = r.image_shape
     for b in range(batch):
@@ -201,7 +202,7 @@ def image_prior(model, batch: int, seed: int = 0, device=None) -> Prior:
     return Prior(model, PixelMask(mt), mt)
 
 
-# A-DPS is DPS through an ambient prior. Looked up in ``ambient_mri.sampling`` at call time, so a sampler can be
+# A-DPS is DPS through an ambient prior. Looked up in ``sampling.posterior`` at call time, so a sampler can be
 # swapped there (tests spy on the options each one receives).
 SAMPLERS = {"adps": "adps", "dps": "dps", "ald": "ald", "fast": "fast_dc"}
 
@@ -210,11 +211,9 @@ def sample(m: Method, prior: Prior, y: torch.Tensor, A, shape: tuple[int, ...], 
            seed: int, sigma_n: float = 0.0, progress: bool = False, dtype=torch.complex64, **options) -> torch.Tensor:
     """Run method ``m`` with the policy's defaults under the caller's ``options``: (B, ...) reconstructions;
     ``prior.nfe`` counts the network evaluations. ``mask`` is the mask of A (one-step shows it to the network)."""
-    import ambient_mri.sampling as samplers
-
     r = as_record(prior.model)
     if m.name == "one_step":
-        return samplers.one_step(prior, y, A, mask, sigma=options.get("sigma", one_step_sigma(r, sigma_n)))
+        return posterior.one_step(prior, y, A, mask, sigma=options.get("sigma", one_step_sigma(r, sigma_n)))
     opts = {**sampler_defaults(m, r, sigma_n), **options}
-    fn = getattr(samplers, SAMPLERS[m.name])
+    fn = getattr(posterior, SAMPLERS[m.name])
     return fn(prior, y, A, shape, steps=steps, seed=seed, dtype=dtype, progress=progress, **opts)

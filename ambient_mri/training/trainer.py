@@ -27,10 +27,11 @@ from tqdm import tqdm
 from ..corruption import is_complex
 from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
-from ..files import ensure_space, make_folder, remove_temps, run_lock, save_figure, write_text
-from ..model import Denoiser, apply_denoiser, atomic_torch_save, safe_load, save_model
+from ..files import ensure_space, make_folder, remove_temps, run_lock, write_text
+from ..model import Denoiser, atomic_torch_save, safe_load, save_model
 from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
+from .preview import preview
 from .recipe import Recipe, load_recipe
 
 log = logging.getLogger("ambient_mri.train")
@@ -195,7 +196,7 @@ def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, 
     atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                        "step": step, "recipe": r.to_dict()}, run_dir / CHECKPOINT)
     save_model(ema, run_dir / MODEL)
-    _preview(ema, data, n_train, r, run_dir / f"preview_{step:07d}.png", device)
+    preview(ema, data, n_train, r, run_dir / f"preview_{step:07d}.png", device)
     log.info("step %d: checkpoint and model written", step)
 
 
@@ -231,6 +232,46 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     return run_dir
 
 
+def step_loss(fwd, model, batch: dict, r: Recipe, step: int, img_shape, rank: int, world: int, device):
+    """The loss of one step on this rank's shard: σ (with the data noise σ_n added in quadrature) and the noise
+    are drawn for the whole global batch from a generator seeded by (seed, step), so any number of processes and a
+    resumed run follow one trajectory; plus the consistency loss below σ_n when the recipe asks for it."""
+    t = r.training
+    per = t.batch_size // world
+    sl = slice(rank * per, (rank + 1) * per)
+    noise_dtype = torch.complex64 if is_complex(r.corruption.operator) else torch.float32
+    g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+    sigma_n = batch.get("sigma_n")
+    sigma = sample_sigma(t.batch_size, t.P_mean, t.P_std, g)[sl].to(device)
+    noise = torch.randn(t.batch_size, *img_shape, generator=g, dtype=noise_dtype)[sl].to(device)
+    if sigma_n is not None and bool((sigma_n > 0).any()):
+        sigma = torch.sqrt(sigma**2 + sigma_n.float() ** 2)
+    loss = measurement_loss(fwd, batch, r.corruption.operator, sigma, noise, r.network.sigma_data,
+                            **({"operator_input": True} if model.input_cg else {})).mean()
+    if t.consistency_weight > 0 and sigma_n is not None and bool((sigma_n > 0).all()):
+        u = torch.rand(per, generator=g).to(device)
+        sc = sigma_n.float() * (0.05 + 0.9 * u)
+        noise2 = torch.randn(noise.shape, generator=g, dtype=noise_dtype).to(device)
+        loss = loss + t.consistency_weight * consistency_loss(
+            lambda x, s, m: fwd(x, s, None), batch["y"], sigma_n.float(), sc, noise2, r.network.sigma_data).mean()
+    return loss
+
+
+def optimise(loss: torch.Tensor, model, opt, t, step: int) -> torch.Tensor:
+    """Backward, NaN gradients zeroed (they must not reach the weights), clipping, AdamW with linear warm-up;
+    -> the gradient norm."""
+    for group in opt.param_groups:
+        group["lr"] = t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for p_ in model.parameters():
+        if p_.grad is not None:
+            torch.nan_to_num_(p_.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    opt.step()
+    return gnorm
+
+
 def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, world: int, progress: bool) -> None:
     """EDM's loop: per step a global batch (a pure function of seed and step), σ and noise, one loss, AdamW with
     warm-up, EMA; log.jsonl, checkpoints and previews on rank 0."""
@@ -255,10 +296,6 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     plan = StepPlan(np.arange(n_train), t.batch_size, start, t.steps, t.seed, rank, world)
     loader = DataLoader(data, batch_sampler=plan, num_workers=loader_workers(t.num_workers, device),
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    per = t.batch_size // world
-    sl = slice(rank * per, (rank + 1) * per)
-    noise_dtype = torch.complex64 if is_complex(r.corruption.operator) else torch.float32
-    sigma_data = r.network.sigma_data
     log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed below
     bar = tqdm(total=t.steps, initial=start, disable=not progress or rank != 0, desc=r.name, unit="step")
     tic, step = time.time(), start
@@ -266,32 +303,10 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     try:
         for step, batch in enumerate(loader, start=start):
             batch = _to(batch, device)
-            g = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
             torch.manual_seed(t.seed * 1_000_003 + step * 1009 + rank)  # dropout: reproducible on resume
-            sigma_n = batch.get("sigma_n")
-            sigma_g = sample_sigma(t.batch_size, t.P_mean, t.P_std, g)
-            noise = torch.randn(t.batch_size, *img_shape, generator=g, dtype=noise_dtype)[sl].to(device)
-            sigma = sigma_g[sl].to(device)
-            if sigma_n is not None and bool((sigma_n > 0).any()):
-                sigma = torch.sqrt(sigma**2 + sigma_n.float() ** 2)
-            for group in opt.param_groups:
-                group["lr"] = t.lr * min(1.0, (step + 1) / max(t.warmup_steps, 1))
             with autocast():
-                loss = measurement_loss(fwd, batch, r.corruption.operator, sigma, noise, sigma_data,
-                                        **({"operator_input": True} if model.input_cg else {})).mean()
-                if t.consistency_weight > 0 and sigma_n is not None and bool((sigma_n > 0).all()):
-                    u = torch.rand(per, generator=g).to(device)
-                    sc = sigma_n.float() * (0.05 + 0.9 * u)
-                    noise2 = torch.randn(noise.shape, generator=g, dtype=noise_dtype).to(device)
-                    loss = loss + t.consistency_weight * consistency_loss(
-                        lambda x, s, m: fwd(x, s, None), batch["y"], sigma_n.float(), sc, noise2, sigma_data).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for p_ in model.parameters():  # a NaN gradient must not reach the weights
-                if p_.grad is not None:
-                    torch.nan_to_num_(p_.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
+                loss = step_loss(fwd, model, batch, r, step, img_shape, rank, world, device)
+            gnorm = optimise(loss, model, opt, t, step)
             ema_update(ema, model, t, step)
             done = step + 1
             loss_val = loss.detach()
@@ -323,35 +338,3 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
         bar.close()
         if log_file:
             log_file.close()
-
-
-@torch.no_grad()
-def _preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) -> None:
-    """PNG: zero-filled A^H y and the one-step reconstruction D(A^H y, M, σ) of the held-back examples, at the σ
-    that ``reconstruct(method="one_step")`` uses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..corruption import make_operator
-    from ..sampling.policy import one_step_sigma
-
-    idx = list(range(n_train, len(data)))
-    if not idx:
-        return
-    items = [data[i] for i in idx]
-    batch = _to({k: torch.stack([it[k] for it in items]) for k in ("y", "mask") if k in items[0]} |
-                ({"maps": torch.stack([it["maps"] for it in items])} if "maps" in items[0] else {}), device)
-    A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
-    zf = A.adjoint(batch["y"])
-    rec = apply_denoiser(model, zf, one_step_sigma(model.record), batch["mask"], A)
-    fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
-    for row, (a, b) in enumerate(zip(zf, rec)):
-        for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):
-            im = img.abs() if img.is_complex() else img.mean(0)
-            axes[row, col].imshow(im.float().cpu().numpy(), cmap="gray")
-            axes[row, col].set_title(title)
-            axes[row, col].axis("off")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=80)
