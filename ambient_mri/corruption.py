@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import AmbientMRIError
-from .operators import Identity, LinearOperator, MultiCoilMRI, PixelMask, SingleCoilMRI
+from .operators import Identity, LinearOperator, MultiCoilMRI, PixelMask, SingleCoilMRI, mask_4d
 
 OPERATORS = ("multicoil", "singlecoil", "pixel", "identity")
 COND_CHANNELS = ("mask", "ones")
@@ -40,10 +40,7 @@ def is_complex(operator: str) -> bool:
 
 def image_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
     """Any mask (column (B,1,1,W), k-space (B,1,H,W), pixel (B,1,H,W)) as a (B, 1, H, W) float image."""
-    m = mask
-    while m.ndim < 4:
-        m = m.unsqueeze(0) if m.ndim < 3 else m.unsqueeze(1)
-    return m[:, :1].to(torch.float32).expand(batch, 1, height, width)
+    return mask_4d(mask)[:, :1].to(torch.float32).expand(batch, 1, height, width)
 
 
 def cond_channels(cond: tuple[str, ...], mask_tilde: torch.Tensor | None, batch: int, height: int, width: int,
