@@ -44,7 +44,7 @@ def _model_digest(path: str | None) -> str | None:
 
 def recon_settings(args, source: Path, model_digest: str | None) -> str:
     """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ."""
-    keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size")
+    keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size", "coils")
     return json.dumps({**{k: getattr(args, k, None) for k in keys}, "model": model_digest,
                        "source": _fingerprint(source)}, sort_keys=True)
 
@@ -88,7 +88,7 @@ def run_reconstruct(args) -> int:
 
     if args.method in DIFFUSION and not args.model:
         raise AmbientMRIError(f"--method {args.method} needs --model (a model file from `ambient-mri train`)")
-    for name in ("steps", "num_samples", "batch_size", "threads"):
+    for name in ("steps", "num_samples", "batch_size", "threads", "coils"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -103,7 +103,7 @@ def run_reconstruct(args) -> int:
 
         torch.set_num_threads(args.threads)
     opts = dict(method=args.method, steps=args.steps, num_samples=args.num_samples, seed=args.seed,
-                device=args.device, batch_size=args.batch_size, progress=False)
+                device=args.device, batch_size=args.batch_size, coils=args.coils, progress=False)
     digest = None
     if args.model:
         from .model import load_model
@@ -234,6 +234,8 @@ def add_commands(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     r.add_argument("--batch-size", type=int, default=None, help="slices per sampler batch")
+    r.add_argument("--coils", type=int, default=None,
+                   help="compress to K virtual coils per slice (SVD of the ACS columns, as prepare --coils)")
     r.add_argument("--overwrite", action="store_true", help="redo volumes whose output exists")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     r.set_defaults(func=run_reconstruct)

@@ -97,7 +97,8 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
 
 def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps: int | None = None,
                 num_samples: int = 1, seed: int = 0, device=None, batch_size: int | None = None,
-                progress: bool = True, target_size: tuple[int, int] | None = None, **opts) -> ReconResult:
+                progress: bool = True, target_size: tuple[int, int] | None = None, coils: int | None = None,
+                **opts) -> ReconResult:
     """Reconstruct accelerated multi-coil MRI. See ../docs/reconstruction.md for every method and its cost.
 
     kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
@@ -105,7 +106,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
     l1_wavelet (sigpy); for both, λ is chosen on held-out acquired lines of the scan itself unless ``lam=`` is
     given (``iters=`` sets the iterations). target_size: magnitude crop, default
-    (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space.
+    (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K virtual coils (SVD of
+    its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls with K.
     """
     m = policy.method(method, "mri", opts)
     _check_numbers(steps, num_samples, batch_size, opts)
@@ -123,10 +125,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         dev = resolve_device(device)
     else:
         rows = min(H0, W) if H0 >= 2 * W else H0
-    ks, mps, scales = prepare_scan(k, msk, rows, maps)
+    ks, mps, scales = prepare_scan(k, msk, rows, maps, coils)
     y = ks / scales[:, None, None, None]
     H = ks.shape[-2]
-    extra: dict = {"scale": scales.tolist()}
+    extra: dict = {"scale": scales.tolist(), "coils": int(ks.shape[1])}
     std, nfe = None, 0
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)

@@ -50,11 +50,17 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     return (k * m[:, None, None, :]).astype(np.complex64), m
 
 
-def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
-    """Per slice: readout crop, ESPIRiT maps (unless given) and the intensity scale, from the ACS lines only."""
+def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coils: int | None = None):
+    """Per slice: readout crop, coil compression to ``coils`` virtual coils (SVD of the ACS columns, as
+    ``prepare --coils``), ESPIRiT maps (unless given) and the intensity scale, all from the ACS lines only."""
     from .data.calibration import calibration_columns, calibration_scale, prepare_slice, row_crop
 
-    S, _, _, W = k.shape
+    S, C, _, W = k.shape
+    if coils is not None and (isinstance(coils, bool) or int(coils) != coils or not 1 <= coils <= C):
+        raise AmbientMRIError(f"coils must be an integer in [1, {C}] (the scan has {C} coils), got {coils!r}")
+    if maps is not None and coils is not None and coils != C:
+        raise AmbientMRIError("coils compresses the scan to virtual coils whose maps are estimated here: give maps "
+                              "or coils, not both")
     if maps is not None:
         maps = _as_numpy(maps, "maps")
         if maps.ndim not in (3, 4) or (maps.ndim == 4 and maps.shape[0] not in (1, S)):
@@ -64,7 +70,7 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None):
         lines = np.flatnonzero(m[s])
         if maps is None:
             try:
-                p = prepare_slice(k[s][..., lines], lines, W, rows=rows)
+                p = prepare_slice(k[s][..., lines], lines, W, rows=rows, coils=coils)
             except AmbientMRIError as e:
                 raise AmbientMRIError(f"slice {s}: {e}") from None
             full = np.zeros((*p.kspace.shape[:-1], W), np.complex64)
