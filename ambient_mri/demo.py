@@ -134,6 +134,8 @@ def _run_demo(args) -> int:
                     nfe = int(h.attrs["nfe"])
             m = evaluate_dirs(paths["raw_val"], folder)["mean"]
             results[f"R{R}/{method}"] = {**m, "nfe": nfe, "seconds": round(time.time() - t0, 2)}
+            print(f"      R={R} {method:<12} PSNR {m['PSNR']:6.2f} dB  ({time.time() - t0:5.1f} s; "
+                  f"{time.time() - tic:.0f} s so far)", flush=True)
     print("[4/4] results (held-out slices, fastMRI metrics against reconstruction_rss)")
     print(f"{'R':>2} {'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8} {'NFE':>5} {'sec':>7}")
     for key, r in results.items():
