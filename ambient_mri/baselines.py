@@ -15,49 +15,33 @@ from .operators import MultiCoilMRI
 from .solvers import conjugate_gradient
 
 METHODS = ("zero_filled", "sense", "l1_wavelet")
-L1_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+# λ grids in half decades; λ is chosen by cross-validation on the scan's own acquired lines (``choose_lambda``)
+L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
-SENSE_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
+L1_VALIDATION_ITERS = 50
+SENSE_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SENSE_DEFAULT = 1e-3
 SENSE_ITERS = 100
 SENSE_TOL = 1e-5       # CG stops early at this relative residual
+FOLDS = 4              # every acquired non-ACS line is held out once
+CV_TOLERANCE = 0.05    # the least-regularised λ within 5% of the best validation error (chosen on the calibration set)
+VALIDATION_SLICES = {"sense": 4, "l1_wavelet": 2}
 
 
-def _holdout(mask: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray] | None:
-    """Hold out 10% (at least one) of the acquired non-ACS columns of a column mask (W,): -> (mask without them,
-    their indices), or None when every acquired column is an ACS column."""
+def _folds(mask: np.ndarray, folds: int, seed) -> list[np.ndarray]:
+    """The acquired non-ACS columns of a column mask (W,), shuffled (seeded) and dealt into up to ``folds`` groups;
+    [] when every acquired column is an ACS column."""
     cand = np.flatnonzero((np.asarray(mask) != 0) & ~acs_columns(mask))
     if cand.size == 0:
-        return None
-    held = np.random.RandomState(seed).choice(cand, size=max(1, cand.size // 10), replace=False)
-    train = np.array(mask, np.float32, copy=True)
-    train[held] = 0
-    return train, np.sort(held)
+        return []
+    cand = np.random.RandomState(seed).permutation(cand)
+    return [np.sort(f) for f in np.array_split(cand, min(folds, cand.size))]
 
 
 def _central_slices(S: int, n: int) -> np.ndarray:
     """Up to ``n`` slice indices around the middle of the volume (edge slices often hold little signal)."""
     lo = max(0, S // 2 - n // 2)
     return np.arange(lo, min(S, lo + n))
-
-
-def _l1_weight(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, seed: int) -> float | None:
-    """λ for L1-wavelet from the scan's own acquired data: hold out 10% of the non-ACS lines, reconstruct from the
-    rest with each λ of ``L1_GRID`` and keep the λ that best predicts the held-out lines (never the reference).
-    None when there is no non-ACS line to hold out."""
-    import sigpy.mri
-
-    split = _holdout(mask, seed)
-    if split is None:
-        return None
-    train, held = split
-    errs = []
-    for lam in L1_GRID:
-        x = sigpy.mri.app.L1WaveletRecon(y * train, maps, lam, weights=train[None, None, :] * np.ones_like(y.real),
-                                         max_iter=50, show_pbar=False).run()
-        pred = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(maps * x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-        errs.append(float(np.linalg.norm(pred[..., held] - y[..., held])))
-    return L1_GRID[int(np.argmin(errs))]
 
 
 def _cg_sense(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: float, iters: int) -> torch.Tensor:
@@ -67,57 +51,69 @@ def _cg_sense(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: floa
     return conjugate_gradient(A.normal, A.adjoint(y), iters=iters, lam=float(lam), tol=SENSE_TOL)
 
 
-def _sense_weight(y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, iters: int) -> float | None:
-    """λ for CG-SENSE chosen like L1-wavelet's, from the scan's own data: on up to 4 central slices, hold out 10%
-    of the acquired non-ACS lines, solve from the rest with each λ of ``SENSE_GRID`` and keep the λ whose
-    solution best predicts the held-out k-space. Noise-free data pick a small λ (CG-SENSE converges to the exact
-    solution), noisy data a larger one (unregularised CG on a random mask amplifies noise). None when no slice
-    has a non-ACS line to hold out."""
+def _l1(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: float, iters: int) -> np.ndarray:
+    """sigpy's L1-wavelet reconstruction of one slice y (C, H, W) with column mask (W,)."""
+    import sigpy.mri
+
+    return sigpy.mri.app.L1WaveletRecon(y * mask, maps, lam, weights=mask[None, None, :] * np.ones_like(y.real),
+                                        max_iter=iters, show_pbar=False).run()
+
+
+def _solve_batch(method: str, y: np.ndarray, maps: np.ndarray, masks: np.ndarray, lam, iters: int) -> np.ndarray:
+    """Reconstructions (N, H, W) of N slices y (N, C, H, W) with column masks (N, W); λ None: zero-filled."""
+    yt, mp, mt = torch.from_numpy(y), torch.from_numpy(maps), torch.from_numpy(masks.astype(np.float32))
+    if lam is None:
+        return MultiCoilMRI(mp, mt[:, None, None, :]).adjoint(yt * mt[:, None, None, :]).numpy()
+    if method == "sense":
+        return _cg_sense(yt * mt[:, None, None, :], mp, mt, lam, iters).numpy()
+    return np.stack([_l1(y[i], maps[i], masks[i], lam, iters) for i in range(len(y))])
+
+
+def choose_lambda(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, iters: int
+                  ) -> tuple[float | None, dict]:
+    """λ for ``method`` (sense | l1_wavelet) from the scan's own data, never a reference: on up to 4 (CG-SENSE) or
+    2 (L1) central slices, the acquired non-ACS lines are dealt into ``FOLDS`` groups; each group in turn is held
+    out, the slice is solved from the rest with every λ of the grid, and each λ is scored by how well its solutions
+    predict the held-out k-space over all groups and slices. The validation error is flat towards large λ (which
+    shrink the image), so the smallest λ within ``CV_TOLERANCE`` of the best error wins (benchmarks/lambda_rules.py:
+    chosen on MNI152 slices, scored on other anatomy and on a real scan). -> (λ, info); λ None when no line can be
+    held out."""
     from .operators import fft2c
 
-    idx = _central_slices(y.shape[0], 4)
-    splits = [_holdout(m[s], (seed, int(s))) for s in idx]
-    keep = [i for i, sp in enumerate(splits) if sp is not None]
-    if not keep:
-        return None
-    idx = idx[keep]
-    train = torch.from_numpy(np.stack([splits[i][0] for i in keep]))
-    held = torch.zeros_like(train)
-    for j, i in enumerate(keep):
-        held[j, splits[i][1]] = 1
-    yt, mp = torch.from_numpy(y[idx]), torch.from_numpy(maps[idx])
-    held = held[:, None, None, :]
-    errs = []
-    for lam in SENSE_GRID:
-        x = _cg_sense(yt * train[:, None, None, :], mp, train, lam, iters)
-        pred = fft2c(mp * x[:, None])
-        errs.append(float(torch.linalg.vector_norm((pred - yt) * held)))
-    return SENSE_GRID[int(np.argmin(errs))]
+    grid = SENSE_GRID if method == "sense" else L1_GRID
+    iters = iters if method == "sense" else L1_VALIDATION_ITERS
+    rows = []  # (slice, kept mask, held mask)
+    for s in _central_slices(y.shape[0], VALIDATION_SLICES[method]):
+        for held in _folds(m[s], FOLDS, (seed, int(s))):
+            keep = np.array(m[s], np.float32)
+            keep[held] = 0
+            out = np.zeros_like(keep)
+            out[held] = 1
+            rows.append((int(s), keep, out))
+    if not rows:
+        return None, {}
+    idx = np.array([r[0] for r in rows])
+    keep, held = np.stack([r[1] for r in rows]), np.stack([r[2] for r in rows])
+    yy, mp = y[idx], maps[idx]
+
+    def error(lam: float) -> float:
+        x = _solve_batch(method, yy, mp, keep, lam, iters)
+        pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
+        return float(np.linalg.norm((pred - yy) * held[:, None, None, :]))
+
+    errs = np.array([error(lam) for lam in grid])
+    pick = int(np.flatnonzero(errs <= (1 + CV_TOLERANCE) * errs.min())[0])
+    return grid[pick], {"lambda_grid": list(grid), "validation_error": errs.tolist()}
 
 
 def classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, opts: dict) -> tuple:
-    if method == "l1_wavelet":
-        import sigpy.mri
-
-        lam = opts.get("lam")
-        if lam is None:
-            mid = y.shape[0] // 2
-            lam = _l1_weight(y[mid], maps[mid], m[mid], seed)
-        lam = L1_DEFAULT if lam is None else float(lam)
-        out = [sigpy.mri.app.L1WaveletRecon(y[s], maps[s], lam, weights=m[s][None, None, :] * np.ones_like(y[s].real),
-                                            max_iter=opts.get("iters", 100), show_pbar=False).run()
-               for s in range(y.shape[0])]
-        return np.stack(out).astype(np.complex64), {"lambda": lam}
-    yt = torch.from_numpy(y)
+    """(S, H, W) images of a normalised scan and what was chosen ({"lambda", "iters", the λ rule's table})."""
     if method == "zero_filled":
-        A = MultiCoilMRI(torch.from_numpy(maps), torch.from_numpy(m)[:, None, None, :])
-        return A.adjoint(yt).numpy(), {}
-    iters = int(opts.get("iters", SENSE_ITERS))
-    lam = opts.get("lam")
+        return _solve_batch(method, y, maps, m, None, 0), {}
+    iters = int(opts.get("iters", SENSE_ITERS if method == "sense" else 100))
+    lam, info = opts.get("lam"), {}
     if lam is None:
-        lam = _sense_weight(y, maps, m, seed, iters)
-    lam = SENSE_DEFAULT if lam is None else float(lam)
-    x = _cg_sense(yt, torch.from_numpy(maps), torch.from_numpy(m), lam, iters)
-    return x.numpy(), {"lambda": lam, "iters": iters}
-
-
+        lam, info = choose_lambda(method, y, maps, m, seed, iters)
+    lam = (SENSE_DEFAULT if method == "sense" else L1_DEFAULT) if lam is None else float(lam)
+    x = _solve_batch(method, y, maps, m, lam, iters)
+    return x.astype(np.complex64), {"lambda": lam, "iters": iters, **info}
