@@ -65,6 +65,7 @@ class TrainingRecord:
     operator: str                                   # multicoil | singlecoil | pixel | identity
     ambient: bool                                   # trained on Ã ⊂ A
     image_shape: tuple[int, ...]                    # (H, W) for MRI, (C, H, W) for images
+    widths: tuple[int, ...] = ()                    # every k-space / image width the training data had
     cond: tuple[str, ...] = ()                      # extra network inputs: "mask" (of Ã), "ones"
     further: FurtherCorruption = field(default_factory=FurtherCorruption)
     sigma_n: float = 0.0                            # noise of the training images (images only)
@@ -83,7 +84,7 @@ class TrainingRecord:
         """Plain values for the model file: version 1's keys (so older readers still find them) plus the typed
         sections ``acquisition`` and ``sigma``."""
         d = asdict(self)
-        d["image_shape"], d["cond"] = list(self.image_shape), list(self.cond)
+        d["image_shape"], d["cond"], d["widths"] = list(self.image_shape), list(self.cond), list(self.widths)
         return d
 
     @classmethod
@@ -106,8 +107,9 @@ class TrainingRecord:
         else:
             sigma = SigmaDistribution(**_known(SigmaDistribution, d.get("sigma") or {}))
             acq = Acquisition(**_known(Acquisition, d.get("acquisition") or {}))
-        return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)),
-                   image_shape=tuple(int(v) for v in d.get("image_shape") or ()),
+        shape = tuple(int(v) for v in d.get("image_shape") or ())
+        return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
+                   widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
                    cond=tuple(d.get("cond") or ()),
                    further=FurtherCorruption(**_known(FurtherCorruption, d.get("further") or {})),
                    sigma_n=float(d.get("sigma_n") or 0.0), sigma=sigma,

@@ -4,6 +4,8 @@ suits the scan."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -107,13 +109,16 @@ def check_multicoil_model(model) -> TrainingRecord:
 
 def model_rows(model, H0: int, W: int) -> int:
     """Check that ``model`` suits multi-coil k-space (S, C, H0, W); -> its image rows (the readout crop)."""
-    shape = check_multicoil_model(model).image_shape
-    if not shape:
+    record = check_multicoil_model(model)
+    if not record.image_shape:
         return H0
-    h, w = shape[-2:]
-    if w != W or h > H0:
-        raise AmbientMRIError(f"model was trained on {h}x{w} images but the k-space is {H0}x{W} (rows can only be "
-                              "cropped, columns must match); retrain at this size or resample the data")
+    h = record.image_shape[-2]
+    if h > H0:
+        raise AmbientMRIError(f"model was trained on images of {h} rows but the k-space has {H0} readout rows (rows "
+                              "can only be cropped); resample the data or use a model trained at this size")
+    if W not in record.widths:  # the network is convolutional: any width runs, but only trained ones are tested
+        warnings.warn(f"the model was trained on k-space widths {list(record.widths)}, this scan has {W} columns: "
+                      "the network runs at any width, but its prior was not fitted to this one", stacklevel=3)
     return h
 
 

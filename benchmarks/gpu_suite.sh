@@ -1,7 +1,9 @@
 #!/bin/bash
 # The GPU checks in one prepared run (about 9 minutes on one H100/H200): the CUDA tests, then quality_mri
 # (--minutes per model, batch 32) and, once its models are trained, memorization on all 400 ORL photos with a
-# long step budget, while quality_mri evaluates. Needs the package with its [demo] extras importable.
+# long step budget, while quality_mri evaluates; beside them from the start, fullsize's diffusion rows (one_step, fast
+# with 50 steps and the fastMRI recipes' network on official-size brain and knee slices, all coils and coils=4: its
+# CUDA peak memory is exact, its times are taken beside quality_mri's training). Needs the [demo] extras importable.
 #     OUT=/some/dir MINUTES=5 bash benchmarks/gpu_suite.sh
 set -u
 OUT=${OUT:-benchmarks/results/gpu_suite}
@@ -16,9 +18,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 (timeout $((60 * MINUTES + 200)) python3 benchmarks/quality_mri.py --device cuda --minutes "$MINUTES" --workers 6 \
     --work /tmp/gpu_suite_quality --set training.batch_size=32 --set training.checkpoint_every=2000 \
     --out "$OUT/quality_mri.json" > "$OUT/quality.log" 2>&1; echo "rc=$?" >> "$OUT/quality.log") &
+(timeout 420 python3 benchmarks/fullsize.py --device cuda --methods one_step fast --threads 4 \
+    --out "$OUT/fullsize_cuda.json" > "$OUT/fullsize.log" 2>&1; echo "rc=$?" >> "$OUT/fullsize.log") &
 (sleep $((60 * MINUTES + 40)); timeout 220 python3 benchmarks/memorization.py --device cuda --limit 0 \
     --steps "$MEM_STEPS" --stages 1000,2000,4000 --minutes 2 --workers 3 --work /tmp/gpu_suite_mem --out "$OUT/memorization.json" \
     > "$OUT/memorization.log" 2>&1; echo "rc=$?" >> "$OUT/memorization.log") &
 wait
 echo "[$(( $(date +%s) - T0 ))s] done"
-tail -3 "$OUT/gpu_tests.log"; tail -30 "$OUT/quality.log"; tail -25 "$OUT/memorization.log"
+tail -3 "$OUT/gpu_tests.log"; tail -30 "$OUT/quality.log"; tail -25 "$OUT/memorization.log"; tail -16 "$OUT/fullsize.log"

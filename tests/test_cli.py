@@ -137,8 +137,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     nan = k.copy()
     nan[0, 0, 3, 3] = np.nan
     d["nan"] = write_fastmri(tmp_path / "nan" / "a.h5", nan, mask=mask)
-    make_fastmri_volume(tmp_path / "size48" / "a.h5", blobs(1, 48), num_coils=4)
-    d["size48"] = tmp_path / "size48" / "a.h5"
+    make_fastmri_volume(tmp_path / "rows16" / "a.h5", blobs(1, 16), num_coils=4, oversample=1)
+    d["rows16"] = tmp_path / "rows16" / "a.h5"
     return d
 
 
@@ -155,8 +155,8 @@ def test_cli_errors_are_one_line(tmp_path, trained, targets, capsys):
         (rec + ["--input", str(bad["width"]), "--method", "zero_filled"], "mask width 31"),
         (rec + ["--input", str(bad["no_acs"]), "--method", "sense"], "ACS"),
         (rec + ["--input", str(bad["nan"]), "--method", "zero_filled"], "NaN"),
-        (rec + ["--input", str(bad["size48"]), "--method", "fast", "--model", model, "--acceleration", "4"],
-         "trained on 32x32"),
+        (rec + ["--input", str(bad["rows16"]), "--method", "fast", "--model", model, "--acceleration", "4",
+                "--center-fraction", "0.4"], "trained on images of 32 rows"),
         (rec + ["--input", str(targets), "--method", "fast", "--model", str(tmp_path / "singlecoil.pt"),
                 "--acceleration", "4"], "singlecoil"),
         (rec + ["--input", str(targets), "--method", "fast"], "needs --model"),

@@ -49,6 +49,11 @@ class WithFurtherCorruption(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def groups(self):
+        """Shape group of each example (items of one group batch together), or None: all alike."""
+        return getattr(self.base, "groups", None)
+
     def __getitem__(self, i: int) -> dict:
         item = dict(self.base[i])
         if not self.active:

@@ -134,11 +134,11 @@ class PreparedSlices(Dataset):
         file_idx, slice_idx = [], []
         for path in paths:
             h = read_prepared_header(path)
-            if headers and (h["image_shape"], h["coils"]) != (headers[0]["image_shape"], headers[0]["coils"]):
+            if headers and h["image_shape"][0] != headers[0]["image_shape"][0]:
                 raise DataFileError(
-                    path, f"image shape {h['image_shape']} with {h['coils']} coils differs from "
-                    f"{headers[0]['image_shape']} with {headers[0]['coils']} coils in {self.paths[0]}; all files "
-                    "of a training folder must share them (prepare with the same --image-size and --coils)")
+                    path, f"image shape {h['image_shape']} differs from {headers[0]['image_shape']} in "
+                    f"{self.paths[0]} in its rows; files of a training folder may differ in k-space width and coils "
+                    "(each step trains on one shape), not in image rows (prepare with one --image-size H)")
             self.paths.append(str(path))
             headers.append(h)
             n = h["slices"]
@@ -151,6 +151,9 @@ class PreparedSlices(Dataset):
         self._headers = headers
         self.image_shape = tuple(headers[0]["image_shape"])
         self.coils = int(headers[0]["coils"])
+        shapes = [(int(h["coils"]), *map(int, h["image_shape"])) for h in headers]
+        self.shapes = sorted(set(shapes))  # (coils, H, W) of the files
+        self.groups = np.array([self.shapes.index(shapes[f]) for f in self._file], np.int32)  # per item
 
     def __len__(self) -> int:
         return int(self._file.shape[0])
@@ -216,6 +219,7 @@ class PreparedSlices(Dataset):
             "slices": len(self),
             "image_shape": list(self.image_shape),
             "coils": self.coils,
+            "shapes": [list(sh) for sh in self.shapes],
             "coils_original": pick("coils_original"),
             "split": pick("split"),
             "mask": {

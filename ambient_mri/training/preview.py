@@ -27,6 +27,7 @@ def preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) 
     if not idx:
         return
     items = [data[i] for i in idx]
+    items = [it for it in items if it["y"].shape == items[0]["y"].shape]  # one shape group (mixed widths)
     batch = {k: torch.stack([it[k] for it in items]).to(device) for k in ("y", "mask", "maps") if k in items[0]}
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])

@@ -40,14 +40,25 @@ MODEL = "model.pt"
 
 
 class StepPlan(Sampler):
-    """Yields this rank's example indices for steps [start, steps): epoch-wise permutations seeded by (seed, epoch)."""
+    """Yields this rank's example indices for steps [start, steps): epoch-wise permutations seeded by (seed, epoch).
+
+    With ``groups`` (a shape group per example, e.g. k-space widths) of more than one value, each step takes its
+    whole global batch from one group, chosen with probability proportional to the group's size and filled without
+    replacement (with it only when a group has fewer examples than the batch), seeded by (seed, step)."""
 
     def __init__(self, indices: np.ndarray, global_batch: int, start: int, steps: int, seed: int, rank: int,
-                 world: int):
+                 world: int, groups: np.ndarray | None = None):
         self.indices, self.G, self.start, self.steps = indices, global_batch, start, steps
         self.seed, self.rank, self.world = seed, rank, world
+        g = None if groups is None else np.asarray(groups)[indices]
+        self.members = None if g is None or len(np.unique(g)) < 2 else [indices[g == k] for k in np.unique(g)]
 
     def global_batch(self, step: int) -> np.ndarray:
+        if self.members is not None:
+            rng = np.random.RandomState((self.seed, step, 7))
+            sizes = np.array([len(m) for m in self.members], np.float64)
+            group = self.members[rng.choice(len(sizes), p=sizes / sizes.sum())]
+            return group[rng.choice(len(group), size=self.G, replace=len(group) < self.G)]
         n = len(self.indices)
         out = []
         pos = step * self.G
@@ -101,6 +112,7 @@ def training_record(recipe: Recipe, dataset_info: dict, image_shape: tuple[int, 
     c, t = recipe.corruption, recipe.training
     return TrainingRecord(
         operator=c.operator, ambient=c.ambient, image_shape=tuple(int(v) for v in image_shape),
+        widths=tuple(sorted({int(sh[-1]) for sh in dataset_info.get("shapes") or [image_shape]})),
         cond=tuple(c.cond) if c.ambient else tuple(ch for ch in c.cond if ch == "ones"),
         further=FurtherCorruption(c.extra_lines, c.delta, c.acs_lines, c.redraw), sigma_n=c.sigma_n,
         sigma=SigmaDistribution(t.P_mean, t.P_std), sigma_data=recipe.network.sigma_data,
@@ -293,7 +305,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     n_train = len(data) - r.data.holdout
-    plan = StepPlan(np.arange(n_train), t.batch_size, start, t.steps, t.seed, rank, world)
+    plan = StepPlan(np.arange(n_train), t.batch_size, start, t.steps, t.seed, rank, world,
+                    getattr(data, "groups", None))
     loader = DataLoader(data, batch_sampler=plan, num_workers=loader_workers(t.num_workers, device),
                         pin_memory=device.type == "cuda", persistent_workers=False)
     log_file = open(run_dir / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed below
@@ -305,7 +318,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
             batch = _to(batch, device)
             torch.manual_seed(t.seed * 1_000_003 + step * 1009 + rank)  # dropout: reproducible on resume
             with autocast():
-                loss = step_loss(fwd, model, batch, r, step, img_shape, rank, world, device)
+                shape = _image_shape({"y": batch["y"][0]}, r.corruption.operator)  # this step's shape group
+                loss = step_loss(fwd, model, batch, r, step, shape, rank, world, device)
             gnorm = optimise(loss, model, opt, t, step)
             ema_update(ema, model, t, step)
             done = step + 1
