@@ -25,7 +25,7 @@ SENSE_ITERS = 100
 SENSE_TOL = 1e-5       # CG stops early at this relative residual
 FOLDS = 4              # every acquired non-ACS line is held out once
 CV_TOLERANCE = 0.05    # the least-regularised λ within 5% of the best validation error (chosen on the calibration set)
-VALIDATION_SLICES = {"sense": 4, "l1_wavelet": 2}
+VALIDATION_SLICES = {"sense": 2, "l1_wavelet": 2}
 
 
 def _folds(mask: np.ndarray, folds: int, seed) -> list[np.ndarray]:
@@ -71,13 +71,12 @@ def _solve_batch(method: str, y: np.ndarray, maps: np.ndarray, masks: np.ndarray
 
 def choose_lambda(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, iters: int
                   ) -> tuple[float | None, dict]:
-    """λ for ``method`` (sense | l1_wavelet) from the scan's own data, never a reference: on up to 4 (CG-SENSE) or
-    2 (L1) central slices, the acquired non-ACS lines are dealt into ``FOLDS`` groups; each group in turn is held
-    out, the slice is solved from the rest with every λ of the grid, and each λ is scored by how well its solutions
-    predict the held-out k-space over all groups and slices. The validation error is flat towards large λ (which
-    shrink the image), so the smallest λ within ``CV_TOLERANCE`` of the best error wins (benchmarks/lambda_rules.py:
-    chosen on MNI152 slices, scored on other anatomy and on a real scan). -> (λ, info); λ None when no line can be
-    held out."""
+    """λ for ``method`` (sense | l1_wavelet) from the scan's own data, never a reference: on up to 2 central slices,
+    the acquired non-ACS lines are dealt into ``FOLDS`` groups; each group in turn is held out, the slice is solved
+    from the rest with every λ of the grid, and each λ is scored by how well its solutions predict the held-out
+    k-space over all groups and slices. The validation error is flat towards large λ (which shrink the image), so
+    the smallest λ within ``CV_TOLERANCE`` of the best error wins (benchmarks/lambda_rules.py: chosen on MNI152
+    slices, scored on other anatomy and on a real scan). -> (λ, info); λ None when no line can be held out."""
     from .operators import fft2c
 
     grid = SENSE_GRID if method == "sense" else L1_GRID

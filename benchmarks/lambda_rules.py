@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
-from ambient_mri.baselines import CV_TOLERANCE, FOLDS, L1_GRID, SENSE_GRID  # noqa: E402
+from ambient_mri.baselines import CV_TOLERANCE, FOLDS, L1_GRID, SENSE_GRID, VALIDATION_SLICES  # noqa: E402
 from ambient_mri.masks import kspace_mask  # noqa: E402
 from ambient_mri.metrics import evaluate_volume  # noqa: E402
 from data_tools.simulate import rss_target, simulate_coil_data  # noqa: E402
@@ -134,6 +134,7 @@ def main(argv=None) -> dict:
     print(json.dumps(summary))
     result = {"benchmark": "lambda_rules", "machine": machine_info("cpu"), "seconds": round(time.time() - tic, 1),
               "settings": {"slices": args.slices, "folds": FOLDS, "cv_tolerance": CV_TOLERANCE,
+                           "validation_slices": VALIDATION_SLICES,
                            "sense_grid": list(SENSE_GRID),
                            "l1_grid": list(L1_GRID)}, "rows": rows, "summary": summary}
     out = Path(args.out)
