@@ -57,6 +57,19 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def write_record(record: dict, out: Path, tic: float) -> dict:
+    """Close a benchmark record (load at the end, wall seconds since ``tic``) and write it as JSON atomically."""
+    import time
+
+    from ambient_mri.files import write_json
+
+    record["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    record["wall_s"] = time.perf_counter() - tic
+    write_json(out, record)
+    print(f"\nwrote {out} ({record['wall_s']:.0f} s)")
+    return record
+
+
 def stats(times_s: list[float]) -> dict:
     ms = np.asarray(times_s) * 1e3
     q1, med, q3 = np.percentile(ms, [25, 50, 75])

@@ -311,7 +311,7 @@ def parse(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse(argv)
     import torch
-    from common import machine_info
+    from common import machine_info, write_record
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
@@ -416,12 +416,7 @@ def main(argv=None) -> dict:
                 "time = Denoiser.forward (input_cg CG + UNet), the UNet alone too (wall)"}
     record["results"] = rows
     record["psnr_change_db"] = psnr_cost
-    record["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    record["wall_s"] = time.perf_counter() - tic
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {args.out} ({record['wall_s']:.0f} s)")
-    return record
+    return write_record(record, args.out, tic)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import numpy as np
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter on stderr
 import torch  # noqa: E402
-from common import machine_info, stats  # noqa: E402
+from common import machine_info, stats, write_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -544,12 +544,7 @@ def main(argv=None) -> dict:
     if not args.skip_data:
         with tempfile.TemporaryDirectory(prefix="ambient_bench_") as tmp:
             record["data"] = bench_data(args, Path(tmp))
-    record["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    record["wall_s"] = time.perf_counter() - tic
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\nwrote {args.out} ({record['wall_s']:.0f} s)")
-    return record
+    return write_record(record, args.out, tic)
 
 
 if __name__ == "__main__":
