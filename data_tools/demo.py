@@ -18,6 +18,12 @@ Slice split: the template's brain-containing axial range is cut into a central v
 slabs around it, separated by a gap of ``GAP`` slices (1 mm apart neighbours are near duplicates), so no
 validation slice has a near copy in training.
 
+Augmentation (off by default; ``build_demo(augment=AugmentConfig(copies=N, ...))``, ``ambient-mri prepare demo
+--augment-copies N`` with the settings of ``demo_augment``): the clean training slices are augmented once
+(ambient_mri.data.augment) and each copy is simulated as a new subject, with its own phase, noise and (per-slice,
+by file name) masks, in ``raw/train/demo_train_augK_XX.h5``; every copy is corrupted exactly once. The validation
+volume is never augmented, and its files are the same as without augmentation.
+
 Masks are drawn per slice (seed = file name + slice): with only a few training volumes, per-volume masks would
 leave most phase-encode columns never acquired in any training example. The ACS width is fastMRI's
 (0.08 at R=4, 0.04 at R=8) but at least 8 (R=4) / 6 (R=8) lines, since ESPIRiT needs >= 6 calibration lines;
@@ -26,13 +32,16 @@ at the default 64 columns that gives center fractions 0.125 and 0.09375.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.errors import AmbientMRIError
 
 from .prepare import prepare_fastmri
@@ -42,6 +51,16 @@ from .sources import mni152_brain_range, mni152_slices
 VOLUME_SLICES = 8
 GAP = 4
 VAL_SPACING = 3
+AUGMENT_SEED = 0          # augment_images' seed for the demo's training slices
+AUGMENT_FIRST_SEED = 3000  # simulation seed of the first augmented volume (originals: 1000.., calibration: 2000)
+
+
+def demo_augment(copies: int) -> AugmentConfig:
+    """The augmentation of ``ambient-mri prepare demo --augment-copies N``: mirror images, small rotations,
+    scalings and shifts, a gentle elastic warp and a mild intensity curve (no phase: the simulation gives every
+    slice its own smooth random phase already)."""
+    return AugmentConfig(copies=copies, flip=True, rotate=5.0, scale=0.05, shift=0.03, elastic=1.0,
+                         elastic_smoothness=4.0, gamma=[0.85, 1.2])
 
 
 def demo_center_fraction(width: int, acceleration: int) -> float:
@@ -71,15 +90,24 @@ def demo_slices(slices: int, axis: str = "axial") -> tuple[list[int], list[int]]
 
 
 def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 40,
-               noise_std: float = 0.005, workers: int = 1, progress: bool = False, axis: str = "axial") -> dict:
+               noise_std: float = 0.005, workers: int = 1, progress: bool = False, axis: str = "axial",
+               augment: AugmentConfig | dict | None = None) -> dict:
     """Build the demo set (module docstring) under ``output``; returns a dict of the folders (Paths).
 
-    Already built parts are kept (the simulation is deterministic; prepare skips done files).
+    ``augment``: augmentation settings for the clean training slices (default: none); each copy is one more
+    training volume per original one, ``raw/train/demo_train_augK_XX.h5``. ``phase`` is refused (the slices are
+    magnitude images; the simulation adds a phase to every slice). Already built parts are kept (the simulation
+    is deterministic; prepare skips done files); augmented files from other settings are refused.
     """
     if size < 16 or size % 2:
         raise AmbientMRIError(f"--size must be an even number >= 16, got {size}")
     if coils < 1:
         raise AmbientMRIError(f"--coils must be >= 1, got {coils}")
+    aug = augment if isinstance(augment, AugmentConfig) else AugmentConfig.from_dict(augment)
+    aug.check("augment")
+    if aug.phase:
+        raise AmbientMRIError("augment.phase: the demo's template slices are real magnitude images and the "
+                              "simulation already gives every slice its own smooth random phase: switch phase off")
     tic = time.time()
     out = Path(output)
     train_ids, val_ids = demo_slices(slices, axis)
@@ -87,7 +115,13 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     volumes = {raw_train / f"demo_train_{v:02d}.h5": train_ids[j: j + VOLUME_SLICES]
                for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
     volumes[raw_val / "demo_val_00.h5"] = val_ids
+    augmented = {raw_train / f"demo_train_aug{k}_{v:02d}.h5": (k, train_ids[j: j + VOLUME_SLICES])
+                 for k in range(1, aug.copies + 1) for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
+    aug_record = {**dataclasses.asdict(aug), "seed": AUGMENT_SEED}
+    _check_augmented(raw_train, augmented, aug_record)
     _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
+    if augmented:
+        _simulate_augmented(augmented, train_ids, aug, aug_record, size, coils, noise_std, axis)
 
     cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
     runs = [
@@ -113,6 +147,7 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
         "source": f"MNI152 2009a T1 template (nilearn), {axis} slices", "image_size": [size, size],
         "kspace_size": [2 * size, size], "coils": coils, "noise_std": noise_std,
         "train_slices": train_ids, "val_slices": val_ids, "mask": "random, per slice",
+        "augment": aug_record if aug.copies else None,
         "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
         "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
     }
@@ -133,6 +168,44 @@ def _simulate(volumes: dict, size: int, coils: int, noise_std: float, axis: str,
             make_fastmri_volume(path, np.stack([stack[i - lo] for i in ids]), num_coils=coils, oversample=2,
                                 noise_std=noise_std, phase=True, seed=seed, acquisition="AXT1",
                                 attrs={"mni152_slices": ids, "mni152_axis": axis})
+
+
+def _check_augmented(raw_train: Path, augmented: dict, record: dict) -> None:
+    """Refuse a folder whose augmented training volumes another augmentation made (they would train silently)."""
+    want = json.dumps(record, sort_keys=True)
+    for path in sorted(raw_train.glob("demo_train_aug*.h5")):
+        try:
+            with h5py.File(path, "r") as f:
+                found = f.attrs.get("augment")
+        except OSError as e:
+            raise AmbientMRIError(f"{path}: cannot read ({e}); delete it or use another --output") from None
+        found = found.decode() if isinstance(found, bytes) else found
+        if path not in augmented or found != want:
+            asked = want if augmented else "no augmentation"
+            raise AmbientMRIError(f"{path}: an augmented training volume made with augmentation {found}, but this "
+                                  f"build asks for {asked}; it would be trained on: use another --output")
+
+
+def _simulate_augmented(volumes: dict, train_ids: list[int], aug: AugmentConfig, record: dict, size: int,
+                        coils: int, noise_std: float, axis: str) -> None:
+    """Write each {path: (copy k, template slice numbers)} volume that does not exist yet: copy k of those training
+    slices (``augment_images`` over all training slices, seed ``AUGMENT_SEED``), simulated like a new subject
+    (volume j seeded ``AUGMENT_FIRST_SEED + j``)."""
+    todo = {p for p in volumes if not p.exists()}
+    if not todo:
+        return
+    lo, hi = mni152_brain_range(axis)
+    stack = mni152_slices(hi - lo, (size, size), axis=axis, start=lo, stop=hi)  # as _simulate: one normalisation
+    clean = stack[np.asarray(train_ids) - lo]
+    copies = augment_images(clean, aug, seed=AUGMENT_SEED)  # (n * (1 + copies), h, w): originals, copy 1, ...
+    row = {t: i for i, t in enumerate(train_ids)}
+    n = len(train_ids)
+    for seed, (path, (k, ids)) in enumerate(volumes.items(), start=AUGMENT_FIRST_SEED):
+        if path in todo:
+            make_fastmri_volume(path, np.stack([copies[k * n + row[i]] for i in ids]), num_coils=coils, oversample=2,
+                                noise_std=noise_std, phase=True, seed=seed, acquisition="AXT1",
+                                attrs={"mni152_slices": ids, "mni152_axis": axis, "augment_copy": k,
+                                       "augment": json.dumps(record, sort_keys=True)})
 
 
 def demo_calibration_slices(slices: int, axis: str = "axial", num: int = VOLUME_SLICES) -> list[int]:

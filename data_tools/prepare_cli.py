@@ -47,6 +47,10 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--coils", type=int, default=8)
     d.add_argument("--slices", type=int, default=40, help="total slices (about 1/5 go to validation, at most 8)")
     d.add_argument("--workers", type=int, default=1)
+    d.add_argument("--augment-copies", type=int, default=0, metavar="N",
+                   help="add N augmented copies of every clean training slice (mirror, small rotation/scale/shift, "
+                        "elastic warp, intensity curve), each simulated and undersampled once as a new subject; "
+                        "validation is never augmented (default 0: off)")
     d.set_defaults(func=run_prepare_demo)
     return p
 
@@ -68,10 +72,13 @@ def run_prepare_fastmri(args) -> int:
 
 
 def run_prepare_demo(args) -> int:
-    from .demo import build_demo
+    from .demo import build_demo, demo_augment
 
     try:
-        paths = build_demo(args.output, size=args.size, coils=args.coils, slices=args.slices, workers=args.workers)
+        copies = getattr(args, "augment_copies", 0)
+        augment = demo_augment(copies) if copies else None
+        paths = build_demo(args.output, size=args.size, coils=args.coils, slices=args.slices, workers=args.workers,
+                           augment=augment)
     except (AmbientMRIError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import numpy as np
 import sigpy.mri
 import torch
 
+from ambient_mri.data.augment import smooth_phase
 from ambient_mri.data.fastmri_header import ISMRMRD_NAMESPACE
 from ambient_mri.errors import AmbientMRIError
 from ambient_mri.files import write_h5
@@ -59,21 +60,6 @@ def oversample_rows(images: np.ndarray, oversample: int = 2) -> np.ndarray:
 def birdcage_maps(num_coils: int, shape: tuple[int, int], radius: float = 1.5) -> np.ndarray:
     """(C, H, W) complex64 birdcage sensitivities (sigpy), normalised so their RSS is 1."""
     return sigpy.mri.birdcage_maps((int(num_coils), *shape), r=radius, dtype=np.complex64)
-
-
-def smooth_phase(
-    num_slices: int, shape: tuple[int, int], rng: np.random.Generator, order: int = 2
-) -> np.ndarray:
-    """(S, H, W) float32 phase: per slice, a random polynomial of degree ``order`` in y, x over [-1, 1]."""
-    y = np.linspace(-1.0, 1.0, shape[0], dtype=np.float32)[:, None]
-    x = np.linspace(-1.0, 1.0, shape[1], dtype=np.float32)[None, :]
-    powers = [(i, d - i) for d in range(order + 1) for i in range(d + 1)]  # y^i x^j, i + j <= order
-    basis = np.stack([np.broadcast_to(y**i * x**j, shape) for i, j in powers])  # (T, H, W)
-    degree = np.array([i + j for i, j in powers])
-    # Constant offset anywhere on the circle; higher orders shrink so the phase stays smooth.
-    scale = np.where(degree == 0, np.pi, 1.0 / np.maximum(degree, 1)).astype(np.float32)
-    coeffs = rng.standard_normal((num_slices, len(powers))).astype(np.float32) * scale
-    return np.einsum("st,thw->shw", coeffs, basis).astype(np.float32)
 
 
 def complex_noise(shape: tuple[int, ...], std: float, rng: np.random.Generator) -> np.ndarray:

@@ -9,15 +9,22 @@ the measurements (the clean images are not stored):
     index             the example's index; its mask and noise are drawn from a generator seeded by it
 
 so the same item is identical in every epoch, as the dataset convention of ``measurements.py`` requires.
+
+With the recipe's ``data.augment`` (``augment.py``), the clean training images are augmented before they are
+corrupted: each augmented copy is one more example with its own index, hence its own mask and noise. The last
+``data.holdout`` images (the preview's examples) are not augmented and stay last.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
 from ..masks import pixel_mask
+from .augment import AugmentConfig, augment_images
 from .images import ImageSet, load_images
 from .measurements import ArrayMeasurements
 
@@ -103,12 +110,38 @@ class ImageMeasurements(ArrayMeasurements):
                 "kept_fraction": float(self.mask.float().mean())}
 
 
+def augment_image_set(iset: ImageSet, settings: AugmentConfig, holdout: int = 0, seed: int = 0) -> ImageSet:
+    """Clean images (N, C, H, W) -> [the first N - holdout images, their augmented copies (copy 1 of each, then
+    copy 2, ...), the last ``holdout`` images]: (N + copies * (N - holdout), C, H, W). Labels follow the images;
+    a copy's name is its original's with ``~augK`` appended. ``augment_images`` draws the copies."""
+    n = len(iset) - max(int(holdout), 0)
+    if settings.copies == 0 or n <= 0:
+        return iset
+    x = iset.images
+    images = np.concatenate([augment_images(x[:n], settings, seed=seed), x[n:]])
+
+    def spread(items: list, tag) -> list:
+        if len(items) != len(iset):
+            return list(items)
+        head = [tag(v, k) for k in range(settings.copies + 1) for v in items[:n]]
+        return head + list(items[n:])
+
+    return ImageSet(images.astype(np.float32, copy=False), spread(iset.labels, lambda v, k: v),
+                    spread(iset.names, lambda v, k: v if k == 0 else f"{v}~aug{k}"), iset.source)
+
+
 def build_image_measurements(recipe) -> ImageMeasurements:
-    """The recipe's image data (data.kind images | faces | mnist) with its corruption section applied."""
+    """The recipe's image data (data.kind images | faces | mnist) with its augmentation (if any) and corruption
+    sections applied."""
     d, c = recipe.data, recipe.corruption
     iset = load_images(d.kind, d.image_size, d.grayscale, d.resize, d.limit, path=d.path)
     info = {"kind": d.kind, "image_size": list(iset.images.shape[-2:]), "grayscale": d.grayscale,
             "resize": d.resize, "limit": d.limit}
     if d.kind == "images":
         info["path"] = str(d.path)
+    aug = getattr(d, "augment", None) or AugmentConfig()
+    if aug.copies > 0:
+        num_originals = len(iset)
+        iset = augment_image_set(iset, aug, holdout=d.holdout, seed=0)
+        info["augment"] = {**dataclasses.asdict(aug), "seed": 0, "num_originals": num_originals}
     return ImageMeasurements(iset, p=c.p, box=c.box, sigma_n=c.sigma_n, info=info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
@@ -10,6 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..data.augment import AugmentConfig
 from ..errors import RecipeError
 
 
@@ -23,6 +25,12 @@ class DataConfig:
     resize: str = "crop"            # images: crop (centre crop to the aspect of image_size, then resize) | stretch
     limit: int | None = None        # use only the first N examples
     holdout: int = 2                # examples kept out of training for the preview PNG
+    # Image data: augmented copies of the clean images, made once when the data set is built; each copy is a new
+    # example with its own fixed corruption (never a second corruption of a trained-on image). Keys: copies (0 =
+    # off), flip, rotate (deg), scale, shift (fraction), elastic (px), elastic_smoothness (px), gamma [lo, hi],
+    # phase (complex images only: refused here). Not for kind prepared (real k-space has no clean image); the MRI
+    # demo is augmented by `ambient-mri prepare demo --augment-copies N`. See ambient_mri/data/augment.py.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -131,8 +139,12 @@ def _build(cls, values: dict[str, Any], where: str):
     kwargs = {}
     for key, value in values.items():
         name = f"{where}.{key}" if where else key
-        kwargs[key] = _build(SECTIONS[key], value, key) if not where and key in SECTIONS else \
-            _check_value(name, value, hints[key])
+        if not where and key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], value, key)
+        elif dataclasses.is_dataclass(hints[key]):  # a mapping inside a section (data.augment)
+            kwargs[key] = _build(hints[key], value, name)
+        else:
+            kwargs[key] = _check_value(name, value, hints[key])
     return cls(**kwargs)
 
 
@@ -189,6 +201,7 @@ def validate(recipe: Recipe) -> Recipe:
     kinds = ("prepared", "images", "faces", "mnist")
     if recipe.data.kind not in kinds:
         raise RecipeError(f"data.kind: {recipe.data.kind!r} is not one of: {', '.join(kinds)}")
+    _validate_augment(recipe)
     if recipe.data.kind != "prepared":
         _validate_images(recipe)
     elif c.sigma_n > 0:
@@ -228,6 +241,21 @@ def _validate_ranges(recipe: Recipe) -> None:
     for key, value, ok, rule in checks:
         if not ok:
             raise RecipeError(f"{key}: must be {rule}, got {value!r}")
+
+
+def _validate_augment(recipe: Recipe) -> None:
+    """data.augment: each setting's range by key; only for image data, whose clean images are augmented once."""
+    d = recipe.data
+    a = d.augment
+    a.check("data.augment", RecipeError)
+    if d.kind == "prepared" and a.copies > 0:
+        raise RecipeError("data.augment.copies: augmentation makes new examples from clean images, and prepared MRI "
+                          "data (data.kind prepared) hold only measured k-space, no clean image to augment; set "
+                          "data.augment.copies: 0 (for the simulated demo: `ambient-mri prepare demo "
+                          "--augment-copies N` augments its clean slices before simulation)")
+    if d.kind != "prepared" and a.phase:
+        raise RecipeError(f"data.augment.phase: a random smooth phase applies to complex MRI images; data.kind "
+                          f"{d.kind!r} images are real-valued: set data.augment.phase: false")
 
 
 def _validate_images(recipe: Recipe) -> None:
@@ -273,7 +301,7 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
                               f"training; this file holds a {type(values).__name__}")
         base_dir = path.parent
         values.setdefault("name", path.stem)
-    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    values = copy.deepcopy(values)  # overrides must not change the caller's dict (nor its nested data.augment)
     items = overrides.items() if isinstance(overrides, dict) else [_parse_override(o) for o in overrides or []]
     for path_, value in items:
         keys = path_.split(".") if isinstance(path_, str) else path_
