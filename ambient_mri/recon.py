@@ -23,7 +23,15 @@ from .masks import COLUMN_KINDS, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .sampling import policy
-from .scan import check_inputs, model_rows, prepare_scan, scan_noise_std, zero_filled_rss
+from .scan import (
+    check_inputs,
+    model_rows,
+    prepare_scan,
+    samples_per_unknown,
+    scan_noise_std,
+    warn_if_underdetermined,
+    zero_filled_rss,
+)
 
 METHODS = policy.MRI_METHODS
 CLASSICAL = baselines.METHODS
@@ -128,8 +136,11 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     ks, mps, scales = prepare_scan(k, msk, rows, maps, coils)
     y = ks / scales[:, None, None, None]
     H = ks.shape[-2]
-    extra: dict = {"scale": scales.tolist(), "coils": int(ks.shape[1])}
+    extra: dict = {"scale": scales.tolist(), "coils": int(ks.shape[1]),
+                   "samples_per_unknown": samples_per_unknown(mps, msk)}
     std, nfe = None, 0
+    if method in ("sense", "l1_wavelet"):
+        warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)
         extra.update(info)

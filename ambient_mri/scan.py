@@ -131,3 +131,32 @@ def zero_filled_rss(k: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.n
     return center_crop(img, size).astype(np.float32)
 
 
+
+
+# Below this many acquired samples (coils x acquired columns) per unknown pixel of a row (the row's width inside the
+# maps' support), the linear system of SENSE is nearly square and the reconstruction amplifies noise without bound.
+# benchmarks/twix_maps.py: on a real 2-coil scan (ρ = 1.15 at R = 2, lower above) CG-SENSE falls below zero-filled
+# even with maps from the fully-sampled scan; every simulated benchmark volume has ρ >= 1.47 and stays above.
+MIN_SAMPLES_PER_UNKNOWN = 1.3
+
+
+def samples_per_unknown(maps: np.ndarray, m: np.ndarray) -> float:
+    """ρ = C · (acquired columns) / (median width of the maps' support over the rows that have one), the smallest
+    over the slices; maps (S, C, H, W), column masks (S, W). ρ <= 1: the coils cannot unalias the acquisition."""
+    support = (np.abs(maps) ** 2).sum(1) > 0                       # (S, H, W)
+    out = []
+    for s in range(maps.shape[0]):
+        widths = support[s].sum(-1)
+        widths = widths[widths > 0]
+        if widths.size:
+            out.append(maps.shape[1] * float(np.count_nonzero(m[s])) / float(np.median(widths)))
+    return min(out) if out else float("inf")
+
+
+def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
+    """The warning ``reconstruct`` gives a linear method (sense, l1_wavelet) when ρ < MIN_SAMPLES_PER_UNKNOWN."""
+    if rho < MIN_SAMPLES_PER_UNKNOWN:
+        warnings.warn(
+            f"{method}: {coils} coils x the acquired columns give only {rho:.2f} samples per unknown pixel of a row "
+            f"(below {MIN_SAMPLES_PER_UNKNOWN}): the coils cannot unalias this acceleration, so the image may be "
+            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", stacklevel=3)

@@ -374,3 +374,25 @@ def test_twix_noise_scan_prewhitens_and_missing_lines_give_a_mask(tmp_path):
                                rtol=0, atol=1e-6 * np.abs(k0).max())
     whitened_noise = noise_whitener(X) @ X
     np.testing.assert_allclose(whitened_noise @ whitened_noise.conj().T / X.shape[1], np.eye(2), atol=1e-6)
+
+
+def test_sense_warns_when_the_coils_cannot_unalias_the_real_two_coil_scan(tmp_path):
+    """R = 2 with 2 coils leaves about one sample per unknown pixel: CG-SENSE falls below zero-filled there even with
+    maps from the fully-sampled scan (benchmarks/twix_maps.py), so reconstruct must say so; the same acceleration
+    with 8 simulated coils must not warn."""
+    import warnings
+
+    from ambient_mri.masks import kspace_mask
+
+    res = convert_twix(GRE, tmp_path / "gre.h5")
+    k = read_fastmri(res.output).kspace.read()
+    mask = kspace_mask("random", k.shape[-2:], 2, 20 / k.shape[-1], seed=(2, 11))[0]  # 92 of 160 columns
+    with pytest.warns(UserWarning, match="cannot unalias"):
+        out = ambient_mri.reconstruct(k * mask, mask, method="sense", lam=1e-2, iters=5, progress=False)
+    assert 1.1 < out.extra["samples_per_unknown"] < 1.3  # more samples than unknowns, still too few
+    sim = simulate_coil_data(blobs(1, 32), num_coils=8, oversample=2, seed=0)
+    m8 = kspace_mask("random", sim.kspace.shape[-2:], 2, 0.25, seed=0)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ambient_mri.reconstruct(sim.kspace * m8, m8, method="sense", lam=1e-2, iters=5, progress=False)
+    assert out.extra["samples_per_unknown"] > 2
