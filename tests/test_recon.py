@@ -462,3 +462,23 @@ def test_a_model_reconstructs_other_widths_with_a_warning(demo):
     zf = reconstruct(sim.kspace * mask, mask, method="zero_filled", progress=False)
     assert res.magnitude.shape == (1, 32, 40) and np.isfinite(res.magnitude).all()
     assert evaluate_volume(target, res.magnitude)["PSNR"] > evaluate_volume(target, zf.magnitude)["PSNR"] - 3
+
+
+def test_lambda_search_row_subset_is_the_same_problem_on_fewer_rows():
+    """With a column mask every image row is its own 1-D problem, so CG-SENSE on a subset of rows gives exactly
+    those rows of the full solution (the λ search solves 128 rows instead of all)."""
+    from ambient_mri.baselines import _solve_batch, row_subset
+
+    sim = simulate_coil_data(blobs(1, 96), num_coils=6, oversample=1, seed=0)
+    m = kspace_mask("random", (96, 96), 4, 0.08, seed=1)[0][None]
+    y, maps = (sim.kspace * m[0]).astype(np.complex64), sim.maps[None].astype(np.complex64)
+    full = _solve_batch("sense", y, maps, m, 1e-3, 300)
+    ys, ms = row_subset(y, maps, 24)
+    assert ys.shape == (1, 6, 24, 96) and ms.shape == ys.shape
+    sub = _solve_batch("sense", ys, ms, m, 1e-3, 300)
+    covered = np.flatnonzero((np.abs(maps) ** 2).sum((0, 1, 3)) > 0)
+    rows = covered[np.linspace(0, covered.size - 1, 24).round().astype(int)]
+    assert np.abs(full[:, rows] - sub).max() < 2e-3 * np.abs(full).max()
+    assert np.abs(full[:, rows[:-1] + 1] - sub[:, :-1]).max() > 0.05 * np.abs(full).max()  # other rows differ
+    same_y, same_maps = row_subset(y, maps, 96)
+    assert same_y is y and same_maps is maps

@@ -12,7 +12,7 @@ import torch
 from ..coils import espirit, sense_combine
 from ..errors import AmbientMRIError
 from ..masks import calibration_width
-from ..operators import ifft2c
+from ..operators import fft_rows, ifft2c
 
 SCALE_PERCENTILE = 99.0
 MAX_CALIB_WIDTH = 32
@@ -21,8 +21,7 @@ MAX_CALIB_WIDTH = 32
 def _readout_image(kspace: np.ndarray) -> torch.Tensor:
     """Centred orthonormal 1-D inverse FFT along the readout (rows) of k-space (..., H0, L): the hybrid
     (x, k_y) space in which each acquired column is independent."""
-    t = torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64))
-    return torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    return fft_rows(torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64)), inverse=True)
 
 
 def row_crop(kspace: np.ndarray, rows: int) -> np.ndarray:
@@ -37,8 +36,7 @@ def row_crop(kspace: np.ndarray, rows: int) -> np.ndarray:
     x = _readout_image(kspace)
     top = (H0 - rows) // 2
     x = x[..., top: top + rows, :]
-    k = torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(x, dim=-2), dim=-2, norm="ortho"), dim=-2)
-    return k.numpy()
+    return fft_rows(x).numpy()
 
 
 def noise_std(acquired: np.ndarray, edge: float = 0.125) -> float:

@@ -1,7 +1,7 @@
 """Forward operators: what a measurement is."""
 
 from .base import AdjointOperator, ComposedOperator, Identity, LinearOperator, adjointness_error, inner
-from .fft import fft2c, ifft2c
+from .fft import fft2c, fft_rows, ifft2c
 from .mri import MultiCoilMRI, SingleCoilMRI, mask_4d
 from .pixel import PixelMask
 
@@ -15,6 +15,7 @@ __all__ = [
     "SingleCoilMRI",
     "adjointness_error",
     "fft2c",
+    "fft_rows",
     "ifft2c",
     "inner",
     "mask_4d",

@@ -1,4 +1,4 @@
-"""Centered, orthonormal 2-D FFT over the last two dimensions of complex tensors.
+"""Centered, orthonormal 2-D FFT over the last two dimensions of complex tensors, and the 1-D FFT along the readout.
 
 The shift/transform order is fastMRI's (``ifftshift`` -> ``fftn(norm="ortho")`` -> ``fftshift``), so
 ``fft2c(x)`` equals ``view_as_complex(fastmri.fft2c(view_as_real(x)))`` bit for bit.
@@ -36,3 +36,13 @@ def ifft2c(k):
         raise TypeError("ifft2c expects a complex tensor; use torch.view_as_complex for (..., 2) real views")
     x = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(t, dim=_DIMS), dim=_DIMS, norm="ortho"), dim=_DIMS)
     return x.numpy() if was_numpy else x
+
+
+def fft_rows(x, inverse: bool = False):
+    """Centered orthonormal 1-D (inverse) FFT along dim -2 (the readout) of (..., H, W) complex data; numpy in,
+    numpy out. With a column mask, ``fft_rows(k, inverse=True)`` is the hybrid space in which every image row is
+    its own 1-D problem."""
+    t, was_numpy = _as_complex_tensor(x)
+    fn = torch.fft.ifft if inverse else torch.fft.fft
+    out = torch.fft.fftshift(fn(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    return out.numpy() if was_numpy else out
