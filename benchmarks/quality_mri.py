@@ -1,13 +1,24 @@
 """Reconstruction quality on the MNI demo data: an ambient model trained only on R=4 k-space against an oracle
 trained on fully-sampled k-space with the same budget, and the classical baselines, at R = 4, 6, 8.
 
-Not a test (about 40-45 minutes on a 2-core CPU at the defaults). The two models train side by side (one process
-and one torch thread each, --minutes of wall time each), then --workers processes reconstruct the held-out volume
-with every method at every R (the long A-DPS/DPS runs first). Prints a table and writes
-benchmarks/results/quality_mri.json and quality_mri.png.
+Two evaluation sets, side by side (``--sets``):
+
+    demo  the demo's held-out volume: 8 MNI152 T1 template slices from a slab disjoint from the training slabs
+          (the template is what the models train on, and the samplers were tuned on its calibration slices)
+    epi   another source: 8 axial slices of one real subject, nibabel's bundled BOLD EPI (example4d.nii.gz),
+          simulated with the same coil count and noise but another birdcage radius and seed
+          (data_tools.other_sets.build_epi_set), written in the same official fastMRI layout
+
+Both are reconstructed with the same fastMRI random masks and centre fractions (demo_center_fraction).
+
+Not a test (about 40-45 minutes on a 2-core CPU at the defaults with the demo set only; the second set adds
+about half the evaluation time). The two models train side by side (one process and one torch thread each,
+--minutes of wall time each), then --workers processes reconstruct the held-out volumes with every method at
+every R (the long A-DPS/DPS runs first). Prints a table and writes benchmarks/results/quality_mri.json and
+quality_mri.png (one row of plots per set).
 
     python benchmarks/quality_mri.py [--size 64] [--minutes 20] [--adps-steps 500] [--workers 2] [--work DIR]
-                                     [--device cuda] [--set training.batch_size=32 ...]
+                                     [--sets demo epi] [--device cuda] [--set training.batch_size=32 ...]
 """
 
 from __future__ import annotations
@@ -27,11 +38,23 @@ import torch
 import ambient_mri as am
 from ambient_mri.metrics import evaluate_dirs
 from data_tools.demo import build_demo, demo_center_fraction
+from data_tools.other_sets import build_epi_set
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "recipes" / "demo_mni_r4.yaml"
 RUNS = {"ambient": "ambient_r4", "oracle": "oracle_full"}  # model key -> run name under --work/runs
+# evaluation set key -> (name in tables, description); the demo's reconstructions stay under --work/recon
+SETS = {
+    "demo": ("demo (MNI152, tuned on)",
+             "MNI152 2009a T1 template (nilearn; the training source), held-out slab of 8 axial slices"),
+    "epi": ("other source (nibabel EPI)",
+            "nibabel example4d.nii.gz: one real subject's BOLD EPI (another scanner, subject and contrast), "
+            "8 axial slices; same coil count and noise, birdcage radius 1.2 instead of 1.5, seed 5000"),
+}
+
+
+REDUCIBLE = ("size", "coils", "slices", "minutes", "adps_steps", "accelerations", "sets")  # reported if not default
 
 
 def methods(adps_steps: int) -> list[tuple[str, str, str | None, dict]]:
@@ -80,7 +103,7 @@ def _evaluate(task: dict) -> dict:
         with h5py.File(out, "r") as h:
             nfe, slices = int(h.attrs["nfe"]), slices + h["reconstruction"].shape[0]
     m = evaluate_dirs(task["raw_val"], folder)["mean"]
-    return {"R": task["R"], "method": task["label"], "options": task["opts"], **m, "nfe": nfe,
+    return {"set": task["set"], "R": task["R"], "method": task["label"], "options": task["opts"], **m, "nfe": nfe,
             "seconds_per_slice": round((time.time() - t0) / max(slices, 1), 3),
             "PSNR_per_slice": _slice_psnr(task["raw_val"], folder)}
 
@@ -88,8 +111,9 @@ def _evaluate(task: dict) -> dict:
 HEAD = 0.08  # head mask: reference above this fraction of its volume's maximum
 
 
-def _folder(work: Path, R: int, label: str) -> Path:
-    return work / "recon" / f"r{R}" / label.replace(" ", "_").replace("(", "").replace(")", "")
+def _folder(work: Path, R: int, label: str, set_key: str = "demo") -> Path:
+    root = work / ("recon" if set_key == "demo" else f"recon_{set_key}")
+    return root / f"r{R}" / label.replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def head_ssim(raw_val: str, folder: Path) -> float:
@@ -132,16 +156,17 @@ PAIRS = [("ambient fast (50 NFE)", "l1_wavelet"), ("ambient fast (50 NFE)", "cg_
 
 
 def paired(rows: list[dict]) -> dict:
-    """Per R, each pair (a, b) of PAIRS: PSNR(a) - PSNR(b) slice by slice: mean, SD, how many slices a wins."""
+    """Per set and R, each pair (a, b) of PAIRS: PSNR(a) - PSNR(b) slice by slice: mean, SD, how many slices a
+    wins. Keys "R=4", ... for the demo set (as before the second set), "epi R=4", ... for the others."""
     out: dict = {}
-    for R in sorted({r["R"] for r in rows}):
-        cell = {r["method"]: r.get("PSNR_per_slice") for r in rows if r["R"] == R}
+    for s, R in sorted({(r.get("set", "demo"), r["R"]) for r in rows}, key=lambda k: (list(SETS).index(k[0]), k[1])):
+        cell = {r["method"]: r.get("PSNR_per_slice") for r in rows if r["R"] == R and r.get("set", "demo") == s}
         for a, b in PAIRS:
             if cell.get(a) and cell.get(b):
                 d = [x - y for x, y in zip(cell[a], cell[b])]
                 mean = sum(d) / len(d)
                 sd = (sum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1)) ** 0.5
-                out.setdefault(f"R={R}", {})[f"{a} - {b}"] = {
+                out.setdefault(f"R={R}" if s == "demo" else f"{s} R={R}", {})[f"{a} - {b}"] = {
                     "mean_dB": round(mean, 3), "sd_dB": round(sd, 3), "slices_won": sum(v > 0 for v in d),
                     "slices": len(d)}
     return out
@@ -159,6 +184,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="training wall time per model (both at once)")
     p.add_argument("--adps-steps", type=int, default=500)
     p.add_argument("--accelerations", type=int, nargs="+", default=[4, 6, 8])
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS),
+                   help="evaluation sets: demo (MNI152 held-out slab), epi (nibabel's real EPI subject)")
     p.add_argument("--work", default="/tmp/quality_mri")
     p.add_argument("--device", default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -179,6 +206,8 @@ def main() -> None:
     _threads(args.threads)
     work = Path(args.work)
     paths = build_demo(work / "data", size=args.size, coils=args.coils, slices=args.slices)
+    raw_val = {"demo": str(paths["raw_val"]),  # the held-out volume of each set, in the same fastMRI layout
+               "epi": str(build_epi_set(work / "epi_data", size=args.size, coils=args.coils)["raw_val"])}
     common = [f"output={work / 'runs'}", f"max_minutes={args.minutes}", "steps=1000000"]
     if args.device:
         common.append(f"device={args.device}")
@@ -203,14 +232,16 @@ def main() -> None:
           flush=True)
 
     tasks = []
-    for R in args.accelerations:
-        for label, method, key, opts in methods(args.adps_steps):
-            if args.only and label not in args.only:
-                continue
-            tasks.append({"R": R, "cf": demo_center_fraction(args.size, R), "label": label, "method": method,
-                          "model": key, "opts": opts, "folder": str(_folder(work, R, label)),
-                          "raw_val": paths["raw_val"], "models": {k: str(v / "model.pt") for k, v in runs.items()},
-                          "device": args.device, "threads": args.threads})
+    for set_key in args.sets:
+        for R in args.accelerations:
+            for label, method, key, opts in methods(args.adps_steps):
+                if args.only and label not in args.only:
+                    continue
+                tasks.append({"set": set_key, "R": R, "cf": demo_center_fraction(args.size, R), "label": label,
+                              "method": method, "model": key, "opts": opts,
+                              "folder": str(_folder(work, R, label, set_key)), "raw_val": raw_val[set_key],
+                              "models": {k: str(v / "model.pt") for k, v in runs.items()},
+                              "device": args.device, "threads": args.threads})
     cost = {"adps": 3.0, "dps": 3.0, "ald": 1.0, "fast": 1.0, "one_step": 0.0}  # NFE x (1 or fwd+bwd)
     tasks.sort(key=lambda t: -cost.get(t["method"], 0.0) * t["opts"].get("steps", 1) * t["opts"].get("num_samples", 1))
     rows = []
@@ -218,15 +249,17 @@ def main() -> None:
         for fut in as_completed([ex.submit(_evaluate, t) for t in tasks]):
             r = fut.result()
             rows.append(r)
-            print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} NMSE {r['NMSE']:.5f} "
-                  f"NFE {r['nfe']:4d} {r['seconds_per_slice']:7.2f} s/slice", flush=True)
+            print(f"{r['set']:<4} R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} "
+                  f"NMSE {r['NMSE']:.5f} NFE {r['nfe']:4d} {r['seconds_per_slice']:7.2f} s/slice", flush=True)
     out = Path(args.out)
     earlier = json.loads(out.read_text()) if args.only and out.is_file() else {}
     if earlier:  # the other rows as they were measured, with the settings and seconds of that run
-        rows += [r for r in earlier["rows"] if r["method"] not in args.only]
-    rows.sort(key=lambda r: (r["R"], labels.index(r["method"])))
+        for r in earlier["rows"]:
+            r.setdefault("set", "demo")  # records from before the second set hold demo rows only
+        rows += [r for r in earlier["rows"] if not (r["method"] in args.only and r["set"] in args.sets)]
+    rows.sort(key=lambda r: (list(SETS).index(r["set"]), r["R"], labels.index(r["method"])))
     for r in rows:  # every row, also those kept from an earlier run (their reconstructions are still in --work)
-        r["SSIM_head"] = head_ssim(paths["raw_val"], _folder(work, r["R"], r["method"]))
+        r["SSIM_head"] = head_ssim(raw_val[r["set"]], _folder(work, r["R"], r["method"], r["set"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "quality_mri",
@@ -234,6 +267,11 @@ def main() -> None:
         "settings": {**vars(args), "steps_trained": steps_trained, "train_minutes_wall": round(train_s / 60, 2),
                      "recipe": str(RECIPE.relative_to(ROOT)),
                      "data": "MNI152 demo (simulated coils), val volume held out, fastMRI random masks",
+                     "evaluation_sets": {k: {"name": SETS[k][0], "source": SETS[k][1], "raw_val": raw_val[k]}
+                                         for k in args.sets},
+                     "reduced_from_defaults": {k: {"default": p.get_default(k), "used": v}
+                                               for k, v in vars(args).items() if k in REDUCIBLE
+                                               and v != p.get_default(k)},
                      "seconds_per_slice": "wall time of one worker; workers ran concurrently"},
         "rows": rows, "paired_per_slice_psnr": paired(rows), "seconds": round(time.time() - tic, 1),
     }
@@ -247,9 +285,7 @@ def main() -> None:
     os.replace(tmp, out)
     _plot(rows, out.with_suffix(".png"))
     print()
-    for r in rows:
-        print(f"R={r['R']} {r['method']:<26} PSNR {r['PSNR']:6.2f} SSIM {r['SSIM']:.4f} "
-              f"SSIM(head) {r['SSIM_head']:.4f} NFE {r['nfe']:4d}")
+    print(table(rows))
     for R, pairs in record["paired_per_slice_psnr"].items():
         for name, v in pairs.items():
             print(f"{R} {name}: {v['mean_dB']:+.2f} dB (SD {v['sd_dB']:.2f}), "
@@ -257,22 +293,54 @@ def main() -> None:
     print(f"wrote {out} in {time.time() - tic:.0f} s")
 
 
+def _cell(rows: list[dict], set_key: str, R: int, method: str) -> dict | None:
+    return next((r for r in rows if r.get("set", "demo") == set_key and r["R"] == R and r["method"] == method), None)
+
+
+def table(rows: list[dict]) -> str:
+    """Every method and R with the sets side by side: PSNR, SSIM, SSIM inside the head; '<zf' marks a PSNR below
+    zero-filled's on that set at that R."""
+    sets = [k for k in SETS if any(r.get("set", "demo") == k for r in rows)]
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    width = max(25, *(len(SETS[k][0]) for k in sets))
+    lines = [f"{'method':<26} {'R':>2} " + " | ".join(SETS[k][0].ljust(width) for k in sets),
+             f"{'':<26} {'':>2} " + " | ".join(f"{'PSNR':>6}{'':3} {'SSIM':>7} {'head':>7}".ljust(width) for _ in sets)]
+    for R in sorted({r["R"] for r in rows}):
+        for lab in labels:
+            parts = []
+            for k in sets:
+                c, zf = _cell(rows, k, R, lab), _cell(rows, k, R, "zero_filled")
+                if c is None:
+                    parts.append(f"{'-':>6}{'':3} {'-':>7} {'-':>7}".ljust(width))
+                    continue
+                low = "<zf" if zf is not None and lab != "zero_filled" and c["PSNR"] < zf["PSNR"] else ""
+                head = c.get("SSIM_head", float("nan"))
+                parts.append(f"{c['PSNR']:6.2f}{low:<3} {c['SSIM']:7.4f} {head:7.4f}".ljust(width))
+            lines.append(f"{lab:<26} {R:>2} " + " | ".join(parts))
+    return "\n".join(lines)
+
+
 def _plot(rows: list[dict], path: Path) -> None:
+    """One row of plots per evaluation set: PSNR and SSIM against R for every method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sets = [k for k in SETS if any(r.get("set", "demo") == k for r in rows)]
     labels = list(dict.fromkeys(r["method"] for r in rows))
     Rs = sorted({r["R"] for r in rows})
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
-    for lab in labels:
-        for k, metric in enumerate(("PSNR", "SSIM")):
-            ax[k].plot(Rs, [next(r[metric] for r in rows if r["R"] == R and r["method"] == lab) for R in Rs],
-                       marker="o", label=lab)
-            ax[k].set_xlabel("acceleration R")
-            ax[k].set_ylabel(metric)
-    ax[1].legend(fontsize=7)
+    fig, ax = plt.subplots(len(sets), 2, figsize=(12, 4 * len(sets)), squeeze=False)
+    for i, k in enumerate(sets):
+        for lab in labels:
+            for j, metric in enumerate(("PSNR", "SSIM")):
+                vals = [(c or {}).get(metric, float("nan")) for c in (_cell(rows, k, R, lab) for R in Rs)]
+                ax[i, j].plot(Rs, vals, marker="o", label=lab)
+                ax[i, j].set_xlabel("acceleration R")
+                ax[i, j].set_ylabel(metric)
+                ax[i, j].set_xticks(Rs)
+                ax[i, j].set_title(f"{SETS[k][0]}: {metric}")
+        ax[i, 1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

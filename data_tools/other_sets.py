@@ -1,0 +1,119 @@
+"""A second real-anatomy evaluation set, from a different source than the demo's training data.
+
+The demo trains on the MNI152 T1 template (nilearn: a population average). This set is one real subject: the
+first volume of nibabel's bundled BOLD EPI test file ``nibabel/tests/data/example4d.nii.gz`` (128 x 96 x 24
+voxels, 2 x 2 x 2.2 mm, T2*-weighted; another scanner, subject and contrast). Of the files the installed
+packages ship it is the only full-head in-vivo brain scan: nibabel's ``anatomical.nii`` is a real T1 but a
+33 x 41 x 25 crop of the brain's centre (2 mm; no skull outline), dipy and pydicom are not installed.
+
+``nibabel_epi_slices`` gives its axial slices oriented like the demo's (anterior up, subject's right on the
+image's left), zero-padded to the target's aspect ratio (anatomy not stretched) and resized with anti-aliasing,
+max 1 over the stack. ``build_epi_set`` simulates them with the demo's simulator (data_tools.simulate: 2x readout
+oversampling, smooth random phase, birdcage coils, complex noise), the same coil count and noise as the demo but
+another birdcage radius and seed, and writes the volume in the official fastMRI multi-coil layout (kspace,
+reconstruction_rss, ismrmrd_header) where the demo keeps its held-out volume:
+
+    DIR/raw/val/epi_val_00.h5        the evaluation volume (fully sampled; masks are applied by the evaluation)
+    DIR/prepared_r4/{val,val_reference}, DIR/prepared_r8/...   with ``prepare=True``, as build_demo prepares
+    DIR/epi_set.json                 what was built
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ambient_mri.errors import AmbientMRIError
+
+from .simulate import simulate_coil_data, write_fastmri
+from .sources import _pad_to_aspect, _resize
+
+EPI_FILE = "example4d.nii.gz"
+EPI_BRAIN = (4, 21)   # [start, stop) of the axial slices with a sizeable brain section (of 24)
+COIL_RADIUS = 1.2     # birdcage radius (sigpy units); the demo uses the simulator's default 1.5
+SEED = 5000           # phase and noise seed; the demo's volumes use 1000.. (calibration 2000, augmented 3000..)
+
+
+def nibabel_epi_path() -> Path:
+    try:
+        from nibabel.testing import data_path
+    except ImportError as err:
+        raise ImportError("the EPI set needs nibabel: pip install nibabel") from err
+    return Path(data_path) / EPI_FILE
+
+
+def nibabel_epi_slices(num_slices: int = 8, size: tuple[int, int] = (64, 64), start: int = EPI_BRAIN[0],
+                       stop: int = EPI_BRAIN[1]) -> tuple[np.ndarray, list[int]]:
+    """``num_slices`` evenly spaced axial slices of nibabel's example4d EPI (first time point) from [start, stop)
+    as (S, h, w) float32 with max 1 over the stack, and their slice numbers.
+
+    Orientation as ``mni152_slices``: anterior at the top, the subject's left on the image's right (the file
+    is LAS, the template RAS, so columns are flipped to match); zero-padded to the aspect of ``size``, resized
+    with anti-aliasing (the same resize as the demo's slices)."""
+    import nibabel as nib
+
+    img = nib.load(str(nibabel_epi_path()))
+    vol = np.asarray(img.dataobj, dtype=np.float32)[..., 0]  # (x, y, z)
+    n = vol.shape[2]
+    if not 0 <= start < stop <= n:
+        raise AmbientMRIError(f"need 0 <= start < stop <= {n}, got start={start}, stop={stop}")
+    if not 1 <= num_slices <= stop - start:
+        raise AmbientMRIError(f"num_slices must be in [1, {stop - start}] for EPI slices {start}..{stop - 1}")
+    idx = start + np.floor((np.arange(num_slices) + 0.5) * (stop - start) / num_slices).astype(int)
+    planes = np.moveaxis(vol, 2, 0)[idx]                       # (S, x, y)
+    planes = np.flip(np.swapaxes(planes, 1, 2), axis=1)        # rows: anterior at the top
+    if nib.aff2axcodes(img.affine)[0] == "L":
+        planes = np.flip(planes, axis=2)                       # columns left -> right as in the RAS template
+    stack = np.clip(_resize(_pad_to_aspect(np.ascontiguousarray(planes), size), size), 0.0, None)
+    return (stack / stack.max()).astype(np.float32), [int(i) for i in idx]
+
+
+def build_epi_set(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 8,
+                  noise_std: float = 0.005, coil_radius: float = COIL_RADIUS, seed: int = SEED,
+                  prepare: bool = False) -> dict:
+    """Simulate ``slices`` EPI slices (module docstring) into ``output/raw/val/epi_val_00.h5``; returns a dict of
+    the folders (Paths) with the keys build_demo uses for its held-out volume (``raw_val``; with ``prepare``
+    also ``r4_val``, ``r4_val_reference``, ``r8_val``, ``r8_val_reference``). Deterministic; an existing file
+    is kept."""
+    from .demo import demo_center_fraction
+
+    if size < 16 or size % 2:
+        raise AmbientMRIError(f"size must be an even number >= 16, got {size}")
+    if coils < 1:
+        raise AmbientMRIError(f"coils must be >= 1, got {coils}")
+    tic = time.time()
+    out = Path(output)
+    raw_val = out / "raw" / "val"
+    path = raw_val / "epi_val_00.h5"
+    images, ids = nibabel_epi_slices(slices, (size, size))
+    if not path.exists():
+        sim = simulate_coil_data(images, num_coils=coils, oversample=2, noise_std=noise_std, phase=True, seed=seed,
+                                 coil_radius=coil_radius)
+        write_fastmri(path, sim.kspace, recon_size=(size, size), acquisition="AXT2",
+                      attrs={"source": f"nibabel/tests/data/{EPI_FILE}", "epi_slices": ids,
+                             "coil_radius": coil_radius, "seed": seed})
+    paths = {"root": out, "raw_val": raw_val}
+    cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
+    if prepare:
+        from .prepare import prepare_fastmri
+
+        for R, cf in ((4, cf4), (8, cf8)):
+            summary = prepare_fastmri(raw_val, out / f"prepared_r{R}", mask="random", per_slice_mask=True,
+                                      acceleration=R, center_fraction=cf, split="val", progress=False)
+            if summary.refused:
+                raise AmbientMRIError("EPI set preparation failed:\n" + summary.report())
+            paths[f"r{R}_val"] = out / f"prepared_r{R}" / "val"
+            paths[f"r{R}_val_reference"] = out / f"prepared_r{R}" / "val_reference"
+    record = {
+        "source": f"nibabel {EPI_FILE} (BOLD EPI, one real subject, first time point), axial slices",
+        "image_size": [size, size], "kspace_size": [2 * size, size], "coils": coils, "noise_std": noise_std,
+        "coil_radius": coil_radius, "seed": seed, "val_slices": ids, "mask": "random, per slice",
+        "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
+        "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
+    }
+    (out / "epi_set.json").write_text(json.dumps(record, indent=2) + "\n")
+    return paths

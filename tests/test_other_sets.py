@@ -1,0 +1,50 @@
+"""The second evaluation set (data_tools.other_sets): nibabel's real EPI subject in the official fastMRI layout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nibabel")
+
+from ambient_mri.data import read_fastmri  # noqa: E402
+from data_tools.other_sets import build_epi_set, nibabel_epi_slices  # noqa: E402
+from data_tools.simulate import birdcage_maps, rss_target, simulate_coil_data  # noqa: E402
+
+
+def test_epi_slices_are_distinct_normalised_brain_sections():
+    img, ids = nibabel_epi_slices(3, (32, 32))
+    assert img.shape == (3, 32, 32) and img.dtype == np.float32
+    assert img.min() >= 0 and img.max() == pytest.approx(1.0)
+    assert len(set(ids)) == 3
+    assert img[:, 0].max() < 0.05 * img.max()  # background at the top row: a whole head, not a crop
+
+
+def test_epi_set_is_an_official_fastmri_file_whose_target_is_its_rss(tmp_path, one_thread):
+    paths = build_epi_set(tmp_path, size=32, coils=4, slices=2, noise_std=0.005)
+    files = sorted(paths["raw_val"].glob("*.h5"))
+    assert [f.name for f in files] == ["epi_val_00.h5"]
+    assert paths["raw_val"] == tmp_path / "raw" / "val"  # where build_demo keeps its held-out volume
+    vol = read_fastmri(files[0])
+    assert vol.multicoil and vol.num_slices == 2 and vol.num_coils == 4
+    assert vol.target_key == "reconstruction_rss"
+    k = np.asarray(vol.kspace)
+    assert k.shape == (2, 4, 64, 32)  # 2x readout oversampling
+    target = vol.target.read()
+    assert target.shape == (2, 32, 32)
+    np.testing.assert_allclose(target, rss_target(k, (32, 32)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(vol.attrs["max"], target.max(), rtol=1e-6)
+    assert vol.attrs["source"].endswith("example4d.nii.gz")
+    record = json.loads((tmp_path / "epi_set.json").read_text())
+    assert record["coils"] == 4 and len(record["val_slices"]) == 2
+    # the file holds the simulator's k-space of those slices (same seed, coils, noise)
+    sim = simulate_coil_data(nibabel_epi_slices(2, (32, 32))[0], num_coils=4, oversample=2, noise_std=0.005,
+                             seed=record["seed"], coil_radius=record["coil_radius"])
+    np.testing.assert_array_equal(sim.kspace, k)
+    # other coils than the demo's: the birdcage radius differs from the simulator's default
+    assert not np.allclose(birdcage_maps(4, (64, 32), record["coil_radius"]), birdcage_maps(4, (64, 32)))
+    # deterministic and kept: a second build leaves the file as it is
+    build_epi_set(tmp_path, size=32, coils=4, slices=2, noise_std=0.005)
+    np.testing.assert_array_equal(np.asarray(read_fastmri(files[0]).kspace), k)
