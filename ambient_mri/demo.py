@@ -28,6 +28,7 @@ from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
 DEMO_METHODS = ("zero_filled", "sense", "l1_wavelet", "one_step", "fast", "adps")
+RECON_MINUTES = 3  # building the data and stages 3-4 at the defaults on 2 CPU cores (measured: 2.7 min, README.md)
 
 
 def pick_threads(size: int, device: str | None = None) -> int:
@@ -104,6 +105,8 @@ def _run_demo(args) -> int:
     torch.set_num_threads(threads)
     make_folder(out)
     _check_settings(out / "data", args.size, coils)
+    print(f"The demo trains for up to {args.minutes:g} min; on 2 CPU cores the whole run takes about "
+          f"{args.minutes + RECON_MINUTES:.0f} min (building the data and reconstructing take the rest).")
     print(f"[1/4] building the demo data in {out / 'data'} ({args.size}x{args.size}, {coils} coils; "
           f"{threads} CPU thread(s))")
     paths = build_demo(out / "data", size=args.size, coils=coils, progress=False)
