@@ -1,0 +1,66 @@
+"""The model ``ambient-mri demo`` trained, scored on anatomy from another source than its training data.
+
+Reads the demo's model from ``--demo DIR`` (the demo's ``--output``), builds the other-source set
+(``data_tools.other_sets``: 8 slices of nibabel's real EPI subject, other coils, fastMRI layout) and reconstructs it
+at R = 4 and 8 with the demo's masks and the demo's method settings: zero-filled, CG-SENSE, L1-wavelet, one-step,
+``fast`` (mean of 2 samples of 25 steps) and A-DPS (``--adps-steps``, default 100 as in the demo). Prints a table
+and writes benchmarks/results/demo_other_source.json (about 3 minutes on 2 cores).
+
+    python benchmarks/demo_other_source.py --demo demo_run [--work /tmp/demo_other_source]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from augment_demo import _score  # noqa: E402
+from common import machine_info, write_record  # noqa: E402
+
+import ambient_mri as am  # noqa: E402
+from data_tools.other_sets import build_epi_set  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", default="demo_run", help="the demo's output folder (holds runs/demo_mni_r4/model.pt)")
+    p.add_argument("--adps-steps", type=int, default=100)
+    p.add_argument("--work", default="/tmp/demo_other_source")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "demo_other_source.json"))
+    args = p.parse_args(argv)
+    tic = time.perf_counter()
+    torch.set_num_threads(2)
+    demo = Path(args.demo)
+    model = am.load_model(demo / "runs" / "demo_mni_r4" / "model.pt")
+    raw = Path(build_epi_set(Path(args.work) / "epi")["raw_val"])
+    learned = {"one_step": {}, "fast": {"steps": 25, "num_samples": 2}, "adps": {"steps": args.adps_steps}}
+    rows = []
+    for R in (4, 8):
+        row = {"R": R}
+        for method in ("zero_filled", "sense", "l1_wavelet", *learned):
+            folder = Path(args.work) / "recon" / f"r{R}" / method
+            row[method] = _score(raw, folder, R, method, model if method in learned else None, learned.get(method))
+        rows.append(row)
+        print(row, flush=True)
+    demo_table = json.loads((demo / "results.json").read_text()) if (demo / "results.json").is_file() else None
+    record = {"benchmark": "demo_other_source", "machine": machine_info("cpu"),
+              "settings": {"demo": str(demo), "adps_steps": args.adps_steps, "fast": learned["fast"],
+                           "demo_settings": demo_table and demo_table.get("settings"),
+                           "training_steps": json.loads((demo / "runs" / "demo_mni_r4" / "log.jsonl").read_text()
+                                                        .strip().splitlines()[-1])["step"]},
+              "rows": rows,
+              "demo_volume": demo_table and {k: round(v["PSNR"], 3) for k, v in demo_table["results"].items()}}
+    return write_record(record, Path(args.out), tic)
+
+
+if __name__ == "__main__":
+    main()
