@@ -186,6 +186,7 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
             raise AmbientMRIError(f"mask {mask!r} is not a column mask kind; choose one of {', '.join(COLUMN_KINDS)}")
         m = kspace_mask(mask or "random", k.shape[-2:], acceleration, center_fraction or 0.08,
                         seed=Path(in_path).name)[0]
+    m = m * vol.padding_mask()  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
     try:
         res = reconstruct(k, m, target_size=(int(h), int(w)), **options)

@@ -196,17 +196,6 @@ def _image_size(vol: FastMRIVolume, opts: PrepareOptions) -> tuple[int, int]:
     return h, w
 
 
-def _padding_mask(vol: FastMRIVolume, width: int) -> np.ndarray:
-    """1 on the columns inside the header's k-space padding (fastMRI's padding_left/right), else 0."""
-    keep = np.ones(width, np.float32)
-    hd = vol.header
-    left, right = int(hd["padding_left"]), int(hd["padding_right"])
-    if hd.get("from_xml") and 0 <= left < right <= width:
-        keep[:left] = 0
-        keep[right:] = 0
-    return keep
-
-
 def _full_slice(vol: FastMRIVolume, s: int, size: tuple[int, int], crop_columns: bool) -> np.ndarray:
     """Whole k-space of slice s at the prepared size (reference, or column crop, only)."""
     k = vol.slice(s)
@@ -254,14 +243,14 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         if crop_columns:
             raise DataFileError(source, "carries its own mask (prospectively undersampled); its columns cannot be "
                                 f"cropped from {W0} to {W} (drop the width from --image-size)")
-        masks = np.broadcast_to(vol.mask * _padding_mask(vol, W), (S, W)).astype(np.float32)
+        masks = np.broadcast_to(vol.mask * vol.padding_mask(), (S, W)).astype(np.float32)
         seed_rule = "mask from the file"
         acs = int(vol.attrs.get("num_low_frequency", acs_width(vol.mask[None])))
         kind, R, cf = "file", float(vol.attrs.get("acceleration", achieved_acceleration(vol.mask[None]))), acs / W
     else:
         masks, seed_rule, acs = slice_masks(name, W, S, opts)
         if not crop_columns:
-            masks = masks * _padding_mask(vol, W)
+            masks = masks * vol.padding_mask()
         kind, R, cf = opts.mask, float(opts.acceleration), float(opts.center_fraction)
     if not masks.any(axis=1).all():
         raise DataFileError(source, "a slice has no acquired columns")

@@ -482,3 +482,21 @@ def test_lambda_search_row_subset_is_the_same_problem_on_fewer_rows():
     assert np.abs(full[:, rows[:-1] + 1] - sub[:, :-1]).max() > 0.05 * np.abs(full).max()  # other rows differ
     same_y, same_maps = row_subset(y, maps, 96)
     assert same_y is y and same_maps is maps
+
+
+def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path, monkeypatch):
+    """Official files can carry zero-padded k-space columns (the header's padding_left/right): a retrospective
+    mask must not claim them, exactly as prepare's masks do not."""
+    import ambient_mri.recon as recon
+
+    make_fastmri_volume(tmp_path / "pad.h5", blobs(1, 32), num_coils=4, oversample=1, pad_columns=4)
+    vol = am.data.read_fastmri(tmp_path / "pad.h5")
+    keep = vol.padding_mask()
+    assert keep.tolist() == [0.0] * 4 + [1.0] * 24 + [0.0] * 4
+    seen = []
+    real = recon.reconstruct
+    monkeypatch.setattr(recon, "reconstruct", lambda k, m, **kw: seen.append(np.asarray(m)) or real(k, m, **kw))
+    reconstruct_file(tmp_path / "pad.h5", tmp_path / "out" / "pad.h5", acceleration=2, center_fraction=0.25,
+                     method="zero_filled")
+    (m,) = seen
+    assert not m[:4].any() and not m[-4:].any() and m[4:-4].sum() >= 10

@@ -84,6 +84,16 @@ class FastMRIVolume:
     def name(self) -> str:
         return self.path.name
 
+    def padding_mask(self) -> np.ndarray:
+        """(W,) float32: 1 on the k-space columns inside the header's padding (fastMRI's padding_left/right), 0 on
+        the zero-padded columns outside it, which were never acquired (all ones without an XML header)."""
+        keep = np.ones(self.kspace.shape[-1], np.float32)
+        left, right = int(self.header["padding_left"]), int(self.header["padding_right"])
+        if self.header.get("from_xml") and 0 <= left < right <= keep.size:
+            keep[:left] = 0
+            keep[right:] = 0
+        return keep
+
     def __len__(self) -> int:
         return self.num_slices
 
