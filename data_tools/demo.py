@@ -155,10 +155,21 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     return paths
 
 
+def _complete(path: Path) -> bool:
+    """Whether a volume this builder wrote is whole: its k-space and target read back to the last slice. Anything
+    else (missing, truncated, damaged) is written again."""
+    try:
+        with h5py.File(path, "r") as f:
+            f["kspace"][-1:], f["reconstruction_rss"][-1:]
+        return True
+    except (OSError, KeyError):
+        return False
+
+
 def _simulate(volumes: dict, size: int, coils: int, noise_std: float, axis: str, first_seed: int) -> None:
-    """Write each {path: template slice numbers} volume that does not exist yet (volume k seeded first_seed + k),
+    """Write each {path: template slice numbers} volume that is not complete yet (volume k seeded first_seed + k),
     all slices normalised together over the brain range."""
-    todo = {p: ids for p, ids in volumes.items() if not p.exists()}
+    todo = {p: ids for p, ids in volumes.items() if not _complete(p)}
     if not todo:
         return
     lo, hi = mni152_brain_range(axis)
@@ -174,6 +185,8 @@ def _check_augmented(raw_train: Path, augmented: dict, record: dict) -> None:
     """Refuse a folder whose augmented training volumes another augmentation made (they would train silently)."""
     want = json.dumps(record, sort_keys=True)
     for path in sorted(raw_train.glob("demo_train_aug*.h5")):
+        if path in augmented and not _complete(path):
+            continue  # a damaged volume of this build: written again
         try:
             with h5py.File(path, "r") as f:
                 found = f.attrs.get("augment")
@@ -188,10 +201,10 @@ def _check_augmented(raw_train: Path, augmented: dict, record: dict) -> None:
 
 def _simulate_augmented(volumes: dict, train_ids: list[int], aug: AugmentConfig, record: dict, size: int,
                         coils: int, noise_std: float, axis: str) -> None:
-    """Write each {path: (copy k, template slice numbers)} volume that does not exist yet: copy k of those training
+    """Write each {path: (copy k, template slice numbers)} volume that is not complete yet: copy k of those training
     slices (``augment_images`` over all training slices, seed ``AUGMENT_SEED``), simulated like a new subject
     (volume j seeded ``AUGMENT_FIRST_SEED + j``)."""
-    todo = {p for p in volumes if not p.exists()}
+    todo = {p for p in volumes if not _complete(p)}
     if not todo:
         return
     lo, hi = mni152_brain_range(axis)

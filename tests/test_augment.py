@@ -280,3 +280,27 @@ def test_build_demo_augment_adds_only_training_volumes(tmp_path, capsys):
         build_demo(aug_root, size=16, coils=2, slices=10)
     with pytest.raises(AmbientMRIError, match="augment.phase"):
         build_demo(tmp_path / "x", size=16, coils=2, slices=10, augment={"copies": 1, "phase": True})
+
+
+def test_build_demo_resumes_by_rewriting_damaged_volumes(tmp_path):
+    """A rerun into the same folder redoes every volume it cannot read back whole (plain and augmented, raw and
+    prepared) and gives the same bytes as the first build; whole volumes are left alone."""
+    pytest.importorskip("nilearn")
+    import hashlib
+
+    from data_tools.demo import build_demo, demo_augment
+
+    def digest(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    paths = build_demo(tmp_path, size=16, coils=2, slices=10, augment=demo_augment(1))
+    before = {p: digest(p) for p in tmp_path.rglob("*.h5")}
+    damaged = [tmp_path / "raw/train/demo_train_00.h5", tmp_path / "raw/train/demo_train_aug1_00.h5",
+               tmp_path / "prepared_r4/train/demo_train_aug1_00.h5"]
+    for p in damaged:
+        p.write_bytes(p.read_bytes()[:2000])
+    kept = tmp_path / "raw/val/demo_val_00.h5"
+    mtime = kept.stat().st_mtime_ns
+    assert build_demo(tmp_path, size=16, coils=2, slices=10, augment=demo_augment(1)) == paths
+    assert {p: digest(p) for p in tmp_path.rglob("*.h5")} == before
+    assert kept.stat().st_mtime_ns == mtime
