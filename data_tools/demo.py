@@ -96,8 +96,9 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
 
     ``augment``: augmentation settings for the clean training slices (default: none); each copy is one more
     training volume per original one, ``raw/train/demo_train_augK_XX.h5``. ``phase`` is refused (the slices are
-    magnitude images; the simulation adds a phase to every slice). Already built parts are kept (the simulation
-    is deterministic; prepare skips done files); augmented files from other settings are refused.
+    magnitude images; the simulation adds a phase to every slice). Whole volumes already built are kept and damaged
+    ones written again (the simulation is deterministic; prepare redoes what it cannot prove done); augmented files
+    from other settings are refused.
     """
     if size < 16 or size % 2:
         raise AmbientMRIError(f"--size must be an even number >= 16, got {size}")
@@ -155,7 +156,7 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     return paths
 
 
-def _complete(path: Path) -> bool:
+def is_complete(path: Path) -> bool:
     """Whether a volume this builder wrote is whole: its k-space and target read back to the last slice. Anything
     else (missing, truncated, damaged) is written again."""
     try:
@@ -169,7 +170,7 @@ def _complete(path: Path) -> bool:
 def _simulate(volumes: dict, size: int, coils: int, noise_std: float, axis: str, first_seed: int) -> None:
     """Write each {path: template slice numbers} volume that is not complete yet (volume k seeded first_seed + k),
     all slices normalised together over the brain range."""
-    todo = {p: ids for p, ids in volumes.items() if not _complete(p)}
+    todo = {p: ids for p, ids in volumes.items() if not is_complete(p)}
     if not todo:
         return
     lo, hi = mni152_brain_range(axis)
@@ -185,7 +186,7 @@ def _check_augmented(raw_train: Path, augmented: dict, record: dict) -> None:
     """Refuse a folder whose augmented training volumes another augmentation made (they would train silently)."""
     want = json.dumps(record, sort_keys=True)
     for path in sorted(raw_train.glob("demo_train_aug*.h5")):
-        if path in augmented and not _complete(path):
+        if path in augmented and not is_complete(path):
             continue  # a damaged volume of this build: written again
         try:
             with h5py.File(path, "r") as f:
@@ -204,7 +205,7 @@ def _simulate_augmented(volumes: dict, train_ids: list[int], aug: AugmentConfig,
     """Write each {path: (copy k, template slice numbers)} volume that is not complete yet: copy k of those training
     slices (``augment_images`` over all training slices, seed ``AUGMENT_SEED``), simulated like a new subject
     (volume j seeded ``AUGMENT_FIRST_SEED + j``)."""
-    todo = {p for p in volumes if not _complete(p)}
+    todo = {p for p in volumes if not is_complete(p)}
     if not todo:
         return
     lo, hi = mni152_brain_range(axis)

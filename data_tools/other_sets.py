@@ -77,9 +77,9 @@ def build_epi_set(output: str | os.PathLike, size: int = 64, coils: int = 8, sli
                   prepare: bool = False) -> dict:
     """Simulate ``slices`` EPI slices (module docstring) into ``output/raw/val/epi_val_00.h5``; returns a dict of
     the folders (Paths) with the keys build_demo uses for its held-out volume (``raw_val``; with ``prepare``
-    also ``r4_val``, ``r4_val_reference``, ``r8_val``, ``r8_val_reference``). Deterministic; an existing file
-    is kept."""
-    from .demo import demo_center_fraction
+    also ``r4_val``, ``r4_val_reference``, ``r8_val``, ``r8_val_reference``). Deterministic; a whole existing
+    file is kept, a damaged one written again."""
+    from .demo import demo_center_fraction, is_complete
 
     if size < 16 or size % 2:
         raise AmbientMRIError(f"size must be an even number >= 16, got {size}")
@@ -90,7 +90,7 @@ def build_epi_set(output: str | os.PathLike, size: int = 64, coils: int = 8, sli
     raw_val = out / "raw" / "val"
     path = raw_val / "epi_val_00.h5"
     images, ids = nibabel_epi_slices(slices, (size, size))
-    if not path.exists():
+    if not is_complete(path):  # missing or damaged: written (again)
         sim = simulate_coil_data(images, num_coils=coils, oversample=2, noise_std=noise_std, phase=True, seed=seed,
                                  coil_radius=coil_radius)
         write_fastmri(path, sim.kspace, recon_size=(size, size), acquisition="AXT2",

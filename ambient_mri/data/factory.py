@@ -22,9 +22,6 @@ def build_training_data(recipe):
     if d.kind == "prepared":
         from .prepared import PreparedSlices
 
-        if getattr(getattr(d, "augment", None), "copies", 0):
-            raise AmbientMRIError("data.augment.copies: prepared MRI data hold measured k-space, no clean image to "
-                                  "augment; set data.augment.copies: 0")
         base = PreparedSlices(d.path, limit=d.limit)
         return with_further(base, recipe), base.info()
     if d.kind in ("images", "faces", "mnist"):
