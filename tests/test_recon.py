@@ -238,8 +238,9 @@ def test_fast_sampler_is_data_consistent(demo):
 
 
 def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
-    """fast and A-DPS: the network sees only measured lines (Ã = the model's further corruption of the scan's mask,
-    ACS kept); a_tilde="training" (the anchor's A-DPS): a fresh training-type Ã that does not depend on the scan."""
+    """fast: the network sees only measured lines (Ã = the model's further corruption of the scan's mask, ACS
+    kept); A-DPS: Ã = every acquired line by default, the further corruption with a_tilde="scan", and with
+    a_tilde="training" (the anchor's A-DPS) a fresh training-type Ã that does not depend on the scan."""
     import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.masks import acs_columns as _acs_columns
 
@@ -266,14 +267,19 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
         assert (mt[:, acs] == 1).all()                                    # ACS lines are never dropped
         dropped.append((int((scan.sum() - mt.sum(1)).sum()), int(mt[:, ~acs].sum())))
     assert dropped[0][0] > 0 and dropped[0][1] > 0     # other scan lines: some dropped, some kept (δ = 0.2)
-    adps, anchor = [], []
-    for mask in masks:  # A-DPS: the same scan-type Ã by default; the anchor's fresh training-type Ã on request
+    adps, anchor, scan_type = [], [], []
+    for mask in masks:  # A-DPS: Ã = the scan's own lines by default; the anchor's fresh training-type Ã on request
         seen.clear()
         reconstruct(k, mask, model=model, method="adps", steps=2, seed=1, progress=False)
         reconstruct(k, mask, model=model, method="adps", steps=2, seed=1, a_tilde="training", progress=False)
+        reconstruct(k, mask, model=model, method="adps", steps=2, seed=1, a_tilde="scan", progress=False)
         adps.append(seen[0])
         anchor.append(seen[1])
-        assert (seen[0] <= torch.from_numpy(mask.reshape(-1))).all()
+        scan = torch.from_numpy(mask.reshape(-1))
+        assert torch.equal(seen[0], scan.expand_as(seen[0]))                 # every acquired line, nothing else
+        assert (seen[2] <= scan).all()                                       # "scan": the further corruption
+        scan_type.append(int(seen[0].sum() - seen[2].sum()))
+    assert scan_type[0] > 0                                   # drops some of the first mask's lines (as fast)
     assert not torch.equal(adps[0], adps[1]) and torch.equal(anchor[0], anchor[1])
     R = model.record.acquisition.acceleration                       # of the training kind: about W / R lines
     W = anchor[0].shape[-1]                                         # before the further corruption drops some
@@ -285,6 +291,7 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
 def test_ambient_mri_samplers_stop_at_the_ambient_sigma_floor(demo, monkeypatch):
     import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.sampling import ambient_sigma_floor
+    from ambient_mri.sampling.policy import ADPS_AMBIENT_SIGMA_MIN
 
     got = []
     for name in ("fast_dc", "adps"):
@@ -296,8 +303,9 @@ def test_ambient_mri_samplers_stop_at_the_ambient_sigma_floor(demo, monkeypatch)
     reconstruct(k, mask, model=model, method="fast", steps=2, progress=False)
     reconstruct(k, mask, model=model, method="adps", steps=2, progress=False)
     reconstruct(k, mask, model=model, method="fast", steps=2, sigma_min=0.01, progress=False)
-    # A-DPS imposes the data through its gradient, mostly at small σ: the anchor's 0.004, not the floor
-    assert got == [pytest.approx(floor), 0.004, 0.01]
+    # A-DPS with an ambient model: its own calibrated σ_min (the anchor's 0.004 lets D return its input)
+    assert got == [pytest.approx(floor), ADPS_AMBIENT_SIGMA_MIN, 0.01]
+    assert 0.004 < ADPS_AMBIENT_SIGMA_MIN < floor
 
 
 def test_clean_prior_sees_what_it_was_trained_on_and_output_lies_in_the_maps_range(demo, monkeypatch):

@@ -100,14 +100,19 @@ def sampler_defaults(m: Method, record: TrainingRecord, sigma_n: float = 0.0) ->
     out = {"sigma_min": sigma_floor(record)}
     if record.is_mri and m.name in ("adps", "dps"):
         # (A-)DPS imposes the data only through the gradient of ‖y - A D‖, which reaches x mostly at small σ: the
-        # anchor's σ_min 0.004, not the ambient floor (that is for samplers that end on D; A-DPS at 0.30 scored
-        # 1.4-2.5 dB lower on the demo model, docs/reconstruction.md)
-        out["sigma_min"] = max(0.004, record.sigma_n)
+        # anchor's σ_min 0.004 for a clean model. An ambient model ends on D = E[x0 | Ã x] with Ã = the scan's
+        # lines, a one-step estimate from the iterate; below the σ it was trained at D just returns its input.
+        # ADPS_AMBIENT_SIGMA_MIN was chosen on the calibration volume (benchmarks/adps_variants.py, 500 steps:
+        # +0.9 to +1.0 dB over 0.004 at R = 4 and 8; docs/reconstruction.md)
+        out["sigma_min"] = max(ADPS_AMBIENT_SIGMA_MIN if record.ambient else 0.004, record.sigma_n)
     if m.name == "fast" and record.is_mri:
         out.update(FAST_MRI[record.ambient])
     if m.name == "ald":  # the likelihood's noise level
         out["gamma"] = max(float(sigma_n), 1e-3)
     return out
+
+
+ADPS_AMBIENT_SIGMA_MIN = 0.1
 
 
 def sigma_floor(record, floor: float = 0.004) -> float:
@@ -185,11 +190,15 @@ def mri_prior(model, m: Method, mask: torch.Tensor, maps: torch.Tensor, seed: in
     if not r.ambient:  # a clean multi-coil model was trained on A^H A (x0 + σ n) with a full mask: feed it the same
         full = torch.ones_like(mask)
         return Prior(model, MultiCoilMRI(maps, full), full)
-    a_tilde = a_tilde or ("scan" if m.name in ("fast", "adps", "dps") else "training")
-    if a_tilde not in ("training", "scan"):
-        raise AmbientMRIError(f"a_tilde must be 'training' or 'scan', got {a_tilde!r}")
-    mt = (training_type_mask(r, mask.shape[0], seed, width=mask.shape[-1]).to(mask.device) if a_tilde == "training"
-          else scan_type_mask(r, mask, seed))
+    # A-DPS: Ã = the scan's own lines (chosen on the calibration volume over the anchor's fresh training-type Ã
+    # and over the further corruption of the scan's mask, docs/reconstruction.md); fast: the further corruption
+    a_tilde = a_tilde or {"adps": "acquired", "dps": "acquired", "fast": "scan"}.get(m.name, "training")
+    if a_tilde not in ("training", "scan", "acquired"):
+        raise AmbientMRIError(f"a_tilde must be 'training', 'scan' or 'acquired', got {a_tilde!r}")
+    if a_tilde == "training":
+        mt = training_type_mask(r, mask.shape[0], seed, width=mask.shape[-1]).to(mask.device)
+    else:  # "acquired": every measured line, as one-step sees them
+        mt = scan_type_mask(r, mask, seed) if a_tilde == "scan" else mask.clone()
     return Prior(model, MultiCoilMRI(maps, mt), mt)
 
 
