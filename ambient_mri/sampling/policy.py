@@ -59,6 +59,7 @@ IMAGE_METHODS = tuple(n for n, m in METHODS.items() if m.image_steps is not None
 # (benchmarks/tune_fast.py): CG steps between denoiser calls (an ambient D leaves much to the data; a clean D is
 # sharp, and long CG on its output fits noise), DiffPIR's data weight ρ and the DDIM noise η.
 FAST_MRI = {True: {"cg_iters": 20, "rho": 10.0, "eta": 0.0}, False: {"cg_iters": 10, "rho": 10.0, "eta": 0.5}}
+ADPS_AMBIENT_SIGMA_MIN = 0.1  # A-DPS/DPS with an ambient MRI model (sampler_defaults)
 
 
 def as_record(model_or_record) -> TrainingRecord:
@@ -110,9 +111,6 @@ def sampler_defaults(m: Method, record: TrainingRecord, sigma_n: float = 0.0) ->
     if m.name == "ald":  # the likelihood's noise level
         out["gamma"] = max(float(sigma_n), 1e-3)
     return out
-
-
-ADPS_AMBIENT_SIGMA_MIN = 0.1
 
 
 def sigma_floor(record, floor: float = 0.004) -> float:
@@ -197,8 +195,10 @@ def mri_prior(model, m: Method, mask: torch.Tensor, maps: torch.Tensor, seed: in
         raise AmbientMRIError(f"a_tilde must be 'training', 'scan' or 'acquired', got {a_tilde!r}")
     if a_tilde == "training":
         mt = training_type_mask(r, mask.shape[0], seed, width=mask.shape[-1]).to(mask.device)
-    else:  # "acquired": every measured line, as one-step sees them
-        mt = scan_type_mask(r, mask, seed) if a_tilde == "scan" else mask.clone()
+    elif a_tilde == "scan":
+        mt = scan_type_mask(r, mask, seed)
+    else:  # every measured line, as one-step sees them
+        mt = mask.clone()
     return Prior(model, MultiCoilMRI(maps, mt), mt)
 
 
