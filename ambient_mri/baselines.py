@@ -7,6 +7,8 @@ mask, maps (S, C, H, W), per-slice column masks (S, W).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -19,6 +21,11 @@ METHODS = ("zero_filled", "sense", "l1_wavelet")
 L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
 L1_VALIDATION_ITERS = 50
+# When the held-out lines ask for this much wavelet shrinkage, the acquired lines (through the maps) do not pin the
+# image down and L1-wavelet may land below zero-filled: benchmarks/lambda_rules.py, every L1 case below zero-filled
+# with ρ >= 1.3 chose λ >= 3e-3 and every case above it (there, in quality_mri's sets and on the calibration volume)
+# chose λ <= 3e-4. Noise-dominated scans can fall below zero-filled at small λ (docs/reconstruction.md).
+L1_WARN_LAMBDA = 3e-3
 SENSE_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SENSE_DEFAULT = 1e-3
 SENSE_ITERS = 100
@@ -131,6 +138,12 @@ def classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed:
     lam, info = opts.get("lam"), {}
     if lam is None:
         lam, info = choose_lambda(method, y, maps, m, seed, iters)
+        if method == "l1_wavelet" and lam is not None and lam >= L1_WARN_LAMBDA:
+            warnings.warn(
+                f"l1_wavelet: the scan's held-out lines chose a strong regularisation (λ = {lam:g} >= "
+                f"{L1_WARN_LAMBDA:g}): the acquired lines do not determine this image well (few ACS lines for the "
+                "coil maps, or few lines outside them), so it may be worse than zero-filled; compare with "
+                "method='sense' or 'zero_filled'", stacklevel=3)
     lam = (SENSE_DEFAULT if method == "sense" else L1_DEFAULT) if lam is None else float(lam)
     x = _solve_batch(method, y, maps, m, lam, iters)
     return x.astype(np.complex64), {"lambda": lam, "iters": iters, **info}

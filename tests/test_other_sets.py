@@ -48,3 +48,42 @@ def test_epi_set_is_an_official_fastmri_file_whose_target_is_its_rss(tmp_path, o
     # deterministic and kept: a second build leaves the file as it is
     build_epi_set(tmp_path, size=32, coils=4, slices=2, noise_std=0.005)
     np.testing.assert_array_equal(np.asarray(read_fastmri(files[0]).kspace), k)
+
+
+def _lambda_rules_epi() -> tuple[np.ndarray, np.ndarray]:
+    """benchmarks/lambda_rules.py's EPI volume: 4 central slices of nibabel's example4d, 64 x 64, 12 coils."""
+    import nibabel as nib
+    import torch
+    from nibabel.testing import data_path
+
+    epi = np.asarray(nib.load(f"{data_path}/example4d.nii.gz").dataobj, np.float32)[..., 0]
+    z = epi.shape[2] // 2
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(epi[:, :, z - 2: z + 2], -1, 0)))[:, None]
+    img = torch.nn.functional.interpolate(t, size=(64, 64), mode="bicubic", antialias=True, align_corners=False)
+    img = img[:, 0].clamp_min(0).numpy()
+    sim = simulate_coil_data(img / img.max(), num_coils=12, oversample=2, noise_std=0.005, seed=3)
+    return sim.kspace, rss_target(sim.kspace, (64, 64))
+
+
+def test_l1_wavelet_warns_where_it_falls_below_zero_filled(one_thread):
+    """On the EPI subject with 6 ACS lines at R = 8, L1-wavelet lands below zero-filled at every λ of its grid;
+    the strong λ its held-out lines choose must raise a warning. At R = 4 with 8 ACS lines it is well above and
+    must not warn."""
+    import warnings
+
+    import ambient_mri as am
+    from ambient_mri.baselines import L1_WARN_LAMBDA
+    from ambient_mri.masks import kspace_mask
+    from ambient_mri.metrics import evaluate_volume
+
+    k, target = _lambda_rules_epi()
+    for R, acs, bad in ((8, 6, True), (4, 8, False)):
+        m = kspace_mask("random", k.shape[-2:], R, acs / 64, seed=(R, 11))[0]
+        zf = evaluate_volume(target, am.reconstruct(k * m, m, method="zero_filled", progress=False).magnitude)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = am.reconstruct(k * m, m, method="l1_wavelet", progress=False)
+        got = evaluate_volume(target, res.magnitude)
+        warned = any("worse than zero-filled" in str(w.message) for w in caught)
+        assert warned == bad == (res.extra["lambda"] >= L1_WARN_LAMBDA), (R, res.extra["lambda"])
+        assert (got["PSNR"] < zf["PSNR"]) == bad, (R, got["PSNR"], zf["PSNR"])
