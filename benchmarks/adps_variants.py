@@ -12,6 +12,7 @@ benchmarks/results/adps_variants.json.
 
     python benchmarks/adps_variants.py --model demo_run/runs/demo_mni_r4/model.pt --demo demo_run [--device cuda]
         [--steps 500] [--variants scan:1 acquired:1 training:1 acquired:8] [--workers 3]
+        [--with-fast [--fast-a-tilde acquired]]
         [--set calib=DIR --set demo=DIR --set epi=DIR]  # prebuilt raw folders instead of building them
 """
 
@@ -85,11 +86,13 @@ def main(argv=None) -> dict:
     p.add_argument("--demo", default="demo_run", help="the demo's output folder (its held-out volume)")
     p.add_argument("--sets", nargs="+", default=["calib", "demo", "epi"])
     p.add_argument("--set", action="append", default=[], metavar="NAME=DIR", help="a prebuilt raw folder")
-    p.add_argument("--variants", nargs="+", default=["scan:1", "acquired:1", "training:1", "acquired:8"])
+    p.add_argument("--variants", nargs="*", default=["scan:1", "acquired:1", "training:1", "acquired:8"])
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--accelerations", type=int, nargs="+", default=[4, 6, 8])
     p.add_argument("--classical", action="store_true", help="also zero-filled, CG-SENSE and L1-wavelet")
     p.add_argument("--with-fast", action="store_true", help="also ambient fast (2 x 25 steps, the demo's setting)")
+    p.add_argument("--fast-a-tilde", nargs="+", default=[], metavar="KIND",
+                   help="with --with-fast: also fast with these Ã kinds (scan is its default; acquired, training)")
     p.add_argument("--device", default=None)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -105,6 +108,8 @@ def main(argv=None) -> dict:
                                                 **dict(zip(("zeta", "sigma_min"), map(float, rest)))}))
     if args.with_fast:
         methods.append(("fast", "fast", {"steps": 25, "num_samples": 2}))
+        methods += [(f"fast a_tilde={a}", "fast", {"steps": 25, "num_samples": 2, "a_tilde": a})
+                    for a in args.fast_a_tilde]
     if args.classical:
         methods = [("zero-filled", "zero_filled", {}), ("CG-SENSE", "sense", {}), ("L1-wavelet", "l1_wavelet", {})
                    ] + methods
