@@ -238,9 +238,9 @@ def test_fast_sampler_is_data_consistent(demo):
 
 
 def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
-    """fast: the network sees only measured lines (Ã = the model's further corruption of the scan's mask, ACS
-    kept); A-DPS: Ã = every acquired line by default, the further corruption with a_tilde="scan", and with
-    a_tilde="training" (the anchor's A-DPS) a fresh training-type Ã that does not depend on the scan."""
+    """fast and A-DPS: Ã = every acquired line by default; with a_tilde="scan" the model's further corruption of
+    the scan's mask (only measured lines, ACS kept); with a_tilde="training" (the anchor's A-DPS) a fresh
+    training-type Ã that does not depend on the scan."""
     import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
     from ambient_mri.masks import acs_columns as _acs_columns
 
@@ -260,8 +260,10 @@ def test_fast_sampler_a_tilde_is_inside_the_scan_mask(demo, monkeypatch):
     for mask in masks:
         seen.clear()
         reconstruct(k, mask, model=model, method="fast", steps=2, seed=1, progress=False)
-        (mt,) = seen
+        reconstruct(k, mask, model=model, method="fast", steps=2, seed=1, a_tilde="scan", progress=False)
+        default, mt = seen
         scan = torch.from_numpy(mask.reshape(-1))
+        assert torch.equal(default, scan.expand_as(default))                # every acquired line, nothing else
         assert mt.shape == (2, scan.shape[0]) and (mt <= scan).all()
         acs = torch.from_numpy(_acs_columns(mask))
         assert (mt[:, acs] == 1).all()                                    # ACS lines are never dropped

@@ -188,9 +188,9 @@ def mri_prior(model, m: Method, mask: torch.Tensor, maps: torch.Tensor, seed: in
     if not r.ambient:  # a clean multi-coil model was trained on A^H A (x0 + σ n) with a full mask: feed it the same
         full = torch.ones_like(mask)
         return Prior(model, MultiCoilMRI(maps, full), full)
-    # A-DPS: Ã = the scan's own lines (chosen on the calibration volume over the anchor's fresh training-type Ã
-    # and over the further corruption of the scan's mask, docs/reconstruction.md); fast: the further corruption
-    a_tilde = a_tilde or {"adps": "acquired", "dps": "acquired", "fast": "scan"}.get(m.name, "training")
+    # A-DPS and fast: Ã = the scan's own lines (chosen on the calibration volume over the anchor's fresh
+    # training-type Ã and over the further corruption of the scan's mask, docs/reconstruction.md)
+    a_tilde = a_tilde or {"adps": "acquired", "dps": "acquired", "fast": "acquired"}.get(m.name, "training")
     if a_tilde not in ("training", "scan", "acquired"):
         raise AmbientMRIError(f"a_tilde must be 'training', 'scan' or 'acquired', got {a_tilde!r}")
     if a_tilde == "training":
