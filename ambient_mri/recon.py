@@ -88,6 +88,13 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
         noise = scan_noise_std(k, msk) if given is None else np.full(S, float(given))
         extra["noise_std"] = noise.tolist()
         noise = torch.from_numpy(np.repeat(noise / scales, reps).astype(np.float32))
+        # λ floor of the CG steps: the Tikhonov weight CG-SENSE chooses on this scan's held-out lines. Without it
+        # the last steps (σ_n²/σ_i² small) are near-unregularised SENSE, which poorly conditioned maps (few ACS
+        # lines, many coils) turn into noise below zero-filled (docs/reconstruction.md)
+        if opts.get("lam") is None:
+            lam, _ = baselines.choose_lambda("sense", y, maps, msk, seed, baselines.SENSE_ITERS)
+            opts["lam"] = baselines.SENSE_DEFAULT if lam is None else lam
+        extra["lam"] = float(opts["lam"])
     bs = batch_size or yy.shape[0]
     outs, nfe = [], 0
     for i, start in enumerate(range(0, yy.shape[0], bs)):

@@ -214,6 +214,23 @@ def test_fast_weighs_the_data_by_the_scans_own_noise_level(demo, monkeypatch):
             reconstruct(k, demo["mask"], model=demo["model"], method="fast", steps=2, progress=False, **bad)
 
 
+def test_fast_regularises_its_cg_steps_like_cg_sense(demo, monkeypatch):
+    """fast's λ floor is the Tikhonov weight CG-SENSE chooses on the scan's own held-out lines (on the 12-coil EPI
+    subject with 6 ACS lines, fast with λ = 0 fell below zero-filled at R = 6 and 8, docs/reconstruction.md); it is
+    recorded in ``extra`` and reaches the sampler; a given ``lam`` wins."""
+    import ambient_mri.sampling.posterior as sampling  # where the policy looks samplers up
+
+    seen = []
+    real = sampling.fast_dc
+    monkeypatch.setattr(sampling, "fast_dc", lambda *a, **kw: seen.append(kw["lam"]) or real(*a, **kw))
+    k, mask = demo["kspace"], demo["mask"]
+    sense = reconstruct(k, mask, method="sense", progress=False).extra["lambda"]
+    res = reconstruct(k, mask, model=demo["model"], method="fast", steps=2, progress=False)
+    assert res.extra["lam"] == sense > 0 and seen == [sense]
+    res = reconstruct(k, mask, model=demo["model"], method="fast", steps=2, lam=0.0, progress=False)
+    assert res.extra["lam"] == 0.0 and seen[-1] == 0.0
+
+
 def test_model_file_path_and_defaults(demo):
     res = reconstruct(demo["kspace"][:1], demo["mask"], model=demo["run"] / "model.pt", method="one_step",
                       progress=False)
