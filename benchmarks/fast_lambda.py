@@ -47,7 +47,7 @@ def _volumes(args) -> list[tuple[str, np.ndarray, np.ndarray, object]]:
     if args.lambda_rules_epi:
         import lambda_rules
 
-        v = next(v for v in lambda_rules.volumes(4) if v["name"] == "nibabel_epi_64_c12")
+        (v,) = lambda_rules.volumes(4, names=["nibabel_epi_64_c12"])
         k = v["kspace"]
         out.append(("epi_c12_lambda_rules", k, v["target"],
                     lambda R, k=k, acs=v["acs"]: kspace_mask("random", k.shape[-2:], R, acs[R] / k.shape[-1],

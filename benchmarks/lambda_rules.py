@@ -39,16 +39,11 @@ from ambient_mri.metrics import evaluate_volume  # noqa: E402
 from data_tools.simulate import rss_target, simulate_coil_data  # noqa: E402
 
 
-def _resize(planes: np.ndarray, size: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(planes, np.float32))[:, None]
-    out = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    out = out[:, 0].clamp_min(0).numpy()
-    return out / out.max()
-
-
-def volumes(slices: int) -> list[dict]:
-    """name, set, k-space (S, C, H, W), target (S, h, w), Rs and the ACS line count per R."""
+def volumes(slices: int, names: list[str] | None = None) -> list[dict]:
+    """name, set, k-space (S, C, H, W), target (S, h, w), Rs and the ACS line count per R (only ``names``, if
+    given)."""
     from data_tools.demo import demo_center_fraction
+    from data_tools.other_sets import epi_central_planes
     from data_tools.sources import mni152_brain_range, mni152_slices
 
     out = []
@@ -57,24 +52,19 @@ def volumes(slices: int) -> list[dict]:
     img = mni152_slices(slices, (64, 64), axis="axial", start=mid - 2 * slices, stop=mid + 2 * slices)
     out.append({"name": "mni_axial_64_c8", "set": "calibration", "images": img, "coils": 8, "noise": 0.005,
                 "R": (4, 6, 8), "acs": {R: round(64 * demo_center_fraction(64, R)) for R in (4, 6, 8)}})
-    import nibabel as nib
-    from nibabel.testing import data_path
-
-    epi = np.asarray(nib.load(str(Path(data_path) / "example4d.nii.gz")).dataobj, np.float32)[..., 0]
-    z = epi.shape[2] // 2
-    epi = np.moveaxis(epi[:, :, z - slices // 2: z - slices // 2 + slices], -1, 0)
-    out.append({"name": "nibabel_epi_64_c12", "set": "held-out", "images": _resize(epi, 64), "coils": 12,
-                "noise": 0.005, "R": (4, 6, 8), "acs": {4: 8, 6: 6, 8: 6}})
+    out.append({"name": "nibabel_epi_64_c12", "set": "held-out", "images": epi_central_planes(slices, 64),
+                "coils": 12, "noise": 0.005, "R": (4, 6, 8), "acs": {4: 8, 6: 6, 8: 6}})
     lo, hi = mni152_brain_range("coronal")
     mid = (lo + hi) // 2
     cor = mni152_slices(slices, (128, 128), axis="coronal", start=mid - 2 * slices, stop=mid + 2 * slices)
     out.append({"name": "mni_coronal_128_c16", "set": "held-out", "images": cor, "coils": 16, "noise": 0.003,
                 "R": (4, 6, 8), "acs": {4: 10, 6: 10, 8: 10}})
+    out = [v for v in out if names is None or v["name"] in names]
     for v in out:
         sim = simulate_coil_data(v.pop("images"), num_coils=v["coils"], oversample=2, noise_std=v["noise"], seed=3)
         v["kspace"], v["target"] = sim.kspace, rss_target(sim.kspace, sim.kspace.shape[-1:] * 2)
     twix = ROOT / "tests" / "data" / "gre.dat"
-    if twix.is_file():
+    if twix.is_file() and (names is None or "twix_gre_phantom_c2" in names):
         from data_tools.raw import convert_file
 
         with tempfile.TemporaryDirectory() as d:

@@ -72,6 +72,23 @@ def nibabel_epi_slices(num_slices: int = 8, size: tuple[int, int] = (64, 64), st
     return (stack / stack.max()).astype(np.float32), [int(i) for i in idx]
 
 
+def epi_central_planes(num_slices: int = 4, size: int = 64) -> np.ndarray:
+    """The ``num_slices`` central axial planes of nibabel's example4d EPI (first time point) as stored (no
+    reorientation or padding), bicubic-resized with anti-aliasing to size x size, clipped at 0, max 1: the images
+    of the 12-coil EPI volume of benchmarks/lambda_rules.py (the case where L1-wavelet and, before its λ floor,
+    ``fast`` fell below zero-filled)."""
+    import nibabel as nib
+    import torch
+
+    epi = np.asarray(nib.load(str(nibabel_epi_path())).dataobj, np.float32)[..., 0]
+    z = epi.shape[2] // 2
+    planes = np.moveaxis(epi[:, :, z - num_slices // 2: z - num_slices // 2 + num_slices], -1, 0)
+    t = torch.from_numpy(np.ascontiguousarray(planes))[:, None]
+    out = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    out = out[:, 0].clamp_min(0).numpy()
+    return out / out.max()
+
+
 def build_epi_set(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 8,
                   noise_std: float = 0.005, coil_radius: float = COIL_RADIUS, seed: int = SEED,
                   prepare: bool = False) -> dict:

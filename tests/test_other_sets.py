@@ -52,16 +52,9 @@ def test_epi_set_is_an_official_fastmri_file_whose_target_is_its_rss(tmp_path, o
 
 def _lambda_rules_epi() -> tuple[np.ndarray, np.ndarray]:
     """benchmarks/lambda_rules.py's EPI volume: 4 central slices of nibabel's example4d, 64 x 64, 12 coils."""
-    import nibabel as nib
-    import torch
-    from nibabel.testing import data_path
+    from data_tools.other_sets import epi_central_planes
 
-    epi = np.asarray(nib.load(f"{data_path}/example4d.nii.gz").dataobj, np.float32)[..., 0]
-    z = epi.shape[2] // 2
-    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(epi[:, :, z - 2: z + 2], -1, 0)))[:, None]
-    img = torch.nn.functional.interpolate(t, size=(64, 64), mode="bicubic", antialias=True, align_corners=False)
-    img = img[:, 0].clamp_min(0).numpy()
-    sim = simulate_coil_data(img / img.max(), num_coils=12, oversample=2, noise_std=0.005, seed=3)
+    sim = simulate_coil_data(epi_central_planes(4, 64), num_coils=12, oversample=2, noise_std=0.005, seed=3)
     return sim.kspace, rss_target(sim.kspace, (64, 64))
 
 

@@ -190,7 +190,7 @@ def mri_prior(model, m: Method, mask: torch.Tensor, maps: torch.Tensor, seed: in
         return Prior(model, MultiCoilMRI(maps, full), full)
     # A-DPS and fast: Ã = the scan's own lines (chosen on the calibration volume over the anchor's fresh
     # training-type Ã and over the further corruption of the scan's mask, docs/reconstruction.md)
-    a_tilde = a_tilde or {"adps": "acquired", "dps": "acquired", "fast": "acquired"}.get(m.name, "training")
+    a_tilde = a_tilde or ("acquired" if m.name in ("adps", "dps", "fast") else "training")
     if a_tilde not in ("training", "scan", "acquired"):
         raise AmbientMRIError(f"a_tilde must be 'training', 'scan' or 'acquired', got {a_tilde!r}")
     if a_tilde == "training":
