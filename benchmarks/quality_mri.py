@@ -221,15 +221,17 @@ def main() -> None:
     if args.reuse and all((work / "runs" / n / "model.pt").is_file() for n in RUNS.values()):
         runs = {k: work / "runs" / n for k, n in RUNS.items()}
         previous = json.loads(Path(args.out).read_text())["settings"] if Path(args.out).is_file() else {}
-        train_s = 60 * float(previous.get("train_minutes_wall", float("nan")))
+        train_s = 60 * float(previous["train_minutes_wall"]) if previous.get("train_minutes_wall") else None
     else:
         with ProcessPoolExecutor(len(jobs), mp_context=ctx) as ex:
             futs = {k: ex.submit(_train, v, args.threads) for k, v in jobs.items()}
             runs = {k: Path(f.result()) for k, f in futs.items()}
         train_s = time.time() - tic
-    steps_trained = {k: json.loads((v / "log.jsonl").read_text().splitlines()[-1])["step"] for k, v in runs.items()}
-    print(f"trained side by side in {train_s / 60:.1f} min{' (reused)' if args.reuse else ''}: {steps_trained}",
-          flush=True)
+    logs = {k: [json.loads(line) for line in (v / "log.jsonl").read_text().splitlines()] for k, v in runs.items()}
+    steps_trained = {k: log[-1]["step"] for k, log in logs.items()}
+    # from each run's own log, so a model trained further (resumed) after the side-by-side run is reported as it is
+    train_minutes = {k: round(sum(r["seconds"] for r in log) / 60, 1) for k, log in logs.items()}
+    print(f"trained {train_minutes} min (logged){' (reused)' if args.reuse else ''}: {steps_trained} steps", flush=True)
 
     tasks = []
     for set_key in args.sets:
@@ -264,7 +266,8 @@ def main() -> None:
     record = {
         "benchmark": "quality_mri",
         "machine": machine_info(args.device or "cpu"),
-        "settings": {**vars(args), "steps_trained": steps_trained, "train_minutes_wall": round(train_s / 60, 2),
+        "settings": {**vars(args), "steps_trained": steps_trained, "train_minutes_logged": train_minutes,
+                     "train_minutes_wall": train_s and round(train_s / 60, 2),
                      "recipe": str(RECIPE.relative_to(ROOT)),
                      "data": "MNI152 demo (simulated coils), val volume held out, fastMRI random masks",
                      "evaluation_sets": {k: {"name": SETS[k][0], "source": SETS[k][1], "raw_val": raw_val[k]}
