@@ -12,6 +12,8 @@ For every volume and R: zero-filled PSNR, PSNR at each λ of the grid, the chose
 grid's best (target: < 0.5 dB). Prints a table and writes benchmarks/results/lambda_rules.json.
 
     python benchmarks/lambda_rules.py [--slices 4] [--out benchmarks/results/lambda_rules.json]
+    python benchmarks/lambda_rules.py --score-rules benchmarks/results/lambda_rules.json \
+        --out benchmarks/results/lambda_rules_alternatives.json   # other rules on the same curves, seconds
 """
 
 from __future__ import annotations
@@ -93,7 +95,45 @@ def run(v: dict, R: int, method: str) -> dict:
     return {"volume": v["name"], "set": v["set"], "R": R, "method": method, "acs_lines": v["acs"][R],
             "zero_filled": zf, "psnr_per_lambda": dict(zip(map(str, grid), per_lam)), "best_lambda": grid[best],
             "best_psnr": per_lam[best], "chosen_lambda": chosen, "chosen_psnr": got,
-            "gap_db": round(per_lam[best] - got, 3)}
+            "gap_db": round(per_lam[best] - got, 3),
+            # the rule's own curve over the grid, so other rules on the same folds can be scored offline
+            "validation_error": [round(e, 6) for e in auto.extra.get("validation_error", [])]}
+
+
+def pick_within(errs: list[float], tol: float, largest: bool = False) -> int:
+    """Index of the smallest (or largest) λ whose validation error is within ``tol`` of the curve's minimum."""
+    e = np.asarray(errs)
+    ok = np.flatnonzero(e <= (1 + tol) * e.min())
+    return int(ok[-1] if largest else ok[0])
+
+
+def score_rules(path: Path, out: Path) -> dict:
+    """Other rules on the validation curves recorded in ``path`` (the same folds, no new solves): for each rule,
+    how many calibration and held-out cases land within 0.5 dB of the grid's best, the worst gap, how many fall
+    below zero-filled."""
+    rows = [r for r in json.loads(path.read_text())["rows"] if r.get("validation_error")]
+    rules = {f"smallest λ within {t:g}": (t, False) for t in (0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}
+    rules.update({f"largest λ within {t:g}": (t, True) for t in (0.01, 0.02, 0.05)})
+    table = {}
+    for name, (tol, largest) in rules.items():
+        parts = {"calibration": [], "held-out": []}
+        for r in rows:
+            lams = list(r["psnr_per_lambda"])
+            got = r["psnr_per_lambda"][lams[pick_within(r["validation_error"], tol, largest)]]
+            parts["calibration" if r["set"].startswith("calibration") else "held-out"].append(
+                (round(r["best_psnr"] - got, 3), got < r["zero_filled"]))
+        table[name] = {k: {"within_0.5_dB": f"{sum(g < 0.5 for g, _ in v)}/{len(v)}",
+                           "worst_gap_db": max(g for g, _ in v), "below_zero_filled": sum(b for _, b in v)}
+                       for k, v in parts.items()}
+        c, h = table[name]["calibration"], table[name]["held-out"]
+        print(f"{name:<24} calibration {c['within_0.5_dB']:>5} (worst {c['worst_gap_db']:.2f} dB)   "
+              f"held-out {h['within_0.5_dB']:>5} (worst {h['worst_gap_db']:.2f} dB, {h['below_zero_filled']} below ZF)")
+    result = {"benchmark": "lambda_rules (other rules on the recorded curves)", "curves": str(path),
+              "current_rule": f"smallest λ within {CV_TOLERANCE:g}", "rules": table}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -101,7 +141,12 @@ def main(argv=None) -> dict:
     p.add_argument("--slices", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=["sense", "l1_wavelet"])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lambda_rules.json"))
+    p.add_argument("--score-rules", metavar="JSON", default=None,
+                   help="score other λ rules on the validation curves of an earlier run (no new solves) and write "
+                        "them to --out")
     args = p.parse_args(argv)
+    if args.score_rules:
+        return score_rules(Path(args.score_rules), Path(args.out))
     torch.set_num_threads(1)
     tic = time.time()
     rows = []
