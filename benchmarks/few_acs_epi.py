@@ -68,6 +68,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_acs_epi.json"))
     args = p.parse_args(argv)
     models = dict(spec.split("=", 1) for spec in args.model)
+    import torch
+
+    torch.set_num_threads(1)  # as in the workers, so the record's machine info says what they ran with
     tic = time.perf_counter()
     with ProcessPoolExecutor(len(models), mp_context=get_context("spawn")) as ex:
         futs = [ex.submit(_rows, n, path, args.accelerations) for n, path in models.items()]

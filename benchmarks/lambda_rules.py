@@ -112,6 +112,8 @@ def score_rules(path: Path, out: Path) -> dict:
     how many calibration and held-out cases land within 0.5 dB of the grid's best, the worst gap, how many fall
     below zero-filled."""
     rows = [r for r in json.loads(path.read_text())["rows"] if r.get("validation_error")]
+    if not rows:
+        raise SystemExit(f"{path}: no validation curves (written by a lambda_rules.py older than --score-rules)")
     rules = {f"smallest λ within {t:g}": (t, False) for t in (0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}
     rules.update({f"largest λ within {t:g}": (t, True) for t in (0.01, 0.02, 0.05)})
     table = {}
@@ -124,10 +126,9 @@ def score_rules(path: Path, out: Path) -> dict:
                 (round(r["best_psnr"] - got, 3), got < r["zero_filled"]))
         table[name] = {k: {"within_0.5_dB": f"{sum(g < 0.5 for g, _ in v)}/{len(v)}",
                            "worst_gap_db": max(g for g, _ in v), "below_zero_filled": sum(b for _, b in v)}
-                       for k, v in parts.items()}
-        c, h = table[name]["calibration"], table[name]["held-out"]
-        print(f"{name:<24} calibration {c['within_0.5_dB']:>5} (worst {c['worst_gap_db']:.2f} dB)   "
-              f"held-out {h['within_0.5_dB']:>5} (worst {h['worst_gap_db']:.2f} dB, {h['below_zero_filled']} below ZF)")
+                       for k, v in parts.items() if v}
+        print(f"{name:<24} " + "   ".join(f"{k} {t['within_0.5_dB']:>5} (worst {t['worst_gap_db']:.2f} dB, "
+                                         f"{t['below_zero_filled']} below ZF)" for k, t in table[name].items()))
     result = {"benchmark": "lambda_rules (other rules on the recorded curves)", "curves": str(path),
               "current_rule": f"smallest λ within {CV_TOLERANCE:g}", "rules": table}
     tmp = out.with_name(f".{out.name}.tmp")
@@ -140,13 +141,19 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--slices", type=int, default=4)
     p.add_argument("--methods", nargs="+", default=["sense", "l1_wavelet"])
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lambda_rules.json"))
+    p.add_argument("--out", default=None, help="default: results/lambda_rules.json, or with --score-rules "
+                                                "results/lambda_rules_alternatives.json")
     p.add_argument("--score-rules", metavar="JSON", default=None,
                    help="score other λ rules on the validation curves of an earlier run (no new solves) and write "
                         "them to --out")
     args = p.parse_args(argv)
+    results = ROOT / "benchmarks" / "results"
     if args.score_rules:
-        return score_rules(Path(args.score_rules), Path(args.out))
+        out = Path(args.out or results / "lambda_rules_alternatives.json")
+        if out.resolve() == Path(args.score_rules).resolve():
+            p.error(f"--out {out} is the curves file --score-rules reads; choose another output")
+        return score_rules(Path(args.score_rules), out)
+    args.out = args.out or str(results / "lambda_rules.json")
     torch.set_num_threads(1)
     tic = time.time()
     rows = []

@@ -229,7 +229,8 @@ def main() -> None:
         train_s = time.time() - tic
     logs = {k: [json.loads(line) for line in (v / "log.jsonl").read_text().splitlines()] for k, v in runs.items()}
     steps_trained = {k: log[-1]["step"] for k, log in logs.items()}
-    # from each run's own log, so a model trained further (resumed) after the side-by-side run is reported as it is
+    # from each run's own log, so a model trained further (resumed) is reported as it is (with --only into an earlier
+    # record these go under settings.reevaluated: the record's own settings stay those of the run that trained)
     train_minutes = {k: round(sum(r["seconds"] for r in log) / 60, 1) for k, log in logs.items()}
     print(f"trained {train_minutes} min (logged){' (reused)' if args.reuse else ''}: {steps_trained} steps", flush=True)
 
@@ -281,7 +282,8 @@ def main() -> None:
     if earlier:  # the run that trained the models and measured the other rows stays the record's settings
         record["settings"] = {**earlier["settings"], "reevaluated": {
             "methods": args.only, "machine": record["machine"], "seconds": record["seconds"],
-            "settings": {k: v for k, v in vars(args).items() if k in ("device", "workers", "threads", "only")}}}
+            "settings": {k: v for k, v in vars(args).items() if k in ("device", "workers", "threads", "only")},
+            "steps_trained": steps_trained, "train_minutes_logged": train_minutes}}
         record["machine"], record["seconds"] = earlier["machine"], earlier["seconds"]
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
