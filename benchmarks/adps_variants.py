@@ -19,7 +19,6 @@ benchmarks/results/adps_variants.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, write_record  # noqa: E402
+from common import machine_info, training_steps, write_record  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.metrics import evaluate_dirs  # noqa: E402
@@ -136,11 +135,8 @@ def main(argv=None) -> dict:
         for R in args.accelerations:
             cells = {r["label"]: r["PSNR"] for r in rows if r["set"] == name and r["R"] == R}
             print(f"{name:6} {R:>2} " + " ".join(f"{cells.get(lab, float('nan')):>18.2f}" for lab in labels))
-    log = Path(args.model).parent / "log.jsonl"
-    logged = log.read_text().strip().splitlines() if log.is_file() else []
     record = {"benchmark": "adps_variants", "machine": machine_info(args.device or "cpu"),
-              "settings": {**vars(args), "sets": sets,
-                           "training_steps": json.loads(logged[-1])["step"] if logged else None},
+              "settings": {**vars(args), "sets": sets, "training_steps": training_steps(args.model)},
               "rows": rows}
     return write_record(record, Path(args.out), tic)
 

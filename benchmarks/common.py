@@ -57,6 +57,15 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def training_steps(model_path: str | os.PathLike) -> int | None:
+    """The last step logged in the run directory of ``model_path`` (None when it has no log.jsonl)."""
+    import json
+
+    log = Path(model_path).parent / "log.jsonl"
+    lines = log.read_text().strip().splitlines() if log.is_file() else []
+    return json.loads(lines[-1])["step"] if lines else None
+
+
 def write_record(record: dict, out: Path, tic: float) -> dict:
     """Close a benchmark record (load at the end, wall seconds since ``tic``) and write it as JSON atomically."""
     import time

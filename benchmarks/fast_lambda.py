@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, write_record  # noqa: E402
+from common import machine_info, training_steps, write_record  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.masks import kspace_mask  # noqa: E402
@@ -49,9 +49,7 @@ def _volumes(args) -> list[tuple[str, np.ndarray, np.ndarray, object]]:
 
         (v,) = lambda_rules.volumes(4, names=["nibabel_epi_64_c12"])
         k = v["kspace"]
-        out.append(("epi_c12_lambda_rules", k, v["target"],
-                    lambda R, k=k, acs=v["acs"]: kspace_mask("random", k.shape[-2:], R, acs[R] / k.shape[-1],
-                                                              seed=(R, 11))[0]))
+        out.append(("epi_c12_lambda_rules", k, v["target"], lambda R, v=v: lambda_rules.mask(v, R)))
     return out
 
 
@@ -86,13 +84,8 @@ def main(argv=None) -> dict:
             rows.append(row)
             print(f"{name:22} {R:>2} {row['zero_filled']:6.2f} {row['sense']:6.2f} {row['lambda']:7.0e} "
                   f"{row['fast_lam0']:9.2f} {row['fast']:13.2f}", flush=True)
-    log = Path(args.model).parent / "log.jsonl"
-    logged = log.read_text().strip().splitlines() if log.is_file() else []
-    import json
-
     record = {"benchmark": "fast_lambda", "machine": machine_info("cpu"),
-              "settings": {**vars(args), "steps": 25, "num_samples": 2,
-                           "training_steps": json.loads(logged[-1])["step"] if logged else None},
+              "settings": {**vars(args), "steps": 25, "num_samples": 2, "training_steps": training_steps(args.model)},
               "rows": rows}
     return write_record(record, Path(args.out), tic)
 

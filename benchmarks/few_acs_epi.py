@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, write_record  # noqa: E402
+from common import machine_info, training_steps, write_record  # noqa: E402
 
 METHODS = [("zero_filled", {"method": "zero_filled"}), ("sense", {"method": "sense"}),
            ("l1_wavelet", {"method": "l1_wavelet"}), ("one_step", {"method": "one_step"}),
@@ -30,24 +30,20 @@ METHODS = [("zero_filled", {"method": "zero_filled"}), ("sense", {"method": "sen
 
 
 def _rows(name: str, path: str, accelerations: list[int]) -> list[dict]:
-    import json
-
     import lambda_rules
     import torch
 
     import ambient_mri as am
-    from ambient_mri.masks import kspace_mask
     from ambient_mri.metrics import evaluate_volume
 
     torch.set_num_threads(1)
     model = am.load_model(path)
     (v,) = lambda_rules.volumes(4, names=["nibabel_epi_64_c12"])
     k = v["kspace"]
-    log = Path(path).parent / "log.jsonl"
-    steps = json.loads(log.read_text().splitlines()[-1])["step"] if log.is_file() else None
+    steps = training_steps(path)
     rows = []
     for R in accelerations:
-        m = kspace_mask("random", k.shape[-2:], R, v["acs"][R] / k.shape[-1], seed=(R, 11))[0]  # lambda_rules' masks
+        m = lambda_rules.mask(v, R)
         row = {"model": name, "training_steps": steps, "R": R, "acs_lines": v["acs"][R], "warnings": {}}
         for label, opts in METHODS:
             with warnings.catch_warnings(record=True) as caught:

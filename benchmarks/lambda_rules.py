@@ -36,6 +36,7 @@ from common import machine_info  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.baselines import CV_TOLERANCE, FOLDS, L1_GRID, SENSE_GRID, VALIDATION_SLICES  # noqa: E402
+from ambient_mri.files import write_json  # noqa: E402
 from ambient_mri.masks import kspace_mask  # noqa: E402
 from ambient_mri.metrics import evaluate_volume  # noqa: E402
 from data_tools.simulate import rss_target, simulate_coil_data  # noqa: E402
@@ -82,14 +83,18 @@ def psnr(v: dict, res) -> float:
     return round(evaluate_volume(v["target"], res.magnitude)["PSNR"], 3)
 
 
+def mask(v: dict, R: int) -> np.ndarray:
+    """The column mask (W,) of volume ``v`` at R: fastMRI random lines with the volume's ACS count at R, seeded."""
+    return kspace_mask("random", v["kspace"].shape[-2:], R, v["acs"][R] / v["kspace"].shape[-1], seed=(R, 11))[0]
+
+
 def run(v: dict, R: int, method: str) -> dict:
-    W = v["kspace"].shape[-1]
-    mask = kspace_mask("random", v["kspace"].shape[-2:], R, v["acs"][R] / W, seed=(R, 11))[0]
-    k = v["kspace"] * mask
+    m = mask(v, R)
+    k = v["kspace"] * m
     grid = SENSE_GRID if method == "sense" else L1_GRID
-    zf = psnr(v, am.reconstruct(k, mask, method="zero_filled", progress=False))
-    per_lam = [psnr(v, am.reconstruct(k, mask, method=method, lam=lam, progress=False)) for lam in grid]
-    auto = am.reconstruct(k, mask, method=method, progress=False)
+    zf = psnr(v, am.reconstruct(k, m, method="zero_filled", progress=False))
+    per_lam = [psnr(v, am.reconstruct(k, m, method=method, lam=lam, progress=False)) for lam in grid]
+    auto = am.reconstruct(k, m, method=method, progress=False)
     chosen, got = auto.extra["lambda"], psnr(v, auto)
     best = int(np.argmax(per_lam))
     return {"volume": v["name"], "set": v["set"], "R": R, "method": method, "acs_lines": v["acs"][R],
@@ -131,9 +136,7 @@ def score_rules(path: Path, out: Path) -> dict:
                                          f"{t['below_zero_filled']} below ZF)" for k, t in table[name].items()))
     result = {"benchmark": "lambda_rules (other rules on the recorded curves)", "curves": str(path),
               "current_rule": f"smallest λ within {CV_TOLERANCE:g}", "rules": table}
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(out, result)
     return result
 
 
@@ -179,11 +182,7 @@ def main(argv=None) -> dict:
                            "validation_slices": VALIDATION_SLICES,
                            "sense_grid": list(SENSE_GRID),
                            "l1_grid": list(L1_GRID)}, "rows": rows, "summary": summary}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    write_json(args.out, result)
     return result
 
 
