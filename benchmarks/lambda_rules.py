@@ -116,7 +116,10 @@ def score_rules(path: Path, out: Path) -> dict:
     """Other rules on the validation curves recorded in ``path`` (the same folds, no new solves): for each rule,
     how many calibration and held-out cases land within 0.5 dB of the grid's best, the worst gap, how many fall
     below zero-filled."""
-    rows = [r for r in json.loads(path.read_text())["rows"] if r.get("validation_error")]
+    try:
+        rows = [r for r in json.loads(path.read_text())["rows"] if r.get("validation_error")]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not a lambda_rules.py result ({type(e).__name__}: {e})") from None
     if not rows:
         raise SystemExit(f"{path}: no validation curves (written by a lambda_rules.py older than --score-rules)")
     rules = {f"smallest λ within {t:g}": (t, False) for t in (0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}
