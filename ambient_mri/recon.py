@@ -26,9 +26,11 @@ from .sampling import policy
 from .scan import (
     check_inputs,
     model_rows,
+    outer_line_snr,
     prepare_scan,
     samples_per_unknown,
     scan_noise_std,
+    warn_if_noise_dominated,
     warn_if_underdetermined,
     zero_filled_rss,
 )
@@ -57,7 +59,7 @@ def _check_numbers(steps, num_samples, batch_size, opts: dict) -> None:
     for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
         if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
             raise AmbientMRIError(f"{name} must be a positive integer, got {v!r}")
-    for name in ("noise_std", "rho"):
+    for name in ("noise_std", "rho", "l2"):
         v = opts.get(name)
         if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise AmbientMRIError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -92,8 +94,7 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
         # the last steps (σ_n²/σ_i² small) are near-unregularised SENSE, which poorly conditioned maps (few ACS
         # lines, many coils) turn into noise below zero-filled (docs/reconstruction.md)
         if opts.get("lam") is None:
-            lam, _ = baselines.choose_lambda("sense", y, maps, msk, seed, baselines.SENSE_ITERS)
-            opts["lam"] = baselines.SENSE_DEFAULT if lam is None else lam
+            opts["lam"] = baselines.tikhonov_floor(y, maps, msk, seed)
         extra["lam"] = float(opts["lam"])
     bs = batch_size or yy.shape[0]
     outs, nfe = [], 0
@@ -148,6 +149,9 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     std, nfe = None, 0
     if method in ("sense", "l1_wavelet"):
         warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
+        if H < H0:  # the noise level is read from the readout oversampling, so only a cropped scan has one
+            extra["outer_line_snr"] = outer_line_snr(ks, msk, scan_noise_std(k, msk))
+            warn_if_noise_dominated(extra["outer_line_snr"], method)
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)
         extra.update(info)

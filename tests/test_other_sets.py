@@ -58,10 +58,10 @@ def _lambda_rules_epi() -> tuple[np.ndarray, np.ndarray]:
     return sim.kspace, rss_target(sim.kspace, (64, 64))
 
 
-def test_l1_wavelet_warns_where_it_falls_below_zero_filled(one_thread):
-    """On the EPI subject with 6 ACS lines at R = 8, L1-wavelet lands below zero-filled at every λ of its grid;
-    the strong λ its held-out lines choose must raise a warning. At R = 4 with 8 ACS lines it is well above and
-    must not warn."""
+def test_l1_wavelet_tikhonov_floor_lifts_it_above_zero_filled(one_thread):
+    """On the EPI subject with 6 ACS lines at R = 8, plain L1-wavelet (l2=0) lands below zero-filled at every λ of
+    its grid, and the strong λ its held-out lines choose must raise a warning; with the default ℓ2 floor (CG-SENSE's
+    λ) it is above zero-filled without one. At R = 4 with 8 ACS lines both are well above and do not warn."""
     import warnings
 
     import ambient_mri as am
@@ -73,10 +73,14 @@ def test_l1_wavelet_warns_where_it_falls_below_zero_filled(one_thread):
     for R, acs, bad in ((8, 6, True), (4, 8, False)):
         m = kspace_mask("random", k.shape[-2:], R, acs / 64, seed=(R, 11))[0]
         zf = evaluate_volume(target, am.reconstruct(k * m, m, method="zero_filled", progress=False).magnitude)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = am.reconstruct(k * m, m, method="l1_wavelet", progress=False)
-        got = evaluate_volume(target, res.magnitude)
-        warned = any("worse than zero-filled" in str(w.message) for w in caught)
-        assert warned == bad == (res.extra["lambda"] >= L1_WARN_LAMBDA), (R, res.extra["lambda"])
-        assert (got["PSNR"] < zf["PSNR"]) == bad, (R, got["PSNR"], zf["PSNR"])
+        sense = am.reconstruct(k * m, m, method="sense", progress=False)
+        for l2, fails in ((0.0, bad), (None, False)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = am.reconstruct(k * m, m, method="l1_wavelet", progress=False,
+                                     **({} if l2 is None else {"l2": l2}))
+            got = evaluate_volume(target, res.magnitude)
+            warned = any("worse than zero-filled" in str(w.message) for w in caught)
+            assert warned == fails == (res.extra["lambda"] >= L1_WARN_LAMBDA), (R, l2, res.extra["lambda"])
+            assert (got["PSNR"] < zf["PSNR"]) == fails, (R, l2, got["PSNR"], zf["PSNR"])
+            assert res.extra["l2"] == (sense.extra["lambda"] if l2 is None else 0.0)

@@ -1,6 +1,7 @@
 """reconstruct(): CG-SENSE accuracy, input forms, every diffusion method with a tiny trained model, bad input."""
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import h5py
@@ -15,7 +16,7 @@ from ambient_mri.masks import kspace_mask
 from ambient_mri.metrics import center_crop, evaluate_volume
 from ambient_mri.operators import fft2c
 from ambient_mri.recon import DIFFUSION, reconstruct, reconstruct_file
-from ambient_mri.scan import check_inputs, prepare_scan
+from ambient_mri.scan import MIN_OUTER_SNR, check_inputs, outer_line_snr, prepare_scan
 from data_tools.simulate import make_fastmri_volume, rss_target, simulate_coil_data, write_fastmri
 from helpers import blobs
 
@@ -95,9 +96,61 @@ def test_l1_wavelet_without_holdout_lines_falls_back():
     sim, _ = small_scan(S=1, size=32, coils=4)
     mask = np.zeros(32, np.float32)
     mask[12:20] = 1
-    res = reconstruct(sim.kspace, mask, maps=sim.maps[None], method="l1_wavelet")
-    assert res.extra["lambda"] > 0 and np.isfinite(res.magnitude).all()
-    assert reconstruct(sim.kspace, mask, maps=sim.maps[None], method="sense").extra["lambda"] > 0
+    for method in ("l1_wavelet", "sense"):
+        with pytest.warns(UserWarning, match=f"{method}: every acquired line is an ACS line"):
+            res = reconstruct(sim.kspace, mask, maps=sim.maps[None], method=method)
+        assert res.extra["lambda"] > 0 and np.isfinite(res.magnitude).all()
+
+
+def test_l1_solver_is_sigpys_l1_wavelet_recon_plus_an_l2_term():
+    """With l2 = 0 our L1-wavelet solve is sigpy's L1WaveletRecon; l2 > 0 shrinks the image (it adds ½ l2 ‖x‖²)."""
+    import sigpy.mri
+
+    from ambient_mri.baselines import _l1
+
+    sim, mask = small_scan(S=1, size=32, coils=4)
+    y = (sim.kspace[0] * mask).astype(np.complex64)
+    ref = sigpy.mri.app.L1WaveletRecon(y, sim.maps, 1e-3, weights=mask[None, None, :] * np.ones_like(y.real),
+                                       max_iter=30, show_pbar=False).run()
+    ours = _l1(y, sim.maps, mask, 1e-3, 30)
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()  # float32; MaxEig starts at random
+    assert np.linalg.norm(_l1(y, sim.maps, mask, 1e-3, 30, l2=0.1)) < 0.95 * np.linalg.norm(ref)
+
+
+def test_outer_line_snr_measures_signal_over_noise():
+    """outer_line_snr is 1 on pure noise, large on a clean scan, None with nothing outside the ACS block."""
+    rng = np.random.default_rng(0)
+    noise = 0.1 * (rng.standard_normal((2, 4, 32, 32)) + 1j * rng.standard_normal((2, 4, 32, 32)))
+    mask = np.stack([kspace_mask("random", (32, 32), 4, 0.25, seed=s)[0] for s in (1, 2)])
+    mask[:, 3] = 1  # one line outside the ACS block
+    sigma = np.full(2, np.sqrt(2) * 0.1)
+    assert abs(outer_line_snr(noise * mask[:, None, None], mask, sigma) - 1) < 0.15
+    sim, _ = small_scan(S=2, size=32, coils=4)
+    assert outer_line_snr(sim.kspace[..., :32, :] * mask[:, None, None], mask, sigma / 100) > 10
+    acs_only = np.zeros((2, 32), np.float32)
+    acs_only[:, 12:20] = 1
+    assert outer_line_snr(noise, acs_only, sigma) is None
+
+
+def test_noise_dominated_scan_warns_for_linear_methods():
+    """When the acquired lines outside the ACS block are mostly noise the held-out lines cannot choose λ (on such
+    phantoms CG-SENSE and L1-wavelet fell below zero-filled unwarned): sense and l1_wavelet warn and record the
+    ratio; the same scan with little noise does not warn; learned and zero-filled reconstructions are not warned."""
+    images = blobs(2, 64, seed=1)
+    mask = kspace_mask("random", (128, 64), 8, 0.1, seed=3)[0]
+    for sigma, noisy in ((0.1, True), (0.001, False)):
+        k = simulate_coil_data(images, num_coils=8, oversample=2, noise_std=sigma, seed=1).kspace * mask
+        for method in ("sense", "l1_wavelet"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = reconstruct(k, mask, method=method, lam=1e-2, progress=False)
+            fired = [w for w in caught if "mostly noise" in str(w.message)]
+            assert bool(fired) == noisy, (sigma, method, res.extra["outer_line_snr"])
+            assert (res.extra["outer_line_snr"] < MIN_OUTER_SNR) == noisy
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = reconstruct(k, mask, method="zero_filled", progress=False)
+        assert "outer_line_snr" not in res.extra and not [w for w in caught if "mostly noise" in str(w.message)]
 
 
 def test_input_forms_agree():

@@ -45,7 +45,7 @@ class Method:
 METHODS = {m.name: m for m in (
     Method("zero_filled", 0, None, (), diffusion=False),
     Method("sense", 0, None, ("lam", "iters"), diffusion=False),
-    Method("l1_wavelet", 0, None, ("lam", "iters"), diffusion=False),
+    Method("l1_wavelet", 0, None, ("lam", "iters", "l2"), diffusion=False),
     Method("adps", 500, 250, (*_SCHEDULE, "zeta")),
     Method("dps", 500, 250, (*_SCHEDULE, "zeta")),
     Method("ald", 500, 250, (*_SCHEDULE, "eps", "gamma")),
