@@ -280,10 +280,12 @@ def main() -> None:
         "rows": rows, "paired_per_slice_psnr": paired(rows), "seconds": round(time.time() - tic, 1),
     }
     if earlier:  # the run that trained the models and measured the other rows stays the record's settings
-        record["settings"] = {**earlier["settings"], "reevaluated": {
+        before = earlier["settings"].get("reevaluated", [])  # one entry per re-evaluation, oldest first
+        before = [before] if isinstance(before, dict) else before
+        record["settings"] = {**earlier["settings"], "reevaluated": [*before, {
             "methods": args.only, "machine": record["machine"], "seconds": record["seconds"],
             "settings": {k: v for k, v in vars(args).items() if k in ("device", "workers", "threads", "only")},
-            "steps_trained": steps_trained, "train_minutes_logged": train_minutes}}
+            "steps_trained": steps_trained, "train_minutes_logged": train_minutes}]}
         record["machine"], record["seconds"] = earlier["machine"], earlier["seconds"]
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
