@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from .masks import acs_columns
+from .masks import outer_columns
 from .operators import MultiCoilMRI, fft_rows
 from .solvers import conjugate_gradient
 
@@ -22,9 +22,9 @@ L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 L1_DEFAULT = 1e-3      # when no non-ACS line can be held out to choose λ
 L1_VALIDATION_ITERS = 50
 # When the held-out lines ask for this much wavelet shrinkage, the acquired lines (through the maps) do not pin the
-# image down and L1-wavelet may land below zero-filled: benchmarks/lambda_rules.py, every L1 case below zero-filled
-# with ρ >= 1.3 chose λ >= 3e-3 and every case above it (there, in quality_mri's sets and on the calibration volume)
-# chose λ <= 3e-4. Noise-dominated scans can fall below zero-filled at small λ (docs/reconstruction.md).
+# image down and L1-wavelet may land below zero-filled. Read off plain L1 (no ℓ2 floor; benchmarks/lambda_rules.py):
+# every case below zero-filled with ρ >= 1.3 chose λ >= 3e-3, every case above it λ <= 3e-4. With the floor
+# (``tikhonov_floor``) λ is mostly 1e-4 and this rarely fires; noisy scans warn by ``scan.outer_line_snr``.
 L1_WARN_LAMBDA = 3e-3
 SENSE_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SENSE_DEFAULT = 1e-3
@@ -40,7 +40,7 @@ VALIDATION_ROWS = 128  # CG-SENSE's λ search solves this many image rows, sprea
 def _folds(mask: np.ndarray, folds: int, seed) -> list[np.ndarray]:
     """The acquired non-ACS columns of a column mask (W,), shuffled (seeded) and dealt into up to ``folds`` groups;
     [] when every acquired column is an ACS column."""
-    cand = np.flatnonzero((np.asarray(mask) != 0) & ~acs_columns(mask))
+    cand = outer_columns(mask)
     if cand.size == 0:
         return []
     cand = np.random.RandomState(seed).permutation(cand)
@@ -84,8 +84,13 @@ def _l1(y: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: float, iters: in
     A = sigpy.mri.linop.Sense(maps, weights=weights)
     W = sp.linop.Wavelet(maps.shape[1:], wave_name="db4")
     proxg = sp.prox.UnitaryTransform(sp.prox.L1Reg(W.oshape, lam), W)
-    return sp.app.LinearLeastSquares(A, y * mask * weights ** 0.5, proxg=proxg, lamda=l2, max_iter=iters,
-                                     show_pbar=False).run()
+    state = np.random.get_state()  # sigpy's step-size power iteration starts from numpy's global generator:
+    np.random.seed(0)              # seeded here so a reconstruction repeats exactly, the caller's stream kept
+    try:
+        return sp.app.LinearLeastSquares(A, y * mask * weights ** 0.5, proxg=proxg, lamda=l2, max_iter=iters,
+                                         show_pbar=False).run()
+    finally:
+        np.random.set_state(state)
 
 
 def _solve_batch(method: str, y: np.ndarray, maps: np.ndarray, masks: np.ndarray, lam, iters: int,
@@ -102,7 +107,8 @@ def _solve_batch(method: str, y: np.ndarray, maps: np.ndarray, masks: np.ndarray
 
 def choose_lambda(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, iters: int,
                   l2: float = 0.0) -> tuple[float | None, dict]:
-    """λ for ``method`` (sense | l1_wavelet) from the scan's own data, never a reference: on up to 2 central slices,
+    """λ for ``method`` (sense | l1_wavelet, the latter with ℓ2 weight ``l2``) from the scan's own data, never a
+    reference: on up to 2 central slices,
     the acquired non-ACS lines are dealt into ``FOLDS`` groups; each group in turn is held out, the slice is solved
     from the rest with every λ of the grid, and each λ is scored by how well its solutions predict the held-out
     k-space over all groups and slices. The validation error is flat towards large λ (which shrink the image), so
@@ -150,7 +156,8 @@ def tikhonov_floor(y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int) ->
 
 
 def classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int, opts: dict) -> tuple:
-    """(S, H, W) images of a normalised scan and what was chosen ({"lambda", "iters", the λ rule's table})."""
+    """(S, H, W) images of a normalised scan and what was chosen ({"lambda", "iters", the λ rule's table; "l2" for
+    l1_wavelet}). opts: ``lam`` (skips the λ rule), ``iters``, ``l2`` (l1_wavelet; skips ``tikhonov_floor``)."""
     if method == "zero_filled":
         return _solve_batch(method, y, maps, m, None, 0), {}
     iters = int(opts.get("iters", SENSE_ITERS if method == "sense" else 100))
@@ -161,17 +168,18 @@ def classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed:
     if lam is None:
         lam, info = choose_lambda(method, y, maps, m, seed, iters, l2)
         if lam is None:
+            lam = SENSE_DEFAULT if method == "sense" else L1_DEFAULT
             warnings.warn(
                 f"{method}: every acquired line is an ACS line, so none can be held out to choose λ: the default "
-                f"λ = {SENSE_DEFAULT if method == 'sense' else L1_DEFAULT:g} is used unchecked and the image may be "
-                "worse than zero-filled; pass lam= or compare with method='zero_filled'", stacklevel=3)
-        if method == "l1_wavelet" and lam is not None and lam >= L1_WARN_LAMBDA:
+                f"λ = {lam:g} is used unchecked and the image may be worse than zero-filled; pass lam= or compare "
+                "with method='zero_filled'", stacklevel=3)
+        elif method == "l1_wavelet" and lam >= L1_WARN_LAMBDA:
             warnings.warn(
                 f"l1_wavelet: the scan's held-out lines chose a strong regularisation (λ = {lam:g} >= "
                 f"{L1_WARN_LAMBDA:g}): the acquired lines do not determine this image well (few ACS lines for the "
                 "coil maps, or few lines outside them), so it may be worse than zero-filled; compare with "
                 "method='sense' or 'zero_filled'", stacklevel=3)
-    lam = (SENSE_DEFAULT if method == "sense" else L1_DEFAULT) if lam is None else float(lam)
+    lam = float(lam)
     x = _solve_batch(method, y, maps, m, lam, iters, l2)
     return x.astype(np.complex64), {"lambda": lam, "iters": iters, **({"l2": l2} if method == "l1_wavelet" else {}),
                                     **info}

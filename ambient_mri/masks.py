@@ -123,6 +123,11 @@ def acs_columns(mask) -> np.ndarray:
     return out
 
 
+def outer_columns(mask) -> np.ndarray:
+    """Indices of the acquired columns outside the ACS block (those the λ rules can hold out)."""
+    return np.flatnonzero(acquired_columns(mask) & ~acs_columns(mask))
+
+
 def acs_width(mask) -> int:
     """Width of the ACS block (``acs_columns``); 0 if the centre column was not acquired."""
     return int(acs_columns(mask).sum())

@@ -120,8 +120,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
     or (S, W). model: a Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
     Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
-    l1_wavelet (sigpy); for both, λ is chosen on held-out acquired lines of the scan itself unless ``lam=`` is
-    given (``iters=`` sets the iterations). target_size: magnitude crop, default
+    l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default the λ CG-SENSE chooses); for both, λ is chosen on
+    held-out acquired lines of the scan itself unless ``lam=`` is given (``iters=`` sets the iterations); both warn
+    when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``)
+    and when no line can be held out. target_size: magnitude crop, default
     (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K virtual coils (SVD of
     its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls with K.
     """

@@ -164,11 +164,11 @@ def outer_line_snr(k: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float | N
     """Mean energy per sample of the acquired columns outside the ACS block over the noise energy σ², pooled over
     slices; k (S, C, H, W) the readout-cropped k-space, column masks (S, W), σ (S,) per sample in k's scale
     (``scan_noise_std``). 1 = pure noise. None when no column lies outside the ACS block or σ is 0."""
-    from .masks import acs_columns
+    from .masks import outer_columns
 
     energy, expected = 0.0, 0.0
     for s in range(k.shape[0]):
-        cols = np.flatnonzero((np.asarray(m[s]) != 0) & ~acs_columns(m[s]))
+        cols = outer_columns(m[s])
         if cols.size and noise[s] > 0:
             v = k[s][..., cols]
             energy += float(np.sum(np.abs(v) ** 2))
@@ -181,8 +181,9 @@ def warn_if_noise_dominated(snr: float | None, method: str) -> None:
     if snr is not None and snr < MIN_OUTER_SNR:
         warnings.warn(
             f"{method}: the acquired lines outside the ACS block are mostly noise (energy {snr:.2f}x the noise level, "
-            f"below {MIN_OUTER_SNR}): the data cannot tell a good λ from a bad one and the image may be worse than "
-            "zero-filled; compare with method='zero_filled', or use a learned method", stacklevel=3)
+            f"below {MIN_OUTER_SNR}): held-out lines cannot tell a good λ from a bad one, whether chosen or given, "
+            "and the image may be worse than zero-filled; compare with method='zero_filled', or use a learned method",
+            stacklevel=3)
 
 
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:

@@ -100,7 +100,7 @@ def run(v: dict, R: int, method: str) -> dict:
     return {"volume": v["name"], "set": v["set"], "R": R, "method": method, "acs_lines": v["acs"][R],
             "zero_filled": zf, "psnr_per_lambda": dict(zip(map(str, grid), per_lam)), "best_lambda": grid[best],
             "best_psnr": per_lam[best], "chosen_lambda": chosen, "chosen_psnr": got,
-            "gap_db": round(per_lam[best] - got, 3),
+            "gap_db": round(per_lam[best] - got, 3), "l2": auto.extra.get("l2"),
             # the rule's own curve over the grid, so other rules on the same folds can be scored offline
             "validation_error": [round(e, 6) for e in auto.extra.get("validation_error", [])]}
 
@@ -184,7 +184,8 @@ def main(argv=None) -> dict:
               "settings": {"slices": args.slices, "folds": FOLDS, "cv_tolerance": CV_TOLERANCE,
                            "validation_slices": VALIDATION_SLICES,
                            "sense_grid": list(SENSE_GRID),
-                           "l1_grid": list(L1_GRID)}, "rows": rows, "summary": summary}
+                           "l1_grid": list(L1_GRID),
+                           "l1_l2": "CG-SENSE's chosen λ (baselines.tikhonov_floor)"}, "rows": rows, "summary": summary}
     write_json(args.out, result)
     return result
 

@@ -11,14 +11,14 @@ line to hold out; noise: ``outer_line_snr`` below ``scan.MIN_OUTER_SNR``). Sets:
                  fell below zero-filled without a warning, and on which MIN_OUTER_SNR was set
     noisy MNI152 real anatomy with heavy noise: MNI152 axial slices, 64 x 64, 8 and 12 coils, R = 4, 6, 8,
                  σ = 0.02 and 0.05, seed 2 (held out for MIN_OUTER_SNR; calibration for the ℓ2 floor of L1, with
-                 the σ = 0.03 ellipses of seed 0 and the lambda_rules MNI152 axial volume)
+                 the 64-pixel σ = 0.03 ellipses of seed 0 and the lambda_rules MNI152 axial volume)
     noisy EPI    the same with nibabel's EPI subject (another source): held out for both
     benchmark    the volumes of benchmarks/lambda_rules.py (MNI152 axial, nibabel EPI, MNI152 coronal, the real twix
                  phantom) as they are: where a warning fires on ordinary data
 
 Prints a table and writes benchmarks/results/noise_warning.json.
 
-    python benchmarks/noise_warning.py [--sets calibration held-out benchmark] [--out PATH]
+    python benchmarks/noise_warning.py [--sets calibration noisy-mni noisy-epi benchmark] [--out PATH]
 """
 
 from __future__ import annotations
