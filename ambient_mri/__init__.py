@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import AmbientMRIError, DataFileError, RecipeError
+from .errors import AmbientMRIError, BelowZeroFilledWarning, DataFileError, RecipeError
 from .operators import (
     Identity,
     LinearOperator,
@@ -44,6 +44,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AmbientMRIError",
+    "BelowZeroFilledWarning",
     "DataFileError",
     "Identity",
     "LinearOperator",

@@ -23,3 +23,18 @@ class DataFileError(AmbientMRIError):
 
 class RecipeError(AmbientMRIError):
     """A training recipe with an unknown key or a bad value."""
+
+
+class BelowZeroFilledWarning(UserWarning):
+    """A linear reconstruction (sense, l1_wavelet) that may be worse than zero-filled; ``reason`` says why:
+    "underdetermined" (too few samples per unknown pixel), "noise" (the lines outside the ACS block are mostly
+    noise), "unchecked_lambda" (no line to hold out, the default λ used) or "strong_lambda" (L1's held-out lines
+    chose a strong λ). One category, so ``warnings.filterwarnings(..., category=BelowZeroFilledWarning)`` or
+    ``pytest.warns`` can select them."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # raised as an error (-W error) in a worker process, it is pickled back whole
+        return type(self), (self.args[0], self.reason)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import AmbientMRIError
+from .errors import AmbientMRIError, BelowZeroFilledWarning
 from .metrics import center_crop
 from .record import TrainingRecord
 
@@ -179,17 +179,18 @@ def outer_line_snr(k: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float | N
 def warn_if_noise_dominated(snr: float | None, method: str) -> None:
     """The warning ``reconstruct`` gives a linear method when ``outer_line_snr`` < MIN_OUTER_SNR."""
     if snr is not None and snr < MIN_OUTER_SNR:
-        warnings.warn(
+        warnings.warn(BelowZeroFilledWarning(
             f"{method}: the acquired lines outside the ACS block are mostly noise (energy {snr:.2f}x the noise level, "
             f"below {MIN_OUTER_SNR}): held-out lines cannot tell a good λ from a bad one, whether chosen or given, "
             "and the image may be worse than zero-filled; compare with method='zero_filled', or use a learned method",
-            stacklevel=3)
+            "noise"), stacklevel=3)
 
 
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
     """The warning ``reconstruct`` gives a linear method (sense, l1_wavelet) when ρ < MIN_SAMPLES_PER_UNKNOWN."""
     if rho < MIN_SAMPLES_PER_UNKNOWN:
-        warnings.warn(
+        warnings.warn(BelowZeroFilledWarning(
             f"{method}: {coils} coils x the acquired columns give only {rho:.2f} samples per unknown pixel of a row "
             f"(below {MIN_SAMPLES_PER_UNKNOWN}): the coils cannot unalias this acceleration, so the image may be "
-            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", stacklevel=3)
+            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", "underdetermined"),
+            stacklevel=3)

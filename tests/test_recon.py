@@ -97,8 +97,9 @@ def test_l1_wavelet_without_holdout_lines_falls_back():
     mask = np.zeros(32, np.float32)
     mask[12:20] = 1
     for method in ("l1_wavelet", "sense"):
-        with pytest.warns(UserWarning, match=f"{method}: every acquired line is an ACS line"):
+        with pytest.warns(am.BelowZeroFilledWarning, match=f"{method}: every acquired line is an ACS line") as rec:
             res = reconstruct(sim.kspace, mask, maps=sim.maps[None], method=method)
+        assert {w.message.reason for w in rec} == {"underdetermined", "unchecked_lambda"}
         assert res.extra["lambda"] > 0 and np.isfinite(res.magnitude).all()
 
 
@@ -150,6 +151,7 @@ def test_noise_dominated_scan_warns_for_linear_methods():
                 warnings.simplefilter("always")
                 res = reconstruct(k, mask, method=method, lam=1e-2, progress=False)
             fired = [w for w in caught if "mostly noise" in str(w.message)]
+            assert all(w.category is am.BelowZeroFilledWarning and w.message.reason == "noise" for w in fired)
             assert bool(fired) == noisy, (sigma, method, res.extra["outer_line_snr"])
             assert (res.extra["outer_line_snr"] < MIN_OUTER_SNR) == noisy
             if noisy:  # the scan's own σ (readout oversampling) and the cropped k-space in one convention: ~1
