@@ -155,8 +155,8 @@ def samples_per_unknown(maps: np.ndarray, m: np.ndarray) -> float:
 
 # The λ rules hold acquired non-ACS lines out and score each λ by how well it predicts them. When those lines carry
 # less signal than half their noise energy, every λ predicts them about equally badly, the rule picks by chance, and a
-# linear method amplifies noise below zero-filled: in ad-hoc runs on noisy phantoms every case below zero-filled with
-# lines to hold out had this ratio <= 1.2, while every benchmark volume has >= 1.6 (benchmarks/noise_warning.py).
+# linear method amplifies noise below zero-filled: on benchmarks/noise_warning.py's noisy phantoms (calibration) every
+# case below zero-filled with lines to hold out had this ratio <= 1.19; every lambda_rules volume has >= 1.65.
 MIN_OUTER_SNR = 1.5
 
 

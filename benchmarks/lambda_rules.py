@@ -93,8 +93,9 @@ def run(v: dict, R: int, method: str) -> dict:
     k = v["kspace"] * m
     grid = SENSE_GRID if method == "sense" else L1_GRID
     zf = psnr(v, am.reconstruct(k, m, method="zero_filled", progress=False))
-    per_lam = [psnr(v, am.reconstruct(k, m, method=method, lam=lam, progress=False)) for lam in grid]
     auto = am.reconstruct(k, m, method=method, progress=False)
+    fixed = {"l2": auto.extra["l2"]} if method == "l1_wavelet" else {}  # the scan's ℓ2 floor, searched once
+    per_lam = [psnr(v, am.reconstruct(k, m, method=method, lam=lam, progress=False, **fixed)) for lam in grid]
     chosen, got = auto.extra["lambda"], psnr(v, auto)
     best = int(np.argmax(per_lam))
     return {"volume": v["name"], "set": v["set"], "R": R, "method": method, "acs_lines": v["acs"][R],
