@@ -30,6 +30,7 @@ from .scan import (
     prepare_scan,
     samples_per_unknown,
     scan_noise_std,
+    warn_if_maps_misfit,
     warn_if_noise_dominated,
     warn_if_underdetermined,
     zero_filled_rss,
@@ -90,7 +91,7 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
         noise = scan_noise_std(k, msk) if given is None else np.full(S, float(given))
         extra["noise_std"] = noise.tolist()
         noise = torch.from_numpy(np.repeat(noise / scales, reps).astype(np.float32))
-        # λ floor of the CG steps: the Tikhonov weight CG-SENSE chooses on this scan's held-out lines. Without it
+        # λ floor of the CG steps: the Tikhonov weight this scan's held-out non-ACS lines choose. Without it
         # the last steps (σ_n²/σ_i² small) are near-unregularised SENSE, which poorly conditioned maps (few ACS
         # lines, many coils) turn into noise below zero-filled (docs/reconstruction.md)
         if opts.get("lam") is None:
@@ -120,7 +121,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
     or (S, W). model: a Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
     Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
-    l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default the λ CG-SENSE chooses); for both, λ is chosen on
+    l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default ``baselines.tikhonov_floor``); for both, λ is chosen on
     held-out acquired lines of the scan itself unless ``lam=`` is given (``iters=`` sets the iterations); both warn
     when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``)
     and when no line can be held out. target_size: magnitude crop, default
@@ -152,8 +153,12 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     if method in ("sense", "l1_wavelet"):
         warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
         if H < H0:  # the noise level is read from the readout oversampling, so only a cropped scan has one
-            extra["outer_line_snr"] = outer_line_snr(ks, msk, scan_noise_std(k, msk))
+            noise = scan_noise_std(k, msk)
+            extra["outer_line_snr"] = outer_line_snr(ks, msk, noise)
             warn_if_noise_dominated(extra["outer_line_snr"], method)
+            misfit = baselines.map_misfit(y, mps, msk, noise / scales)
+            extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
+            warn_if_maps_misfit(misfit, method)
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)
         extra.update(info)

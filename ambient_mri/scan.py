@@ -186,6 +186,30 @@ def warn_if_noise_dominated(snr: float | None, method: str) -> None:
             "noise"), stacklevel=3)
 
 
+# The near-unregularised SENSE fit of the acquired lines leaves this many times the noise energy when the coil maps
+# cannot explain the data (ESPIRiT from few ACS lines on anatomy that fills the phase-encode field of view; the
+# true maps leave ~1). Set between the calibration volume's largest misfit with SENSE above zero-filled (10.2) and
+# the smallest with it below (24.7, on pydicom's MR_small) in benchmarks/lambda_rules.py, before the "wide" set of
+# benchmarks/noise_warning.py (field-of-view-filling crops of other sources) was built.
+MAX_MAP_MISFIT = 16.0
+# ... and the misfit beyond the noise must also be this share of the acquired energy: without noise any map error
+# is many times the noise (noise-free simulations: 1e11 times, at shares of 5e-5 to 1.3e-4 with maps good enough for
+# CG-SENSE 10+ dB above zero-filled). Twice the largest of those; added after the wide set was first run, whose
+# failing cases have shares of 8e-4 to 1.1e-2.
+MIN_MAP_UNEXPLAINED = 3e-4
+
+
+def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str) -> None:
+    """The warning ``reconstruct`` gives a linear method when ``baselines.map_misfit`` exceeds both thresholds."""
+    if misfit is not None and misfit[0] > MAX_MAP_MISFIT and misfit[1] > MIN_MAP_UNEXPLAINED:
+        warnings.warn(BelowZeroFilledWarning(
+            f"{method}: the coil maps do not explain the acquired data (the SENSE fit leaves {misfit[0]:.1f}x the "
+            f"noise energy, {100 * misfit[1]:.2f}% of the data's): maps from these ACS lines are poor for this "
+            "anatomy (too few ACS lines, or anatomy filling the field of view), so the image may be worse than "
+            "zero-filled; acquire more ACS lines, pass maps=, or compare with method='zero_filled'", "maps"),
+            stacklevel=3)
+
+
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
     """The warning ``reconstruct`` gives a linear method (sense, l1_wavelet) when ρ < MIN_SAMPLES_PER_UNKNOWN."""
     if rho < MIN_SAMPLES_PER_UNKNOWN:

@@ -79,6 +79,29 @@ def write_record(record: dict, out: Path, tic: float) -> dict:
     return record
 
 
+def merge_reevaluation(record: dict, out: Path, keys: tuple[str, ...], methods: list[str]) -> dict:
+    """``record`` re-measured only ``methods`` (columns of its rows): put those columns into the earlier record at
+    ``out`` (rows matched on ``keys``; a row's ``warnings`` for those methods too) and keep that record's settings,
+    machine and timing, with this run appended to ``settings.reevaluated``. -> the merged record."""
+    import json
+
+    earlier = json.loads(out.read_text())
+    new = {tuple(r[k] for k in keys): r for r in record["rows"]}
+    for row in earlier["rows"]:
+        got = new.pop(tuple(row[k] for k in keys), None)
+        if got is None:
+            continue
+        row.update({m: got[m] for m in methods})
+        if "warnings" in row:
+            row["warnings"] = {**{k: v for k, v in row["warnings"].items() if k not in methods},
+                               **{k: v for k, v in got.get("warnings", {}).items() if k in methods}}
+    if new:
+        raise SystemExit(f"{out}: no row for {sorted(new)}; re-evaluate only what the record holds")
+    earlier["settings"]["reevaluated"] = [*earlier["settings"].get("reevaluated", []),
+                                          {"methods": methods, "machine": record["machine"]}]
+    return earlier
+
+
 def stats(times_s: list[float]) -> dict:
     ms = np.asarray(times_s) * 1e3
     q1, med, q3 = np.percentile(ms, [25, 50, 75])

@@ -6,6 +6,7 @@ steps, as published), scored with fastMRI's volume PSNR against the RSS target. 
 process and one torch thread each. Prints a table; writes benchmarks/results/few_acs_epi.json.
 
     python benchmarks/few_acs_epi.py --model NAME=MODEL.pt [--model NAME=MODEL.pt ...] [--accelerations 4 6 8]
+        [--only sense ...]   # re-measure these methods into the existing record
 """
 
 from __future__ import annotations
@@ -22,14 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, training_steps, write_record  # noqa: E402
+from common import machine_info, merge_reevaluation, training_steps, write_record  # noqa: E402
+
+from ambient_mri.files import write_json  # noqa: E402
 
 METHODS = [("zero_filled", {"method": "zero_filled"}), ("sense", {"method": "sense"}),
            ("l1_wavelet", {"method": "l1_wavelet"}), ("one_step", {"method": "one_step"}),
            ("fast", {"method": "fast", "steps": 25, "num_samples": 2}), ("adps", {"method": "adps", "steps": 500})]
+LEARNED = ("one_step", "fast", "adps")
 
 
-def _rows(name: str, path: str, accelerations: list[int]) -> list[dict]:
+def _rows(name: str, path: str, accelerations: list[int], only: list[str] | None = None) -> list[dict]:
     import lambda_rules
     import torch
 
@@ -37,7 +41,8 @@ def _rows(name: str, path: str, accelerations: list[int]) -> list[dict]:
     from ambient_mri.metrics import evaluate_volume
 
     torch.set_num_threads(1)
-    model = am.load_model(path)
+    methods = [(label, opts) for label, opts in METHODS if only is None or label in only]
+    model = am.load_model(path) if any(label in LEARNED for label, _ in methods) else None
     (v,) = lambda_rules.volumes(4, names=["nibabel_epi_64_c12"])
     k = v["kspace"]
     steps = training_steps(path)
@@ -45,10 +50,10 @@ def _rows(name: str, path: str, accelerations: list[int]) -> list[dict]:
     for R in accelerations:
         m = lambda_rules.mask(v, R)
         row = {"model": name, "training_steps": steps, "R": R, "acs_lines": v["acs"][R], "warnings": {}}
-        for label, opts in METHODS:
+        for label, opts in methods:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = am.reconstruct(k * m, m, model=model if label in ("one_step", "fast", "adps") else None,
+                res = am.reconstruct(k * m, m, model=model if label in LEARNED else None,
                                      progress=False, **opts)
             row[label] = round(evaluate_volume(v["target"], res.magnitude)["PSNR"], 3)
             if caught:
@@ -62,6 +67,8 @@ def main(argv=None) -> dict:
     p.add_argument("--model", action="append", required=True, metavar="NAME=MODEL.pt")
     p.add_argument("--accelerations", type=int, nargs="+", default=[4, 6, 8])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "few_acs_epi.json"))
+    p.add_argument("--only", nargs="+", default=None, choices=[label for label, _ in METHODS],
+                   help="re-measure only these methods into the existing --out record (its other columns kept)")
     args = p.parse_args(argv)
     models = dict(spec.split("=", 1) for spec in args.model)
     import torch
@@ -69,8 +76,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)  # as in the workers, so the record's machine info says what they ran with
     tic = time.perf_counter()
     with ProcessPoolExecutor(len(models), mp_context=get_context("spawn")) as ex:
-        futs = [ex.submit(_rows, n, path, args.accelerations) for n, path in models.items()]
+        futs = [ex.submit(_rows, n, path, args.accelerations, args.only) for n, path in models.items()]
         rows = [r for f in futs for r in f.result()]
+    if args.only:
+        record = {"machine": machine_info("cpu"), "rows": rows}
+        record = merge_reevaluation(record, Path(args.out), ("model", "R"), args.only)
+        rows = record["rows"]
     names = [label for label, _ in METHODS]
     print(f"{'model':<12} {'steps':>6} {'R':>2} " + " ".join(f"{n:>11}" for n in names))
     for r in rows:
@@ -79,6 +90,10 @@ def main(argv=None) -> dict:
     print("* warned")
     below = [f"{r['model']} R={r['R']} {n}" for r in rows for n in names[1:] if r[n] < r["zero_filled"]]
     print("below zero-filled:", below or "none")
+    if args.only:
+        record["below_zero_filled"] = below
+        write_json(args.out, record)
+        return record
     record = {"benchmark": "few_acs_epi", "machine": machine_info("cpu"),
               "settings": {**vars(args), "volume": "lambda_rules nibabel_epi_64_c12 (4 central planes, 12 coils)",
                            "methods": dict(METHODS)},
