@@ -28,9 +28,9 @@ class RecipeError(AmbientMRIError):
 class BelowZeroFilledWarning(UserWarning):
     """A linear reconstruction (sense, l1_wavelet) that may be worse than zero-filled; ``reason`` says why:
     "underdetermined" (too few samples per unknown pixel), "noise" (the lines outside the ACS block are mostly
-    noise), "unchecked_lambda" (no line to hold out, the default λ used) or "strong_lambda" (L1's held-out lines
-    chose a strong λ). One category, so ``warnings.filterwarnings(..., category=BelowZeroFilledWarning)`` or
-    ``pytest.warns`` can select them."""
+    noise), "unchecked_lambda" (no line to hold out, the default λ used), "strong_lambda" (L1's held-out lines
+    chose a strong λ) or "maps" (the coil maps do not explain the acquired data). One category, so
+    ``warnings.filterwarnings(..., category=BelowZeroFilledWarning)`` or ``pytest.warns`` can select them."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)

@@ -123,8 +123,9 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
     l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default ``baselines.tikhonov_floor``); for both, λ is chosen on
     held-out acquired lines of the scan itself unless ``lam=`` is given (``iters=`` sets the iterations); both warn
-    when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``)
-    and when no line can be held out. target_size: magnitude crop, default
+    when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``),
+    when the maps do not explain the data (``extra["map_misfit"]``, ``extra["map_unexplained"]``) and when no line
+    can be held out. target_size: magnitude crop, default
     (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K virtual coils (SVD of
     its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls with K.
     """

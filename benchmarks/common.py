@@ -79,26 +79,39 @@ def write_record(record: dict, out: Path, tic: float) -> dict:
     return record
 
 
-def merge_reevaluation(record: dict, out: Path, keys: tuple[str, ...], methods: list[str]) -> dict:
-    """``record`` re-measured only ``methods`` (columns of its rows): put those columns into the earlier record at
-    ``out`` (rows matched on ``keys``; a row's ``warnings`` for those methods too) and keep that record's settings,
-    machine and timing, with this run appended to ``settings.reevaluated``. -> the merged record."""
+def load_for_reevaluation(out: Path, keys: tuple[str, ...], planned: list[tuple]) -> dict:
+    """The record at ``out`` that an ``--only`` run will update, checked before anything is measured: it must
+    exist, parse, and hold a row for every ``planned`` key (values of ``keys``)."""
     import json
 
-    earlier = json.loads(out.read_text())
+    try:
+        earlier = json.loads(Path(out).read_text())
+        have = {tuple(r[k] for k in keys) for r in earlier["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{out}: cannot re-evaluate into it ({type(e).__name__}: {e}); "
+                         "run without --only first") from None
+    missing = sorted(set(planned) - have)
+    if missing:
+        raise SystemExit(f"{out}: no row for {missing}; --only re-measures only what the record holds")
+    return earlier
+
+
+def merge_reevaluation(record: dict, earlier: dict, keys: tuple[str, ...], methods: list[str]) -> dict:
+    """``record`` re-measured only ``methods`` (columns of its rows): put those columns into ``earlier`` (rows
+    matched on ``keys``; a row's ``warnings`` for those methods too) and keep its settings, machine and timing, with
+    this run (methods, the rows' keys, machine) appended to ``settings.reevaluated``. -> the merged record."""
     new = {tuple(r[k] for k in keys): r for r in record["rows"]}
     for row in earlier["rows"]:
-        got = new.pop(tuple(row[k] for k in keys), None)
+        got = new.get(tuple(row[k] for k in keys))
         if got is None:
             continue
         row.update({m: got[m] for m in methods})
         if "warnings" in row:
             row["warnings"] = {**{k: v for k, v in row["warnings"].items() if k not in methods},
                                **{k: v for k, v in got.get("warnings", {}).items() if k in methods}}
-    if new:
-        raise SystemExit(f"{out}: no row for {sorted(new)}; re-evaluate only what the record holds")
     earlier["settings"]["reevaluated"] = [*earlier["settings"].get("reevaluated", []),
-                                          {"methods": methods, "machine": record["machine"]}]
+                                          {"methods": methods, "rows": [list(k) for k in new],
+                                           "machine": record["machine"]}]
     return earlier
 
 

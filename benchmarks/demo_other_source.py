@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from augment_demo import _score  # noqa: E402
-from common import machine_info, merge_reevaluation, write_record  # noqa: E402
+from common import load_for_reevaluation, machine_info, merge_reevaluation, write_record  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.files import write_json  # noqa: E402
@@ -48,9 +48,11 @@ def main(argv=None) -> dict:
     demo = Path(args.demo)
     learned = {"one_step": {}, "fast": {"steps": 25, "num_samples": 2}, "adps": {"steps": args.adps_steps}}
     methods = [m for m in METHODS if args.only is None or m in args.only]
+    names = ("demo (MNI152, training source)", "other source (nibabel EPI)")
+    earlier = (load_for_reevaluation(Path(args.out), ("set", "R"), [(n, R) for n in names for R in (4, 6, 8)])
+               if args.only else None)
     model = am.load_model(demo / "runs" / "demo_mni_r4" / "model.pt") if set(methods) & set(learned) else None
-    sets = {"demo (MNI152, training source)": demo / "data" / "raw" / "val",
-            "other source (nibabel EPI)": Path(build_epi_set(Path(args.work) / "epi")["raw_val"])}
+    sets = dict(zip(names, (demo / "data" / "raw" / "val", Path(build_epi_set(Path(args.work) / "epi")["raw_val"]))))
     rows = []
     for name, raw in sets.items():
         for R in (4, 6, 8):
@@ -62,8 +64,7 @@ def main(argv=None) -> dict:
             rows.append(row)
             print(row, flush=True)
     if args.only:
-        record = merge_reevaluation({"machine": machine_info("cpu"), "rows": rows}, Path(args.out), ("set", "R"),
-                                    args.only)
+        record = merge_reevaluation({"machine": machine_info("cpu"), "rows": rows}, earlier, ("set", "R"), args.only)
         write_json(args.out, record)
         return record
     demo_table = json.loads((demo / "results.json").read_text()) if (demo / "results.json").is_file() else None

@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, merge_reevaluation, training_steps, write_record  # noqa: E402
+from common import (  # noqa: E402
+    load_for_reevaluation,
+    machine_info,
+    merge_reevaluation,
+    training_steps,
+    write_record,
+)
 
 from ambient_mri.files import write_json  # noqa: E402
 
@@ -71,6 +77,8 @@ def main(argv=None) -> dict:
                    help="re-measure only these methods into the existing --out record (its other columns kept)")
     args = p.parse_args(argv)
     models = dict(spec.split("=", 1) for spec in args.model)
+    earlier = (load_for_reevaluation(Path(args.out), ("model", "R"),
+                                     [(n, R) for n in models for R in args.accelerations]) if args.only else None)
     import torch
 
     torch.set_num_threads(1)  # as in the workers, so the record's machine info says what they ran with
@@ -80,7 +88,7 @@ def main(argv=None) -> dict:
         rows = [r for f in futs for r in f.result()]
     if args.only:
         record = {"machine": machine_info("cpu"), "rows": rows}
-        record = merge_reevaluation(record, Path(args.out), ("model", "R"), args.only)
+        record = merge_reevaluation(record, earlier, ("model", "R"), args.only)
         rows = record["rows"]
     names = [label for label, _ in METHODS]
     print(f"{'model':<12} {'steps':>6} {'R':>2} " + " ".join(f"{n:>11}" for n in names))

@@ -189,6 +189,13 @@ def test_map_misfit_flags_maps_that_do_not_explain_the_data():
         warnings.simplefilter("error")
         res = reconstruct(clean, mask, method="sense", lam=1e-3, progress=False)
     assert res.extra["map_misfit"] > 1e6 and res.extra["map_unexplained"] < MIN_MAP_UNEXPLAINED
+    from ambient_mri.baselines import map_misfit  # no noise level, or fewer samples than unknowns: no verdict
+
+    y, m2 = clean[..., 16:48, :], np.stack([mask, mask])
+    assert map_misfit(y, true, m2, np.zeros(2)) is None
+    sparse = np.zeros_like(m2)
+    sparse[:, 14:18] = 1  # 8 coils x 4 columns < 32 unknowns per row
+    assert map_misfit(y * sparse[:, None, None], true, sparse, np.full(2, 0.01)) is None
 
 
 def test_input_forms_agree():
