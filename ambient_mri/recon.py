@@ -25,6 +25,7 @@ from .operators import MultiCoilMRI
 from .sampling import policy
 from .scan import (
     check_inputs,
+    maps_misfit,
     model_rows,
     outer_line_snr,
     prepare_scan,
@@ -64,6 +65,19 @@ def _check_numbers(steps, num_samples, batch_size, opts: dict) -> None:
         v = opts.get(name)
         if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise AmbientMRIError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, misfit: tuple[float, float],
+             extra: dict) -> tuple[np.ndarray, tuple[float, float]]:
+    """ESPIRiT's maps leave the data unexplained: the maps of ``coils.refine_maps`` and their misfit if they explain
+    more, else the old ones (``extra``: ``maps_refined``, ``map_misfit_espirit``)."""
+    from .coils import refine_maps
+
+    new = refine_maps(torch.from_numpy(y), torch.from_numpy(maps), torch.from_numpy(msk)).numpy()
+    after = baselines.map_misfit(y, new, msk, noise)
+    extra["map_misfit_espirit"] = misfit[0]
+    extra["maps_refined"] = after is not None and after[0] < misfit[0]
+    return (new, after) if extra["maps_refined"] else (maps, misfit)
 
 
 def _maps_range(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -158,8 +172,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
             extra["outer_line_snr"] = outer_line_snr(ks, msk, noise)
             warn_if_noise_dominated(extra["outer_line_snr"], method)
             misfit = baselines.map_misfit(y, mps, msk, noise / scales)
+            if maps is None and maps_misfit(misfit):
+                mps, misfit = _refined(y, mps, msk, noise / scales, misfit, extra)
             extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
-            warn_if_maps_misfit(misfit, method)
+            warn_if_maps_misfit(misfit, method, extra.get("maps_refined", False))
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)
         extra.update(info)

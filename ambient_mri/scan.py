@@ -199,15 +199,21 @@ MAX_MAP_MISFIT = 16.0
 MIN_MAP_UNEXPLAINED = 3e-4
 
 
-def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str) -> None:
-    """The warning ``reconstruct`` gives a linear method when ``baselines.map_misfit`` exceeds both thresholds."""
-    if misfit is not None and misfit[0] > MAX_MAP_MISFIT and misfit[1] > MIN_MAP_UNEXPLAINED:
+def maps_misfit(misfit: tuple[float, float] | None) -> bool:
+    """Whether ``baselines.map_misfit`` says the maps do not explain the data (both thresholds exceeded)."""
+    return misfit is not None and misfit[0] > MAX_MAP_MISFIT and misfit[1] > MIN_MAP_UNEXPLAINED
+
+
+def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined: bool = False) -> None:
+    """The warning ``reconstruct`` gives a linear method when ``maps_misfit`` holds (after ``refine_maps``, if
+    ``refined``)."""
+    if maps_misfit(misfit):
         warnings.warn(BelowZeroFilledWarning(
             f"{method}: the coil maps do not explain the acquired data (the SENSE fit leaves {misfit[0]:.1f}x the "
-            f"noise energy, {100 * misfit[1]:.2f}% of the data's): maps from these ACS lines are poor for this "
-            "anatomy (too few ACS lines, or anatomy filling the field of view), so the image may be worse than "
-            "zero-filled; acquire more ACS lines, pass maps=, or compare with method='zero_filled'", "maps"),
-            stacklevel=3)
+            f"noise energy, {100 * misfit[1]:.2f}% of the data's{', after refining the maps' if refined else ''}): "
+            "maps from these ACS lines are poor for this anatomy (too few ACS lines, or anatomy filling the field of "
+            "view), so the image may be worse than zero-filled; acquire more ACS lines, pass maps=, or compare with "
+            "method='zero_filled'", "maps"), stacklevel=3)
 
 
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
