@@ -26,7 +26,8 @@ class RecipeError(AmbientMRIError):
 
 
 class BelowZeroFilledWarning(UserWarning):
-    """A linear reconstruction (sense, l1_wavelet) that may be worse than zero-filled; ``reason`` says why:
+    """A reconstruction that may be worse than zero-filled; ``reason`` says why (all but "maps" are given to the
+    linear methods sense and l1_wavelet only; "maps" to every method but zero_filled):
     "underdetermined" (too few samples per unknown pixel), "noise" (the lines outside the ACS block are mostly
     noise), "unchecked_lambda" (no line to hold out, the default λ used), "strong_lambda" (L1's held-out lines
     chose a strong λ) or "maps" (the coil maps do not explain the acquired data). One category, so

@@ -138,8 +138,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default ``baselines.tikhonov_floor``); for both, λ is chosen on
     held-out acquired lines of the scan itself unless ``lam=`` is given (``iters=`` sets the iterations); both warn
     when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``),
-    when the maps do not explain the data (``extra["map_misfit"]``, ``extra["map_unexplained"]``) and when no line
-    can be held out. target_size: magnitude crop, default
+    and when no line can be held out. Every method but zero_filled checks that the maps explain the data
+    (``extra["map_misfit"]``, ``extra["map_unexplained"]``; readout-oversampled scans): where ESPIRiT's maps do not,
+    they are refined from every acquired line (``coils.refine_maps``, ``extra["maps_refined"]``), and if the maps
+    used still do not, it warns. target_size: magnitude crop, default
     (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K virtual coils (SVD of
     its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls with K.
     """
@@ -165,17 +167,19 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     extra: dict = {"scale": scales.tolist(), "coils": int(ks.shape[1]),
                    "samples_per_unknown": samples_per_unknown(mps, msk)}
     std, nfe = None, 0
+    # the noise level is read from the readout oversampling, so only a cropped scan has one
+    noise = scan_noise_std(k, msk) if H < H0 and method != "zero_filled" else None
+    if noise is not None:
+        misfit = baselines.map_misfit(y, mps, msk, noise / scales)
+        if maps is None and maps_misfit(misfit):
+            mps, misfit = _refined(y, mps, msk, noise / scales, misfit, extra)
+        extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
+        warn_if_maps_misfit(misfit, method, extra.get("maps_refined", False))
     if method in ("sense", "l1_wavelet"):
         warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
-        if H < H0:  # the noise level is read from the readout oversampling, so only a cropped scan has one
-            noise = scan_noise_std(k, msk)
+        if noise is not None:
             extra["outer_line_snr"] = outer_line_snr(ks, msk, noise)
             warn_if_noise_dominated(extra["outer_line_snr"], method)
-            misfit = baselines.map_misfit(y, mps, msk, noise / scales)
-            if maps is None and maps_misfit(misfit):
-                mps, misfit = _refined(y, mps, msk, noise / scales, misfit, extra)
-            extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
-            warn_if_maps_misfit(misfit, method, extra.get("maps_refined", False))
     if not m.diffusion:
         img, info = baselines.classical(method, y, mps, msk, seed, opts)
         extra.update(info)

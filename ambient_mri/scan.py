@@ -205,8 +205,8 @@ def maps_misfit(misfit: tuple[float, float] | None) -> bool:
 
 
 def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined: bool = False) -> None:
-    """The warning ``reconstruct`` gives a linear method when ``maps_misfit`` holds (after ``refine_maps``, if
-    ``refined``)."""
+    """The warning ``reconstruct`` gives any method but zero_filled when ``maps_misfit`` holds for the maps it used
+    (after ``refine_maps``, if ``refined``)."""
     if maps_misfit(misfit):
         warnings.warn(BelowZeroFilledWarning(
             f"{method}: the coil maps do not explain the acquired data (the SENSE fit leaves {misfit[0]:.1f}x the "

@@ -629,3 +629,28 @@ def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path,
                      method="zero_filled")
     (m,) = seen
     assert not m[:4].any() and not m[-4:].any() and m[4:-4].sum() >= 10
+
+
+def test_learned_methods_use_the_refined_maps_and_warn_on_maps_that_do_not_fit(demo):
+    """Diffusion methods get the same maps check as the linear ones: where ESPIRiT's maps leave the data unexplained
+    (anatomy filling the field of view) the sampler runs with the refined maps (the same image as with those maps
+    given), and maps given that do not explain the data are warned (fast fell 1-6 dB below zero-filled with
+    ESPIRiT's maps on such scans, benchmarks/map_refinement.py)."""
+    from ambient_mri.coils import refine_maps
+    from test_coils import fov_filling
+
+    sim, mask = fov_filling(32, 4, 2)
+    k = sim.kspace * mask
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = reconstruct(k, mask, model=demo["model"], method="fast", steps=4, progress=False)
+    assert auto.extra["maps_refined"] and auto.extra["map_misfit_espirit"] > 16 > auto.extra["map_misfit"]
+    assert not [w for w in caught if getattr(w.message, "reason", None) == "maps"]
+    kk, msk = check_inputs(k, mask)
+    ks, esp, scales = prepare_scan(kk, msk, 32)
+    y = ks / scales[:, None, None, None]
+    refined = refine_maps(torch.from_numpy(y), torch.from_numpy(esp), torch.from_numpy(msk)).numpy()
+    given = reconstruct(k, mask, model=demo["model"], maps=refined, method="fast", steps=4, progress=False)
+    np.testing.assert_allclose(given.image, auto.image, rtol=1e-4, atol=1e-5 * np.abs(auto.image).max())
+    with pytest.warns(am.BelowZeroFilledWarning, match="maps do not explain"):
+        reconstruct(k, mask, model=demo["model"], maps=esp, method="fast", steps=4, progress=False)
