@@ -11,7 +11,8 @@ non-ACS lines); the reference is used here, and only here, to score every λ of 
 For every volume and R: zero-filled PSNR, PSNR at each λ of the grid, the chosen λ and its PSNR, the gap to the
 grid's best (target: < 0.5 dB). Prints a table and writes benchmarks/results/lambda_rules.json.
 
-    python benchmarks/lambda_rules.py [--slices 4] [--volumes NAME ...] [--out benchmarks/results/lambda_rules.json]
+    python benchmarks/lambda_rules.py [--slices 4] [--volumes NAME ... [--merge]] \
+        [--out benchmarks/results/lambda_rules.json]   # --merge: those volumes' rows replace theirs in --out
     python benchmarks/lambda_rules.py --score-rules benchmarks/results/lambda_rules.json \
         --out benchmarks/results/lambda_rules_alternatives.json   # other rules on the same curves, seconds
 """
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info  # noqa: E402
+from common import load_for_reevaluation, machine_info  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.baselines import (  # noqa: E402
@@ -148,6 +149,18 @@ def run(v: dict, R: int, method: str) -> dict:
             "validation_error_all_lines": [round(e, 6) for e in auto.extra.get("validation_error_all_lines", [])]}
 
 
+def summarize(rows: list[dict]) -> dict:
+    summary = {}
+    for part in ("calibration", "held-out", NEW_SOURCES):
+        sel = [r for r in rows if r["set"].startswith(part) and (part == NEW_SOURCES or r["set"] != NEW_SOURCES)]
+        summary[part] = {"within_0.5_dB": f"{sum(r['gap_db'] < 0.5 for r in sel)}/{len(sel)}",
+                         "below_zero_filled": [f"{r['volume']} R={r['R']} {r['method']}" for r in sel
+                                               if r["chosen_psnr"] < r["zero_filled"]],
+                         "below_zero_filled_unwarned": [f"{r['volume']} R={r['R']} {r['method']}" for r in sel
+                                                        if r["chosen_psnr"] < r["zero_filled"] and not r["warnings"]]}
+    return summary
+
+
 def pick_within(errs: list[float], tol: float, largest: bool = False) -> int:
     """Index of the smallest (or largest) λ whose validation error is within ``tol`` of the curve's minimum."""
     if not largest:
@@ -199,6 +212,8 @@ def main(argv=None) -> dict:
     p.add_argument("--score-rules", metavar="JSON", default=None,
                    help="score other λ rules on the validation curves of an earlier run (no new solves) and write "
                         "them to --out")
+    p.add_argument("--merge", action="store_true", help="with --volumes: replace those volumes' rows in the "
+                                                        "record at --out, keep the others")
     args = p.parse_args(argv)
     results = ROOT / "benchmarks" / "results"
     if args.score_rules:
@@ -207,6 +222,11 @@ def main(argv=None) -> dict:
             p.error(f"--out {out} is the curves file --score-rules reads; choose another output")
         return score_rules(Path(args.score_rules), out)
     args.out = args.out or str(results / "lambda_rules.json")
+    earlier = None
+    if args.merge:
+        if not args.volumes:
+            p.error("--merge re-measures the volumes named by --volumes into --out")
+        earlier = load_for_reevaluation(Path(args.out), ("volume",), [(v,) for v in args.volumes])
     torch.set_num_threads(1)
     tic = time.time()
     rows = []
@@ -220,14 +240,19 @@ def main(argv=None) -> dict:
                 print(f"{r['volume']:<22} {r['set'][:12]:<12} {R:>2} {method:<10} {r['zero_filled']:6.2f} "
                       f"{r['best_lambda']:7.0e} {r['best_psnr']:6.2f} {r['chosen_lambda']:8.1e} "
                       f"{r['chosen_psnr']:6.2f} {r['gap_db']:5.2f}", flush=True)
-    summary = {}
-    for part in ("calibration", "held-out", NEW_SOURCES):
-        sel = [r for r in rows if r["set"].startswith(part) and (part == NEW_SOURCES or r["set"] != NEW_SOURCES)]
-        summary[part] = {"within_0.5_dB": f"{sum(r['gap_db'] < 0.5 for r in sel)}/{len(sel)}",
-                         "below_zero_filled": [f"{r['volume']} R={r['R']} {r['method']}" for r in sel
-                                               if r["chosen_psnr"] < r["zero_filled"]],
-                         "below_zero_filled_unwarned": [f"{r['volume']} R={r['R']} {r['method']}" for r in sel
-                                                        if r["chosen_psnr"] < r["zero_filled"] and not r["warnings"]]}
+    if args.merge:  # the re-measured volumes' rows replace theirs, every other row is kept
+        new = {r["volume"]: [] for r in rows}
+        for r in rows:
+            new[r["volume"]].append(r)
+        merged = []
+        for r in earlier["rows"]:
+            if r["volume"] not in new:
+                merged.append(r)
+            elif new[r["volume"]]:
+                merged += new[r["volume"]]
+                new[r["volume"]] = []
+        rows = merged
+    summary = summarize(rows)
     print(json.dumps(summary))
     result = {"benchmark": "lambda_rules", "machine": machine_info("cpu"), "seconds": round(time.time() - tic, 1),
               "settings": {"slices": args.slices, "folds": FOLDS, "cv_tolerance": CV_TOLERANCE,
@@ -237,6 +262,11 @@ def main(argv=None) -> dict:
                            "l1_l2": "the Tikhonov λ of the non-ACS lines' rule (baselines.tikhonov_floor)",
                            "sense_rule": "geometric mean of the best λ on non-ACS lines and on all lines"},
               "rows": rows, "summary": summary}
+    if args.merge:
+        result["machine"], result["seconds"] = earlier["machine"], earlier["seconds"]
+        result["settings"]["reevaluated"] = [*earlier["settings"].get("reevaluated", []),
+                                             {"volumes": args.volumes, "machine": machine_info("cpu"),
+                                              "seconds": round(time.time() - tic, 1)}]
     write_json(args.out, result)
     return result
 
