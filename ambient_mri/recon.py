@@ -32,6 +32,7 @@ from .scan import (
     samples_per_unknown,
     scan_noise_std,
     warn_if_maps_misfit,
+    warn_if_maps_unchecked,
     warn_if_noise_dominated,
     warn_if_underdetermined,
     zero_filled_rss,
@@ -141,9 +142,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     and when no line can be held out. Every method but zero_filled checks that the maps explain the data
     (``extra["map_misfit"]``, ``extra["map_unexplained"]``; readout-oversampled scans): where ESPIRiT's maps do not,
     they are refined from every acquired line (``coils.refine_maps``, ``extra["maps_refined"]``), and if the maps
-    used still do not, it warns. target_size: magnitude crop, default
-    (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K virtual coils (SVD of
-    its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls with K.
+    used still do not, it warns; a learned method warns too when no image row allows the check. target_size:
+    magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K
+    virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls
+    with K.
     """
     m = policy.method(method, "mri", opts)
     _check_numbers(steps, num_samples, batch_size, opts)
@@ -175,6 +177,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
             mps, misfit = _refined(y, mps, msk, noise / scales, misfit, extra)
         extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
         warn_if_maps_misfit(misfit, method, extra.get("maps_refined", False))
+        if misfit is None and m.diffusion and bool((noise > 0).any()):
+            warn_if_maps_unchecked(method, int(ks.shape[1]))
     if method in ("sense", "l1_wavelet"):
         warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
         if noise is not None:

@@ -216,6 +216,18 @@ def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined
             "method='zero_filled'", "maps"), stacklevel=3)
 
 
+def warn_if_maps_unchecked(method: str, coils: int) -> None:
+    """The warning ``reconstruct`` gives a learned method when the scan has a noise level but no image row with more
+    samples than unknowns, so ``baselines.map_misfit`` has no verdict (the linear methods are warned by ρ there):
+    with ESPIRiT's maps on anatomy filling the field of view `fast` fell below zero-filled unseen on such a scan
+    (pydicom's MR_small, 4 coils, R = 4; benchmarks/map_refinement.py)."""
+    warnings.warn(BelowZeroFilledWarning(
+        f"{method}: the coil maps cannot be checked against the data ({coils} coils x the acquired columns are no "
+        "more than the unknown pixels of any image row), and ESPIRiT's maps from few ACS lines can be poor unseen "
+        "(anatomy filling the field of view), so the image may be worse than zero-filled; pass maps=, acquire more "
+        "lines, or compare with method='zero_filled'", "maps_unchecked"), stacklevel=3)
+
+
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
     """The warning ``reconstruct`` gives a linear method (sense, l1_wavelet) when ρ < MIN_SAMPLES_PER_UNKNOWN."""
     if rho < MIN_SAMPLES_PER_UNKNOWN:

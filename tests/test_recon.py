@@ -636,8 +636,9 @@ def test_learned_methods_use_the_refined_maps_and_warn_on_maps_that_do_not_fit(d
     (anatomy filling the field of view) the sampler runs with the refined maps (the same image as with those maps
     given), and maps given that do not explain the data are warned (fast fell 1-6 dB below zero-filled with
     ESPIRiT's maps on such scans, benchmarks/map_refinement.py)."""
-    from ambient_mri.coils import refine_maps
     from test_coils import fov_filling
+
+    from ambient_mri.coils import refine_maps
 
     sim, mask = fov_filling(32, 4, 2)
     k = sim.kspace * mask
@@ -654,3 +655,25 @@ def test_learned_methods_use_the_refined_maps_and_warn_on_maps_that_do_not_fit(d
     np.testing.assert_allclose(given.image, auto.image, rtol=1e-4, atol=1e-5 * np.abs(auto.image).max())
     with pytest.warns(am.BelowZeroFilledWarning, match="maps do not explain"):
         reconstruct(k, mask, model=demo["model"], maps=esp, method="fast", steps=4, progress=False)
+
+
+def test_learned_method_warns_when_no_row_can_check_the_maps(demo):
+    """4 coils at R = 4 on anatomy filling the field of view: 4 x 8 acquired columns = the 32 unknowns of every
+    row, so the maps have no misfit verdict; fast warns (reason "maps_unchecked"), the linear methods keep their ρ
+    warning instead, and a scan whose rows can check the maps (R = 2) gets neither."""
+    from test_coils import fov_filling
+
+    for R, unchecked in ((4, True), (2, False)):
+        sim, mask = fov_filling(32, 4, R)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = reconstruct(sim.kspace * mask, mask, model=demo["model"], method="fast", steps=4, progress=False)
+        reasons = {getattr(w.message, "reason", None) for w in caught}
+        assert ("maps_unchecked" in reasons) == unchecked, (R, reasons, res.extra.get("map_misfit"))
+        assert (res.extra["map_misfit"] is None) == unchecked
+        if unchecked:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reconstruct(sim.kspace * mask, mask, method="sense", lam=1e-3, progress=False)
+            reasons = {getattr(w.message, "reason", None) for w in caught}
+            assert "underdetermined" in reasons and "maps_unchecked" not in reasons, reasons
