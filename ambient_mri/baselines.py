@@ -172,7 +172,8 @@ def choose_lambda(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, s
     return (float(grid[i]) if i == j else float(np.sqrt(grid[i] * grid[j]))), info
 
 
-def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray) -> tuple[float, float] | None:
+def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray,
+               fitted: int = 0) -> tuple[float, float] | None:
     """How far the maps fall short of explaining the acquired data, from the least-squares SENSE fit (λ = the grid's
     smallest, CG stopped as CG-SENSE's) on up to 2 central slices -> (its residual energy over the noise energy a
     right model leaves, σ² x (samples − covered pixels, per image row); the residual beyond that noise as a share
@@ -180,7 +181,9 @@ def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray
     nears 1, where CG stops before the least-squares fit (true maps: 1.5 at ρ 1.6, 7.6 at ρ 1.1); rows with more
     unknowns than samples add their residual but no noise term (ρ-warned scans). It alone flags any map error once
     the noise is small enough, the share alone any low-SNR scan. y (S, C, H, W) normalised, maps alike, m (S, W),
-    noise (S,) σ per sample in y's scale. None when σ is 0 or no row has more samples than unknowns."""
+    noise (S,) σ per sample in y's scale; ``fitted``: parameters per slice already fitted to these data (refined
+    maps: C x degree²), which the noise term loses in proportion to the rows used. None when σ is 0 or no row has
+    more samples than unknowns."""
     from .operators import fft2c
 
     idx = _central_slices(y.shape[0], VALIDATION_SLICES["sense"])
@@ -191,6 +194,7 @@ def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray
     residual = (np.abs((pred - yy) * mm[:, None, None, :]) ** 2).sum((1, 2, 3))
     covered = ((np.abs(mp) ** 2).sum(1) > 0).sum(-1)                       # (N, rows) unknowns per row
     dof = ((yy.shape[1] * (mm != 0).sum(-1))[:, None] - covered).clip(min=0).sum(-1)
+    dof = dof - fitted * yy.shape[-2] / y.shape[-2]
     ok = (dof > 0) & (sig > 0)
     if not ok.any():
         return None

@@ -145,6 +145,9 @@ def refine_maps(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, degree:
         for s in range(S):  # one (J, J) system per slice, shared by its coils
             cols = mask[s].nonzero().flatten()
             design = fft2c(B * x[s])[..., cols].reshape(B.shape[0], -1)   # (J, N)
+            if not bool(design.abs().amax() > 0):   # nothing acquired or no support: keep this slice's maps
+                new.append(maps[s])
+                continue
             gram = design.conj() @ design.T
             rhs = design.conj() @ y[s][..., cols].reshape(C, -1).T        # (J, C)
             ridge = 1e-6 * gram.diagonal().real.mean() * torch.eye(len(B), dtype=gram.dtype, device=gram.device)

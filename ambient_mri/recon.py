@@ -72,10 +72,10 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
              extra: dict) -> tuple[np.ndarray, tuple[float, float]]:
     """ESPIRiT's maps leave the data unexplained: the maps of ``coils.refine_maps`` and their misfit if they explain
     more, else the old ones (``extra``: ``maps_refined``, ``map_misfit_espirit``)."""
-    from .coils import refine_maps
+    from .coils import REFINE_DEGREE, refine_maps
 
     new = refine_maps(torch.from_numpy(y), torch.from_numpy(maps), torch.from_numpy(msk)).numpy()
-    after = baselines.map_misfit(y, new, msk, noise)
+    after = baselines.map_misfit(y, new, msk, noise, fitted=y.shape[1] * REFINE_DEGREE ** 2)
     extra["map_misfit_espirit"] = misfit[0]
     extra["maps_refined"] = after is not None and after[0] < misfit[0]
     return (new, after) if extra["maps_refined"] else (maps, misfit)
@@ -176,7 +176,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         if maps is None and maps_misfit(misfit):
             mps, misfit = _refined(y, mps, msk, noise / scales, misfit, extra)
         extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
-        warn_if_maps_misfit(misfit, method, extra.get("maps_refined", False))
+        warn_if_maps_misfit(misfit, method, extra.get("maps_refined"))
         if misfit is None and m.diffusion and bool((noise > 0).any()):
             warn_if_maps_unchecked(method, int(ks.shape[1]))
     if method in ("sense", "l1_wavelet"):

@@ -204,13 +204,14 @@ def maps_misfit(misfit: tuple[float, float] | None) -> bool:
     return misfit is not None and misfit[0] > MAX_MAP_MISFIT and misfit[1] > MIN_MAP_UNEXPLAINED
 
 
-def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined: bool = False) -> None:
-    """The warning ``reconstruct`` gives any method but zero_filled when ``maps_misfit`` holds for the maps it used
-    (after ``refine_maps``, if ``refined``)."""
+def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined: bool | None = None) -> None:
+    """The warning ``reconstruct`` gives any method but zero_filled when ``maps_misfit`` holds for the maps it used;
+    ``refined``: None (``refine_maps`` not tried), True (these are its maps), False (tried, did not fit better)."""
     if maps_misfit(misfit):
+        note = {None: "", True: ", after refining the maps", False: "; refining the maps did not help"}[refined]
         warnings.warn(BelowZeroFilledWarning(
             f"{method}: the coil maps do not explain the acquired data (the SENSE fit leaves {misfit[0]:.1f}x the "
-            f"noise energy, {100 * misfit[1]:.2f}% of the data's{', after refining the maps' if refined else ''}): "
+            f"noise energy, {100 * misfit[1]:.2f}% of the data's{note}): "
             "maps from these ACS lines are poor for this anatomy (too few ACS lines, or anatomy filling the field of "
             "view), so the image may be worse than zero-filled; acquire more ACS lines, pass maps=, or compare with "
             "method='zero_filled'", "maps"), stacklevel=3)

@@ -89,10 +89,10 @@ def load_for_reevaluation(out: Path, keys: tuple[str, ...], planned: list[tuple]
         have = {tuple(r[k] for k in keys) for r in earlier["rows"]}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"{out}: cannot re-evaluate into it ({type(e).__name__}: {e}); "
-                         "run without --only first") from None
+                         "run the full benchmark first") from None
     missing = sorted(set(planned) - have)
     if missing:
-        raise SystemExit(f"{out}: no row for {missing}; --only re-measures only what the record holds")
+        raise SystemExit(f"{out}: no row for {missing}; a re-evaluation re-measures only what the record holds")
     return earlier
 
 

@@ -227,6 +227,10 @@ def main(argv=None) -> dict:
         if not args.volumes:
             p.error("--merge re-measures the volumes named by --volumes into --out")
         earlier = load_for_reevaluation(Path(args.out), ("volume",), [(v,) for v in args.volumes])
+        recorded = sorted({r["method"] for r in earlier["rows"] if r["volume"] in args.volumes})
+        if earlier["settings"].get("slices") != args.slices or recorded != sorted(args.methods):
+            p.error(f"--merge must measure what {args.out} holds: slices {earlier['settings'].get('slices')} and "
+                    f"methods {recorded} (got --slices {args.slices} --methods {' '.join(args.methods)})")
     torch.set_num_threads(1)
     tic = time.time()
     rows = []
@@ -264,9 +268,10 @@ def main(argv=None) -> dict:
               "rows": rows, "summary": summary}
     if args.merge:
         result["machine"], result["seconds"] = earlier["machine"], earlier["seconds"]
-        result["settings"]["reevaluated"] = [*earlier["settings"].get("reevaluated", []),
-                                             {"volumes": args.volumes, "machine": machine_info("cpu"),
-                                              "seconds": round(time.time() - tic, 1)}]
+        result["settings"] = {**earlier["settings"], "reevaluated": [
+            *earlier["settings"].get("reevaluated", []),
+            {"volumes": args.volumes, "methods": args.methods, "slices": args.slices, "machine": machine_info("cpu"),
+             "seconds": round(time.time() - tic, 1)}]}
     write_json(args.out, result)
     return result
 

@@ -210,3 +210,20 @@ def test_reconstruct_refines_maps_that_do_not_explain_the_data():
     plain = simulate_coil_data(blobs(2, 32, seed=0), num_coils=4, oversample=2, noise_std=0.005, seed=0)
     res = am.reconstruct(plain.kspace * mask, mask, method="sense", lam=1e-3, progress=False)
     assert "maps_refined" not in res.extra and res.extra["map_misfit"] < 16
+
+
+def test_refined_maps_that_fit_no_better_are_not_kept(monkeypatch):
+    """If the refinement does not lower the misfit, reconstruct keeps ESPIRiT's maps (maps_refined False, the image
+    unchanged) and the maps warning says the refinement did not help."""
+    import ambient_mri.coils as coils
+
+    sim, mask = fov_filling()
+    k = sim.kspace * mask
+    esp = espirit(row_crop(k, 32), mask=mask)
+    with pytest.warns(am.BelowZeroFilledWarning):
+        given = am.reconstruct(k, mask, maps=esp, method="sense", lam=1e-3, progress=False)
+    monkeypatch.setattr(coils, "refine_maps", lambda y, maps, mask: maps.flip(1))  # the wrong coils' maps
+    with pytest.warns(am.BelowZeroFilledWarning, match="refining the maps did not help"):
+        res = am.reconstruct(k, mask, method="sense", lam=1e-3, progress=False)
+    assert res.extra["maps_refined"] is False and res.extra["map_misfit"] == res.extra["map_misfit_espirit"]
+    np.testing.assert_allclose(res.image, given.image, rtol=1e-5, atol=1e-6 * np.abs(given.image).max())
