@@ -17,7 +17,7 @@ Sets (8 ACS lines unless said; data_tools.simulate: 2x readout oversampling, smo
 With ``--model`` the model's ``fast`` sampler (seed 0, default steps) joins every case of its image size (64 x 64
 for quality_mri's models) outside the regular set (where nothing is refined): the learned methods get the same maps
 check and refinement. Prints a table and writes
-benchmarks/results/map_refinement.json (about 16 minutes on 2 cores; 45 with --model).
+benchmarks/results/map_refinement.json (about 14-17 minutes on 2 cores, with --model too).
 
     python benchmarks/map_refinement.py [--sets calibration wide mr_small regular] [--model PATH] [--out PATH]
     python benchmarks/map_refinement.py --timing   # seconds at fastMRI's brain size: results/map_refinement_timing.json
