@@ -130,7 +130,6 @@ def refine_maps(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, degree:
     from few ACS lines is wrong there (benchmarks/coil_maps.py). Polynomials need not be periodic. The support stays
     ESPIRiT's: without it CG-SENSE lost up to 5 dB on brains with background (the support halves the unknowns).
     y (S, C, H, W) complex, normalised, zero off the mask; maps (S, C, H, W); mask (S, W) -> maps (S, C, H, W)."""
-    from .baselines import SENSE_ITERS, SENSE_TOL
     from .operators import MultiCoilMRI, fft2c
     from .solvers import conjugate_gradient
 
@@ -141,8 +140,7 @@ def refine_maps(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, degree:
     x = None
     for _ in range(iters):
         A = MultiCoilMRI(maps, m4)
-        x = conjugate_gradient(A.normal, A.adjoint(y * m4), x0=x, iters=SENSE_ITERS, lam=lam,
-                               tol=SENSE_TOL)   # (S, H, W), CG-SENSE's stopping rule
+        x = conjugate_gradient(A.normal, A.adjoint(y * m4), x0=x, iters=100, lam=lam, tol=1e-5)   # (S, H, W)
         new = []
         for s in range(S):  # one (J, J) system per slice, shared by its coils
             cols = mask[s].nonzero().flatten()
