@@ -49,7 +49,7 @@ def _folds(mask: np.ndarray, folds: int, seed, every: bool = False) -> list[np.n
     return [np.sort(f) for f in np.array_split(cand, min(folds, cand.size))]
 
 
-def _central_slices(S: int, n: int) -> np.ndarray:
+def central_slices(S: int, n: int) -> np.ndarray:
     """Up to ``n`` slice indices around the middle of the volume (edge slices often hold little signal)."""
     lo = max(0, S // 2 - n // 2)
     return np.arange(lo, min(S, lo + n))
@@ -119,7 +119,7 @@ def validation_errors(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarra
     grid = SENSE_GRID if method == "sense" else L1_GRID
     iters = iters if method == "sense" else L1_VALIDATION_ITERS
     rows = []  # (slice, kept mask, held mask)
-    for s in _central_slices(y.shape[0], VALIDATION_SLICES[method]):
+    for s in central_slices(y.shape[0], VALIDATION_SLICES[method]):
         for held in _folds(m[s], FOLDS, (seed, int(s)), every):
             keep = np.array(m[s], np.float32)
             keep[held] = 0
@@ -172,6 +172,35 @@ def choose_lambda(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, s
     return (float(grid[i]) if i == j else float(np.sqrt(grid[i] * grid[j]))), info
 
 
+def map_fit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray, fitted: int = 0,
+            slices: np.ndarray | None = None) -> np.ndarray:
+    """Per slice, what ``map_misfit`` is made of: (3, N) rows residual energy of the least-squares SENSE fit, the
+    noise energy a right model leaves (0 where there is no verdict: σ 0, or no row with more samples than unknowns),
+    acquired energy; for ``slices`` (default the up to 2 central ones). Arguments as ``map_misfit``."""
+    from .operators import fft2c
+
+    idx = central_slices(y.shape[0], VALIDATION_SLICES["sense"]) if slices is None else np.asarray(slices)
+    mm, sig = m[idx].astype(np.float32), np.asarray(noise, np.float64)[idx]
+    yy, mp = row_subset(y[idx], maps[idx])
+    x = _solve_batch("sense", yy, mp, mm, SENSE_GRID[0], SENSE_ITERS)
+    pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
+    residual = (np.abs((pred - yy) * mm[:, None, None, :]) ** 2).sum((1, 2, 3))
+    covered = ((np.abs(mp) ** 2).sum(1) > 0).sum(-1)                       # (N, rows) unknowns per row
+    dof = ((yy.shape[1] * (mm != 0).sum(-1))[:, None] - covered).clip(min=0).sum(-1)
+    dof = dof - fitted * yy.shape[-2] / y.shape[-2]
+    expected = np.where((dof > 0) & (sig > 0), sig ** 2 * dof, 0.0)
+    return np.stack([residual, expected, (np.abs(yy) ** 2).sum((1, 2, 3))])
+
+
+def misfit_of(fit: np.ndarray) -> tuple[float, float] | None:
+    """``map_fit``'s (3, N) pooled over its slices that have a verdict -> ``map_misfit``'s pair, or None."""
+    ok = fit[1] > 0
+    if not ok.any():
+        return None
+    residual, expected, energy = fit[:, ok].sum(1)
+    return float(residual / expected), float((residual - expected) / energy)
+
+
 def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray,
                fitted: int = 0) -> tuple[float, float] | None:
     """How far the maps fall short of explaining the acquired data, from the least-squares SENSE fit (λ = the grid's
@@ -184,23 +213,7 @@ def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray
     noise (S,) σ per sample in y's scale; ``fitted``: parameters per slice already fitted to these data (refined
     maps: C x degree²), which the noise term loses in proportion to the rows used. None when σ is 0 or no row has
     more samples than unknowns."""
-    from .operators import fft2c
-
-    idx = _central_slices(y.shape[0], VALIDATION_SLICES["sense"])
-    mm, sig = m[idx].astype(np.float32), np.asarray(noise, np.float64)[idx]
-    yy, mp = row_subset(y[idx], maps[idx])
-    x = _solve_batch("sense", yy, mp, mm, SENSE_GRID[0], SENSE_ITERS)
-    pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
-    residual = (np.abs((pred - yy) * mm[:, None, None, :]) ** 2).sum((1, 2, 3))
-    covered = ((np.abs(mp) ** 2).sum(1) > 0).sum(-1)                       # (N, rows) unknowns per row
-    dof = ((yy.shape[1] * (mm != 0).sum(-1))[:, None] - covered).clip(min=0).sum(-1)
-    dof = dof - fitted * yy.shape[-2] / y.shape[-2]
-    ok = (dof > 0) & (sig > 0)
-    if not ok.any():
-        return None
-    expected = float((sig[ok] ** 2 * dof[ok]).sum())
-    energy = float((np.abs(yy[ok]) ** 2).sum())
-    return float(residual[ok].sum()) / expected, (float(residual[ok].sum()) - expected) / energy
+    return misfit_of(map_fit(y, maps, m, noise, fitted))
 
 
 def tikhonov_floor(y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed: int) -> float:

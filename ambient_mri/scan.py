@@ -204,7 +204,8 @@ def maps_misfit(misfit: tuple[float, float] | None) -> bool:
     return misfit is not None and misfit[0] > MAX_MAP_MISFIT and misfit[1] > MIN_MAP_UNEXPLAINED
 
 
-def warn_if_maps_misfit(misfit: tuple[float, float] | None, method: str, refined: bool | None = None) -> None:
+def warn_if_maps_misfit(misfit: tuple[float, float] | None, refined: bool | None = None, *,
+                        method: str) -> None:
     """The warning ``reconstruct`` gives any method but zero_filled when ``maps_misfit`` holds for the maps it used;
     ``refined``: None (``refine_maps`` not tried), True (these are its maps), False (tried, did not fit better)."""
     if maps_misfit(misfit):
