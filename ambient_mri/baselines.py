@@ -176,20 +176,23 @@ def map_fit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray, f
             slices: np.ndarray | None = None) -> np.ndarray:
     """Per slice, what ``map_misfit`` is made of: (3, N) rows residual energy of the least-squares SENSE fit, the
     noise energy a right model leaves (0 where there is no verdict: σ 0, or no row with more samples than unknowns),
-    acquired energy; for ``slices`` (default the up to 2 central ones). Arguments as ``map_misfit``."""
+    acquired energy; for ``slices`` (default the up to 2 central ones). Each slice is solved alone (its own rows,
+    its own CG stop), so its numbers do not depend on which slices are checked with it. Arguments as
+    ``map_misfit``."""
     from .operators import fft2c
 
     idx = central_slices(y.shape[0], VALIDATION_SLICES["sense"]) if slices is None else np.asarray(slices)
-    mm, sig = m[idx].astype(np.float32), np.asarray(noise, np.float64)[idx]
-    yy, mp = row_subset(y[idx], maps[idx])
-    x = _solve_batch("sense", yy, mp, mm, SENSE_GRID[0], SENSE_ITERS)
-    pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
-    residual = (np.abs((pred - yy) * mm[:, None, None, :]) ** 2).sum((1, 2, 3))
-    covered = ((np.abs(mp) ** 2).sum(1) > 0).sum(-1)                       # (N, rows) unknowns per row
-    dof = ((yy.shape[1] * (mm != 0).sum(-1))[:, None] - covered).clip(min=0).sum(-1)
-    dof = dof - fitted * yy.shape[-2] / y.shape[-2]
-    expected = np.where((dof > 0) & (sig > 0), sig ** 2 * dof, 0.0)
-    return np.stack([residual, expected, (np.abs(yy) ** 2).sum((1, 2, 3))])
+    out = np.zeros((3, len(idx)))
+    for j, s in enumerate(idx):
+        mm, sig = m[s:s + 1].astype(np.float32), float(noise[s])
+        yy, mp = row_subset(y[s:s + 1], maps[s:s + 1])
+        x = _solve_batch("sense", yy, mp, mm, SENSE_GRID[0], SENSE_ITERS)
+        pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
+        covered = ((np.abs(mp[0]) ** 2).sum(0) > 0).sum(-1)                 # (rows,) unknowns per row
+        dof = (yy.shape[1] * int((mm != 0).sum()) - covered).clip(min=0).sum() - fitted * yy.shape[-2] / y.shape[-2]
+        out[:, j] = (float((np.abs((pred - yy) * mm[:, None, None, :]) ** 2).sum()),
+                     sig ** 2 * dof if dof > 0 and sig > 0 else 0.0, float((np.abs(yy) ** 2).sum()))
+    return out
 
 
 def misfit_of(fit: np.ndarray) -> tuple[float, float] | None:
@@ -199,6 +202,11 @@ def misfit_of(fit: np.ndarray) -> tuple[float, float] | None:
         return None
     residual, expected, energy = fit[:, ok].sum(1)
     return float(residual / expected), float((residual - expected) / energy)
+
+
+def slice_misfits(fit: np.ndarray) -> list[tuple[float, float] | None]:
+    """``map_fit``'s (3, N) -> ``misfit_of`` of each slice alone."""
+    return [misfit_of(fit[:, [j]]) for j in range(fit.shape[1])]
 
 
 def map_misfit(y: np.ndarray, maps: np.ndarray, m: np.ndarray, noise: np.ndarray,

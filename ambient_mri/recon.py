@@ -68,40 +68,51 @@ def _check_numbers(steps, num_samples, batch_size, opts: dict) -> None:
             raise AmbientMRIError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
-def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, misfit: tuple[float, float],
+def _maps_fail(fit: np.ndarray) -> bool:
+    """Whether ``baselines.map_fit``'s (3, N) says the maps misfit, pooled or in any one slice: pooling a failing
+    slice with one whose maps fit can halve its misfit."""
+    return any(maps_misfit(t) for t in [baselines.misfit_of(fit), *baselines.slice_misfits(fit)])
+
+
+def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, central_fit: np.ndarray,
              extra: dict) -> tuple[np.ndarray, tuple[float, float] | None, tuple]:
-    """ESPIRiT's maps leave the central slices' data unexplained: per slice, where its own misfit says so too, the
-    maps of ``coils.refine_maps``, kept where they explain more. A slice whose maps fit keeps them: refining maps
-    that explain the data was mixed on brains with background (−1.2 to +0.6 dB, docs/reconstruction.md). -> maps,
-    the central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
-    exceeds the thresholds, else the central slices'; whether those maps are refined ones). ``extra``:
-    ``maps_refined``, ``maps_refined_slices``, ``map_misfit_espirit``, ``map_misfit_slices``."""
+    """ESPIRiT's maps leave the central slices' data unexplained (``central_fit``: their ``baselines.map_fit``):
+    per slice, where its own misfit says so, the maps of ``coils.refine_maps``, kept where they explain more. A slice
+    whose maps fit keeps them: refining maps that explain the data was mixed on brains with background (−1.2 to
+    +0.6 dB, docs/reconstruction.md). -> maps, the central slices' misfit with them, and what the maps warning
+    judges: (the worst slice's misfit if one still exceeds the thresholds, else the central slices'; True / False:
+    those maps are refined ones / refining them did not help; None: not tried). ``extra``: ``maps_refined``,
+    ``maps_refined_slices``, ``map_misfit_espirit``, ``map_misfit_slices`` (with the maps used)."""
     from .coils import REFINE_DEGREE, refine_maps
 
     S, C = y.shape[:2]
-    fit = baselines.map_fit(y, maps, msk, noise, slices=np.arange(S))
-    per_slice = [baselines.misfit_of(fit[:, [s]]) for s in range(S)]
+    central = baselines.central_slices(S, baselines.VALIDATION_SLICES["sense"])
+    others = np.setdiff1d(np.arange(S), central)
+    fit = np.zeros((3, S))
+    fit[:, central] = central_fit
+    if others.size:
+        fit[:, others] = baselines.map_fit(y, maps, msk, noise, slices=others)
+    per_slice = baselines.slice_misfits(fit)
     bad = np.array([s for s in range(S) if maps_misfit(per_slice[s])], dtype=int)
     kept: list[int] = []
     if bad.size:
         new = refine_maps(torch.from_numpy(y[bad]), torch.from_numpy(maps[bad]), torch.from_numpy(msk[bad])).numpy()
         after = baselines.map_fit(y[bad], new, msk[bad], noise[bad], fitted=C * REFINE_DEGREE ** 2,
                                   slices=np.arange(bad.size))
-        for j, s in enumerate(bad):
-            now = baselines.misfit_of(after[:, [j]])
-            if now is not None and now[0] < per_slice[s][0]:
-                fit[:, s], per_slice[s] = after[:, j], now
-                kept.append(int(s))
-        if kept:
+        keep = [j for j, t in enumerate(baselines.slice_misfits(after))
+                if t is not None and t[0] < per_slice[bad[j]][0]]
+        if keep:
             maps = maps.copy()
-            maps[kept] = new[[j for j, s in enumerate(bad) if s in kept]]
-    extra.update(map_misfit_espirit=misfit[0], maps_refined=bool(kept), maps_refined_slices=kept,
-                 map_misfit_slices=[None if t is None else t[0] for t in per_slice])
-    central = baselines.misfit_of(fit[:, baselines.central_slices(S, baselines.VALIDATION_SLICES["sense"])])
+            maps[bad[keep]], fit[:, bad[keep]] = new[keep], after[:, keep]
+            kept = [int(s) for s in bad[keep]]
+            per_slice = baselines.slice_misfits(fit)
+    extra.update(map_misfit_espirit=baselines.misfit_of(central_fit)[0], maps_refined=bool(kept),
+                 maps_refined_slices=kept, map_misfit_slices=[None if t is None else t[0] for t in per_slice])
     worst = max((s for s in range(S) if maps_misfit(per_slice[s])), default=None, key=lambda s: per_slice[s][0])
+    central_misfit = baselines.misfit_of(fit[:, central])
     if worst is not None:
-        return maps, central, (per_slice[worst], worst in kept)
-    return maps, central, (central, bool(kept))
+        return maps, central_misfit, (per_slice[worst], worst in kept)
+    return maps, central_misfit, (central_misfit, bool(kept) if bad.size else None)
 
 
 def _maps_range(x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -164,11 +175,11 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``),
     and when no line can be held out. Every method but zero_filled checks that the maps explain the data
     (``extra["map_misfit"]``, ``extra["map_unexplained"]``; readout-oversampled scans): where ESPIRiT's maps do not,
-    they are refined from every acquired line (``coils.refine_maps``, ``extra["maps_refined"]``), and if the maps
-    used still do not, it warns; a learned method warns too when no image row allows the check. target_size:
-    magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress each slice to K
-    virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per slice falls
-    with K.
+    they are refined per slice from every acquired line (``coils.refine_maps``, ``extra["maps_refined_slices"]``),
+    and if the maps used still do not, it warns; a learned method warns too when no image row allows the check.
+    target_size: magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress
+    each slice to K virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per
+    slice falls with K.
     """
     m = policy.method(method, "mri", opts)
     _check_numbers(steps, num_samples, batch_size, opts)
@@ -195,10 +206,11 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     # the noise level is read from the readout oversampling, so only a cropped scan has one
     noise = scan_noise_std(k, msk) if H < H0 and method != "zero_filled" else None
     if noise is not None:
-        misfit = baselines.map_misfit(y, mps, msk, noise / scales)
+        fit = baselines.map_fit(y, mps, msk, noise / scales)     # the central slices'
+        misfit = baselines.misfit_of(fit)
         judged = (misfit, None)
-        if maps is None and maps_misfit(misfit):
-            mps, misfit, judged = _refined(y, mps, msk, noise / scales, misfit, extra)
+        if maps is None and _maps_fail(fit):
+            mps, misfit, judged = _refined(y, mps, msk, noise / scales, fit, extra)
         extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
         warn_if_maps_misfit(*judged, method=method)
         if misfit is None and m.diffusion and bool((noise > 0).any()):
