@@ -15,9 +15,9 @@ MIN_ACS_LINES = 6  # fewer: an error (sigpy's ESPIRiT on a 4-line region returns
 # refine_maps: Legendre degree per axis (< 6) and alternations, chosen on the calibration crops of
 # benchmarks/coil_maps.py (MNI152 coronal crops that fill the field of view; degree < 4 and < 8 were worse there),
 # and the Tikhonov λ of its image steps (CG-SENSE's default on normalised data). The alternation converges slowly:
-# on those crops CG-SENSE with the refined maps gained +1.3 to +1.9 dB from 6 alternations to 48 and 0.1-0.25 more
-# at 96; on the same source at fastMRI's size (320 wide, 16 coils) 31.4 dB at 6, 35.5 at 48, the true maps 36.7.
-# 48 for half the cost of 96
+# CG-SENSE at λ 1e-3 with the refined maps gained +1.3 to +1.9 dB from 6 alternations to 48 on those crops and
+# 0.1-0.25 more at 96; on the same source at fastMRI's size (320 wide, 16 coils) 31.4 dB at 6, 35.5 at 48, the true
+# maps 36.7 (benchmarks/map_refinement.py --alternations). 48 for half the cost of 96
 REFINE_DEGREE = 6
 REFINE_ITERS = 48
 REFINE_LAMBDA = 1e-3

@@ -20,6 +20,7 @@ check and refinement. Prints a table and writes
 benchmarks/results/map_refinement.json (about 14-17 minutes on 2 cores, with --model too).
 
     python benchmarks/map_refinement.py [--sets calibration wide mr_small regular] [--model PATH] [--out PATH]
+    python benchmarks/map_refinement.py --alternations 6 12 24 48 96   # how many alternations: ..._alternations.json
     python benchmarks/map_refinement.py --timing   # seconds and CG-SENSE PSNR at fastMRI's brain size (minutes):
                                                    # results/map_refinement_timing.json
 """
@@ -164,19 +165,16 @@ def timing(slices: int = 2) -> dict:
     size (640 x 320 k-space, 16 coils, 320 x 320 image; MNI152 coronal slices filling the field of view, R = 4,
     8 ACS lines), and of the whole refinement path of ``reconstruct`` (per-slice checks, refinement, re-checks), side
     by side."""
-    import noise_warning
     import torch
 
     from ambient_mri.baselines import _cg_sense, map_fit, misfit_of
     from ambient_mri.coils import refine_maps
     from ambient_mri.recon import _refined
     from ambient_mri.scan import scan_noise_std
-    from data_tools.sources import mni152_slices
 
-    # the centre 320 x 320 of a 640 x 640 slice: the brain fills the field of view, and with 8 ACS lines
-    # ESPIRiT's maps fail, so the check fires and the whole refinement path is timed
-    img = np.asarray(mni152_slices(slices, (640, 640), axis="coronal"), np.float32)[:, 160:480, 160:480]
-    k, target = noise_warning.simulated(img / img.max(), 16, 1e-3, 0)
+    # the brain fills the field of view, and with 8 ACS lines ESPIRiT's maps fail, so the check fires and the whole
+    # refinement path is timed
+    name, k, target = fullsize_case(slices)
     m = kspace_mask("random", k.shape[-2:], 4, 8 / 320, seed=0)[0]
     kk, msk = check_inputs(k * m, m)
     tic = time.perf_counter()
@@ -207,11 +205,58 @@ def timing(slices: int = 2) -> dict:
           f"({out['path_over_cg_sense']}x CG-SENSE; misfit {misfit[0]:.1f}, slices refined {out['slices_refined']})")
     # and what the refinement gives at this size (wider k-space, more coils than the 64 / 128 cases above)
     # (CG-SENSE only: L1-wavelet's λ search at this size takes tens of minutes on 2 cores)
-    out["quality"] = run_case(f"mni_coronal_fill_320_c16 ({slices} slices)", "fastMRI size", k, target, 4, 8, 0,
-                              True, ["sense"])
+    out["quality"] = run_case(name, "fastMRI size", k, target, 4, 8, 0, True, ["sense"])
     print("PSNR zero-filled {zero_filled:.2f}; CG-SENSE refined {sense:.2f}, ESPIRiT {sense_espirit:.2f}, true maps "
           "{sense_true_maps:.2f}; refined slices {maps_refined_slices}".format(**out["quality"]))
     return out
+
+
+def fullsize_case(slices: int = 2):
+    """2 coronal MNI152 slices filling the field of view at fastMRI's brain size: (name, k-space (S, 16, 640, 320),
+    RSS target (S, 320, 320)); R = 4 with 8 ACS lines (mask seed 0) is where ESPIRiT's maps fail."""
+    import noise_warning
+
+    from data_tools.sources import mni152_slices
+
+    img = np.asarray(mni152_slices(slices, (640, 640), axis="coronal"), np.float32)[:, 160:480, 160:480]
+    k, target = noise_warning.simulated(img / img.max(), 16, 1e-3, 0)
+    return f"mni_coronal_fill_320_c16 ({slices} slices)", k, target
+
+
+def alternations(counts: list[int]) -> list[dict]:
+    """CG-SENSE (λ 1e-3 fixed, so only the maps differ) with ESPIRiT's, the true and the refined maps after each
+    count of alternations, on the calibration crops and on ``fullsize_case`` (the same source, where the count
+    was found too small)."""
+    import torch
+
+    from ambient_mri.baselines import _cg_sense
+    from ambient_mri.coils import refine_maps
+    from ambient_mri.metrics import center_crop
+
+    name, kf, target = fullsize_case()
+    cases = [(n, kf_, t, R, acs, seed) for n, _, kf_, t, R, acs, seed, _ in calibration_cases()]
+    cases.append((name, kf, target, 4, 8, 0))
+    rows = []
+    for name, kf, target, R, acs, seed in cases:
+        m = kspace_mask("random", kf.shape[-2:], R, acs / kf.shape[-1], seed=seed)[0]
+        kk, msk = check_inputs(kf * m, m)
+        ks, esp, scales = prepare_scan(kk, msk, target.shape[-2])
+        y = torch.from_numpy(ks / scales[:, None, None, None])
+
+        def psnr(maps, y=y, msk=msk, scales=scales, target=target) -> float:
+            x = _cg_sense(y, torch.from_numpy(np.ascontiguousarray(maps)), torch.from_numpy(msk), 1e-3, 100)
+            img = np.abs(x.numpy() * scales[:, None, None])
+            return round(evaluate_volume(target, center_crop(img, target.shape[-2:]))["PSNR"], 2)
+
+        row = {"case": name, "R": R, "acs_lines": acs, "espirit": psnr(esp),
+               "true_maps": psnr(np.broadcast_to(true_maps(kf, target.shape[-2]), esp.shape).astype(np.complex64))}
+        for n in counts:
+            t = time.perf_counter()
+            row[f"refined_{n}"] = psnr(refine_maps(y, torch.from_numpy(esp), torch.from_numpy(msk), iters=n).numpy())
+            row[f"seconds_{n}"] = round(time.perf_counter() - t, 2)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -222,9 +267,18 @@ def main(argv=None) -> dict:
     p.add_argument("--timing", action="store_true", help="only the cost and CG-SENSE's PSNR at fastMRI's brain size "
                                                          "(minutes), to "
                                                          "results/map_refinement_timing.json")
+    p.add_argument("--alternations", nargs="+", type=int, default=None, metavar="N",
+                   help="only CG-SENSE (λ 1e-3) with maps refined by N alternations, on the calibration crops and at "
+                        "fastMRI's size, to results/map_refinement_alternations.json")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     results = ROOT / "benchmarks" / "results"
+    if args.alternations:
+        tic = time.perf_counter()
+        record = {"benchmark": "map_refinement (alternations)", "machine": machine_info("cpu"),
+                  "settings": {"counts": args.alternations, "lambda": 1e-3, "refine_degree": REFINE_DEGREE},
+                  "rows": alternations(args.alternations)}
+        return write_record(record, Path(args.out or results / "map_refinement_alternations.json"), tic)
     if args.timing:
         tic = time.perf_counter()
         record = {"benchmark": "map_refinement (timing)", "machine": machine_info("cpu"), "timing": timing()}

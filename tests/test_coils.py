@@ -291,3 +291,19 @@ def test_the_maps_check_fires_on_one_failing_central_slice():
     assert misfit_of(fit)[0] == 12.5 and _maps_fail(fit)
     assert not _maps_fail(fit[:, [1, 1]])
     assert _maps_fail(fit[:, [0, 0]])
+
+
+def test_pooled_misfit_with_no_failing_slice_refines_nothing_and_warns_plainly():
+    """The two thresholds pool separately, so the central slices can fail pooled while neither fails alone: then no
+    slice is refined, the maps stay, and the warning judges the pooled value without claiming a refinement."""
+    from ambient_mri.baselines import misfit_of, slice_misfits
+    from ambient_mri.recon import _maps_fail, _refined
+    from ambient_mri.scan import maps_misfit
+
+    fit = np.array([[100.0, 2.0], [1.0, 1.0], [3.31e5, 1e3]])  # ratios 100 and 2; shares just under 3e-4 and 1e-3
+    assert maps_misfit(misfit_of(fit)) and not any(maps_misfit(t) for t in slice_misfits(fit)) and _maps_fail(fit)
+    maps = np.ones((2, 2, 4, 4), np.complex64)
+    extra: dict = {}
+    out, central, judged = _refined(np.zeros_like(maps), maps, np.ones((2, 4), np.float32), np.ones(2), fit, extra)
+    assert out is maps and central == misfit_of(fit) and judged == (central, None)
+    assert extra["maps_refined"] is False and extra["maps_refined_slices"] == []
