@@ -24,6 +24,7 @@ from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .sampling import policy
 from .scan import (
+    REFINE_SLICE_MISFIT,
     check_inputs,
     maps_misfit,
     model_rows,
@@ -77,11 +78,12 @@ def _maps_fail(fit: np.ndarray) -> bool:
 def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, central_fit: np.ndarray,
              extra: dict) -> tuple[np.ndarray, tuple[float, float] | None, tuple]:
     """ESPIRiT's maps leave the central slices' data unexplained (``central_fit``: their ``baselines.map_fit``):
-    per slice, where its own misfit says so, the maps of ``coils.refine_maps``, kept where they explain more. A slice
-    whose maps fit keeps them: refining maps that explain the data was mixed on brains with background (−1.2 to
-    +0.6 dB, docs/reconstruction.md). -> maps, the central slices' misfit with them, and what the maps warning
-    judges: (the worst slice's misfit if one still exceeds the thresholds, else the central slices'; True / False:
-    those maps are refined ones / refining them did not help; None: not tried). ``extra``: ``maps_refined``,
+    per slice, where its own misfit exceeds ``scan.REFINE_SLICE_MISFIT`` (half the warning's), the maps of
+    ``coils.refine_maps``, kept where they explain more. A slice whose maps fit keeps them: refining maps that
+    explain the data was mixed on brains with background (−1.2 to +0.6 dB, docs/reconstruction.md). -> maps, the
+    central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
+    exceeds the thresholds, else the central slices'; True / False: those maps are refined ones / refining them did
+    not help; None: not tried). ``extra``: ``maps_refined``,
     ``maps_refined_slices``, ``map_misfit_espirit``, ``map_misfit_slices`` (with the maps used)."""
     from .coils import REFINE_DEGREE, refine_maps
 
@@ -93,7 +95,7 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
     if others.size:
         fit[:, others] = baselines.map_fit(y, maps, msk, noise, slices=others)
     per_slice = baselines.slice_misfits(fit)
-    bad = np.array([s for s in range(S) if maps_misfit(per_slice[s])], dtype=int)
+    bad = np.array([s for s in range(S) if maps_misfit(per_slice[s], REFINE_SLICE_MISFIT)], dtype=int)
     kept: list[int] = []
     if bad.size:
         new = refine_maps(torch.from_numpy(y[bad]), torch.from_numpy(maps[bad]), torch.from_numpy(msk[bad])).numpy()
