@@ -83,8 +83,8 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
     explain the data was mixed on brains with background (−1.2 to +0.6 dB, docs/reconstruction.md). -> maps, the
     central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
     exceeds the thresholds, else the central slices'; True / False: those maps are refined ones / refining them did
-    not help; None: not tried). ``extra``: ``maps_refined``,
-    ``maps_refined_slices``, ``map_misfit_espirit``, ``map_misfit_slices`` (with the maps used)."""
+    not help; None: not tried). ``extra``: ``maps_refined``, ``maps_refined_slices``, ``map_misfit_espirit``,
+    ``map_misfit_slices`` (with the maps used)."""
     from .coils import REFINE_DEGREE, refine_maps
 
     S, C = y.shape[:2]
@@ -208,11 +208,12 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     # the noise level is read from the readout oversampling, so only a cropped scan has one
     noise = scan_noise_std(k, msk) if H < H0 and method != "zero_filled" else None
     if noise is not None:
-        fit = baselines.map_fit(y, mps, msk, noise / scales)     # the central slices'
+        sigma = noise / scales                                    # in y's scale
+        fit = baselines.map_fit(y, mps, msk, sigma)               # the central slices'
         misfit = baselines.misfit_of(fit)
         judged = (misfit, None)
         if maps is None and _maps_fail(fit):
-            mps, misfit, judged = _refined(y, mps, msk, noise / scales, fit, extra)
+            mps, misfit, judged = _refined(y, mps, msk, sigma, fit, extra)
         extra["map_misfit"], extra["map_unexplained"] = misfit or (None, None)
         warn_if_maps_misfit(*judged, method=method)
         if misfit is None and m.diffusion and bool((noise > 0).any()):
