@@ -137,7 +137,7 @@ def refine_maps(y: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, degree:
     from .solvers import conjugate_gradient
 
     S, C, H, W = y.shape
-    B = legendre_basis(H, W, degree).to(y.device)                            # (J, H, W)
+    B = legendre_basis(H, W, degree).to(y.device, y.dtype)                   # (J, H, W)
     support = ((maps.abs() ** 2).sum(1, keepdim=True) > 0).to(y.dtype)       # (S, 1, H, W)
     m4 = mask[:, None, None, :].to(y.real.dtype)
     x = None

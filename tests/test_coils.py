@@ -241,6 +241,23 @@ def mixed_volume(fills: tuple[bool, ...], size: int = 32):
     return k, mask, rss_target(sim.kspace, (size, size)), espirit(row_crop(k, size), mask=mask)
 
 
+def test_refined_maps_of_a_slice_do_not_depend_on_the_others():
+    """refine_maps solves each slice alone (its CG stops at its own tolerance), so a slice's refined maps are the
+    same whether it is refined with other slices or by itself. In double precision (which refine_maps keeps), so
+    that float32 round-off, amplified where a slice's image is near zero, does not hide a dependence."""
+    from ambient_mri.coils import refine_maps
+
+    k, mask, _, esp = mixed_volume((True, True, False))
+    y = torch.from_numpy(row_crop(k, 32)).to(torch.complex128)
+    y, esp = y / y.abs().amax(), torch.from_numpy(esp).to(torch.complex128)
+    m = torch.from_numpy(np.stack([mask] * 3))
+    both = refine_maps(y, esp, m, iters=4)
+    assert both.dtype == torch.complex128
+    for s in range(3):
+        alone = refine_maps(y[s:s + 1], esp[s:s + 1], m[s:s + 1], iters=4)
+        torch.testing.assert_close(both[s:s + 1], alone, rtol=0, atol=1e-8)
+
+
 def test_map_refinement_is_decided_per_slice():
     """Only the slices whose own maps misfit are refined, central or not (the check on the central slices fires
     when one of them fails alone): the others keep ESPIRiT's maps (their images unchanged), the failing ones gain."""
