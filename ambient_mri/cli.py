@@ -52,8 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format_warning(plain):
+    """The package's own warnings as one line naming the command (no source line of ours); others as Python has it."""
+    from .errors import BelowZeroFilledWarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, BelowZeroFilledWarning):
+            return f"ambient-mri: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+    return fmt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    plain = warnings.formatwarning
+    warnings.formatwarning = _format_warning(plain)
     try:
         return int(args.func(args) or 0)
     except AmbientMRIError as e:
@@ -65,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = plain
 
 
 if __name__ == "__main__":

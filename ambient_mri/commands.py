@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .errors import AmbientMRIError, DataFileError
 from .files import (
     check_finite_number,
+    check_seed,
     input_files,
     make_folder,
     refuse_overwrite,
@@ -92,6 +93,7 @@ def run_reconstruct(args) -> int:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_seed(args.seed, "--seed")
     check_finite_number("--acceleration", args.acceleration, 1.0)
     check_finite_number("--center-fraction", args.center_fraction, 0.0, strict=True)
     files, bad = input_files(args.input)
@@ -138,8 +140,12 @@ def run_reconstruct(args) -> int:
                         raise
                     bad.append((f, f"unexpected {type(e).__name__}: {e}"))
     reasons = {why for _, why in bad}
-    if bad and not done + kept and len(reasons) == 1:  # the same problem everywhere: the arguments, not the files
-        raise AmbientMRIError(f"all {len(bad)} volume(s) failed: {reasons.pop()}")
+    if len(bad) == 1 and not done + kept:  # a folder of one volume: as a single file
+        raise AmbientMRIError(f"{bad[0][0]}: {bad[0][1]}")
+    if bad and not done + kept and len(reasons) == 1:  # the same problem everywhere: likely the arguments
+        _report_bad(bad, "volume(s)")
+        raise AmbientMRIError(f"all {len(bad)} volume(s) failed with the same problem (check the arguments): "
+                              f"{reasons.pop()}")
     print(f"{done} volume(s) reconstructed into {out} ({kept} already there, {len(bad)} failed)")
     _report_bad(bad, "volume(s)")
     return 1 if bad else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import numbers
 import os
 import shutil
 import socket
@@ -256,3 +257,19 @@ def check_finite_number(name: str, value, minimum: float | None = None, strict: 
         raise AmbientMRIError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and (value < minimum or (strict and value == minimum)):
         raise AmbientMRIError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
+
+MAX_SEED = 2**31 - 1   # numpy takes seeds below 2**32; samplers, ranks and workers add offsets to it
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    """A seed numpy and torch accept once the per-batch offsets are added: an integer in [0, MAX_SEED]."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise AmbientMRIError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
+def npy_problem(err: Exception) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` refused a file, without numpy's advice to load it unsafely."""
+    if "pickle" in str(err):
+        return "holds Python objects (a pickle), which are never loaded: save a plain numeric array (np.save)"
+    return f"cannot be read as a numpy array ({err})"

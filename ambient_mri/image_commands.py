@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AmbientMRIError
-from .files import atomic_path, check_finite_number, make_folder, write_json
+from .files import atomic_path, check_finite_number, check_seed, make_folder, write_json
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -75,6 +75,7 @@ def run_sample(args) -> int:
         if getattr(args, name) < 1:
             raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
+    check_seed(args.seed, "--seed")
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
     out = Path(args.output)
     make_folder(out)

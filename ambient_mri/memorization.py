@@ -26,7 +26,7 @@ import numpy as np
 
 from .data.images import ImageSet, from_model_scale, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
-from .files import make_folder, save_figure, write_json
+from .files import make_folder, npy_problem, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -43,7 +43,7 @@ def load_samples(path) -> np.ndarray:
         try:
             a = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise DataFileError(p, f"cannot be read as a numpy array ({e})") from None
+            raise DataFileError(p, npy_problem(e)) from None
         if np.iscomplexobj(a):
             raise DataFileError(p, "complex (MRI) samples: the memorisation study compares real images")
         a = a[:, None] if a.ndim == 3 else a

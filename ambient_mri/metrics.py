@@ -41,7 +41,9 @@ def psnr(gt: np.ndarray, pred: np.ndarray) -> float:
 
 
 def ssim(gt: np.ndarray, pred: np.ndarray) -> float:
-    """Mean over slices of skimage SSIM (7x7 uniform window), data_range = gt volume max."""
+    """Mean over slices of skimage SSIM (7x7 uniform window), data_range = gt volume max. In float64: in float32 the
+    local variances under- or overflow at intensity scales such as 1e-12 or 1e12 and SSIM came out NaN."""
+    gt, pred = gt.astype(np.float64), pred.astype(np.float64)
     maxval = gt.max()
     return float(np.mean([structural_similarity(g, p, data_range=maxval) for g, p in zip(gt, pred)]))
 
@@ -79,7 +81,8 @@ def _read(path: Path, key: str) -> np.ndarray:
 
 def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dict[str, float]:
     """PSNR/SSIM/NMSE of one reconstruction file against its reference file, both centre-cropped to (w, w) with
-    w the target width (as ``fastmri.evaluate``). Any problem is a DataFileError naming the file at fault."""
+    w the target width (as ``fastmri.evaluate``; to (h, w) for a target of h < w rows). Any problem is a
+    DataFileError naming the file at fault."""
     import h5py
 
     target_file, recon_file = Path(target_file), Path(recon_file)
@@ -96,13 +99,15 @@ def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dic
             raise DataFileError(path, f"{what} has shape {a.shape}: expected a non-empty volume (S, H, W)")
         if not np.isfinite(a).all():
             raise DataFileError(path, f"{what} contains NaN or Inf")
-    if not np.abs(gt).max() > 0:
-        raise DataFileError(target_file, f"{key} is all zero: PSNR and SSIM are undefined against it")
+    if not gt.max() > 0:  # PSNR and SSIM take the target's maximum as the data range
+        what = "is all zero" if not np.abs(gt).max() > 0 else f"has maximum {gt.max():.3g} (not a magnitude image)"
+        raise DataFileError(target_file, f"{key} {what}: PSNR and SSIM are undefined against it")
     if gt.shape[0] != pred.shape[0] and gt.ndim == pred.ndim == 3:
         raise DataFileError(recon_file, f"has {pred.shape[0]} slices, its target {target_file.name} has {gt.shape[0]}")
     w = gt.shape[-1]
+    size = (min(w, gt.shape[-2]), w)  # fastMRI's (w, w); a target wider than tall is scored whole, not refused
     try:
-        gt, pred = center_crop(gt, (w, w)), center_crop(pred, (w, w))
+        gt, pred = center_crop(gt, size), center_crop(pred, size)
         return evaluate_volume(gt, pred)
     except AmbientMRIError as e:
         raise DataFileError(recon_file, f"{e} (target {target_file.name}: {gt.shape})") from None

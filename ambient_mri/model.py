@@ -113,6 +113,12 @@ def load_model(path, device=None) -> Denoiser:
         hint = " (this is a training checkpoint; load model.pt from the same run)" \
             if isinstance(obj, dict) and "optimizer" in obj else ""
         raise DataFileError(path, f"not an ambient_mri model file (missing config/info/state_dict){hint}")
+    fmt = obj.get("format", FORMAT)
+    if fmt != FORMAT:
+        newer = isinstance(fmt, str) and fmt.startswith(FORMAT.split("/")[0] + "/")
+        raise DataFileError(path, f"model file format {fmt!r} is not {FORMAT!r}" +
+                            (": written by a newer ambient_mri; upgrade the package" if newer else
+                             ": not an ambient_mri model file"))
     try:
         record = TrainingRecord.from_dict(obj["info"])
     except AmbientMRIError as e:
@@ -122,6 +128,10 @@ def load_model(path, device=None) -> Denoiser:
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))
     except (RuntimeError, TypeError, ValueError) as e:
         raise DataFileError(path, f"weights do not match the recorded network config ({str(e)[:200]})") from None
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:  # a diverged run: every reconstruction would be NaN
+        raise DataFileError(path, f"weights contain NaN or Inf ({len(bad)} tensor(s), e.g. {bad[0]}): the training "
+                            "run diverged; use an earlier checkpoint or retrain (e.g. lower training.lr)")
     return model.eval().to(dev)
 
 

@@ -8,7 +8,9 @@ the model's training record; the result is returned in the original intensity sc
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import torch
 
 from . import baselines
 from .devices import resolve_device
-from .errors import AmbientMRIError, DataFileError
-from .files import ensure_space, write_h5
+from .errors import AmbientMRIError, BelowZeroFilledWarning, DataFileError
+from .files import check_seed, ensure_space, write_h5
 from .masks import COLUMN_KINDS, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -185,6 +187,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     """
     m = policy.method(method, "mri", opts)
     _check_numbers(steps, num_samples, batch_size, opts)
+    check_seed(seed)
     tic = time.time()
     k, msk = check_inputs(kspace, mask)
     S, C, H0, W = k.shape
@@ -197,8 +200,11 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
             model = load_model(model)
         rows = model_rows(model, H0, W)  # before the (slow) coil-map estimation
         dev = resolve_device(device)
-    else:
-        rows = min(H0, W) if H0 >= 2 * W else H0
+    else:  # crop the readout oversampling, but never below the rows asked for
+        rows = min(H0, max(W, int(target_size[0]) if target_size else 0)) if H0 >= 2 * W else H0
+    if target_size and (int(target_size[0]) > rows or int(target_size[1]) > W):
+        raise AmbientMRIError(f"target size {int(target_size[0])}x{int(target_size[1])} is larger than the "
+                              f"{rows}x{W} image " + ("the model reconstructs" if m.diffusion else "of this k-space"))
     ks, mps, scales = prepare_scan(k, msk, rows, maps, coils)
     y = ks / scales[:, None, None, None]
     H = ks.shape[-2]
@@ -271,21 +277,41 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     m = m * vol.padding_mask()  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
     try:
-        res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
     except DataFileError:
         raise
     except AmbientMRIError as e:  # name the file; for a retrospective mask, say how to get more ACS lines
         hint = ""
-        if vol.mask is None and "ACS" in str(e):
+        if vol.mask is None and "ACS" in str(e) and np.abs(k).reshape(k.shape[0], -1).max(1).all():
             hint = (f" (the retrospective mask has {acs_width(m)} ACS lines with center_fraction "
                     f"{center_fraction or 0.08}: give a larger one)")
         raise DataFileError(in_path, f"{e}{hint}") from None
+    below = _reissue(caught, in_path)
     out_path = Path(out_path)
     h, w = int(h), int(w)
+    if not (np.isfinite(res.magnitude).all() and (res.std is None or np.isfinite(res.std).all())):
+        raise DataFileError(in_path, f"the {res.method} reconstruction is not finite (NaN or Inf); nothing written")
     ensure_space(out_path.parent, 4 * k.shape[0] * h * w * (3 if res.std is not None else 2), out_path.name)
     datasets = {"reconstruction": res.magnitude, "zero_filled": zero_filled_rss(k, m, (h, w))}
     if res.std is not None:
         datasets["std"] = res.std
-    attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(m.size / max(np.count_nonzero(m), 1))}
+    attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(m.size / max(np.count_nonzero(m), 1)),
+             "warnings": json.dumps(below)}
     write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path
+
+
+def _reissue(caught: list, path) -> list[dict]:
+    """Warnings recorded around one file's reconstruction, issued again: the below-zero-filled ones name the file (so
+    a folder run says which volume each is about, and Python does not fold identical texts of different files into
+    one); -> those as {reason, message} for the output file's ``warnings`` attribute."""
+    below = []
+    for w in caught:
+        if isinstance(w.message, BelowZeroFilledWarning):
+            below.append({"reason": w.message.reason, "message": str(w.message)})
+            warnings.warn(BelowZeroFilledWarning(f"{path}: {w.message}", w.message.reason), stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return below

@@ -108,6 +108,8 @@ class TrainingRecord:
             sigma = SigmaDistribution(**_known(SigmaDistribution, d.get("sigma") or {}))
             acq = Acquisition(**_known(Acquisition, d.get("acquisition") or {}))
         shape = tuple(int(v) for v in d.get("image_shape") or ())
+        if any(v < 1 for v in shape):
+            raise AmbientMRIError(f"the training record's image_shape {list(shape)} has a size below 1")
         return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
                    widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
                    cond=tuple(d.get("cond") or ()),

@@ -700,8 +700,11 @@ def _stored_settings(path: Path) -> str | None:
             if s is None:
                 raise DataFileError(path, "exists and was not written by convert; it will not be overwritten "
                                     "(move it, or use another --output)")
+            whole = {"kspace", "ismrmrd_header"} <= set(hf) and ("reconstruction_rss" in hf or "mask" in hf)
+            if not whole or hf["kspace"].ndim != 4 or not np.isfinite(hf["kspace"][-1]).all():
+                return None  # a convert output missing a part: redo it
             return s.decode() if isinstance(s, bytes) else str(s)
-    except OSError:
+    except (OSError, KeyError, ValueError):
         return None
 
 

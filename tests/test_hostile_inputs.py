@@ -228,6 +228,82 @@ def test_a_dead_runs_lock_and_temporaries_are_cleared(raw, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _nan_copy(src: Path, dst: Path) -> None:
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        k = f["kspace"][()]
+        k[1, 0, 0, 0] = np.nan
+        g.create_dataset("kspace", data=k)
+        g.create_dataset("ismrmrd_header", data=f["ismrmrd_header"][()])
+
+
+def test_a_folder_whose_files_all_fail_alike_lists_every_file(raw, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in raw.glob("*.h5"):
+        _nan_copy(f, bad / f.name)
+    code, _, err = run(["reconstruct", "--input", str(bad), "--output", str(tmp_path / "out"), *ZF], capsys)
+    assert code == 2 and "all 2 volume(s) failed with the same problem" in err and "non-finite" in err
+    assert f"{bad / 'vol0.h5'}:" in err and f"{bad / 'vol1.h5'}:" in err
+
+
+def test_folder_warnings_name_each_volume_and_are_stored_with_it(raw, tmp_path, capsys):
+    """Every ACS line acquired (center fraction 0.5 at R = 2): CG-SENSE's λ cannot be checked on any volume. Each
+    volume gets its own warning naming it (Python would fold identical texts into one) and keeps it in its file."""
+    out = tmp_path / "out"
+    args = ["reconstruct", "--input", str(raw), "--output", str(out), "--method", "sense", "--acceleration", "2",
+            "--center-fraction", "0.5"]
+    with pytest.warns(am.BelowZeroFilledWarning) as caught:
+        assert run(args, capsys)[0] == 0
+    named = [str(w.message) for w in caught if "unchecked" in str(w.message)]
+    assert sorted(m.split(": ")[0] for m in named) == [str(raw / "vol0.h5"), str(raw / "vol1.h5")]
+    for name in ("vol0.h5", "vol1.h5"):
+        with h5py.File(out / name, "r") as f:
+            stored = json.loads(f.attrs["warnings"])
+        assert [w["reason"] for w in stored] == ["unchecked_lambda"] and "default λ" in stored[0]["message"]
+
+
+def test_reconstruct_refuses_to_write_a_non_finite_image(raw, tmp_path, monkeypatch):
+    from ambient_mri import recon
+
+    def nan_recon(k, m, target_size=None, **kw):
+        res = real(k, m, target_size=target_size, **kw)
+        res.magnitude[0, 0, 0] = np.nan
+        return res
+
+    real = recon.reconstruct
+    monkeypatch.setattr(recon, "reconstruct", nan_recon)
+    with pytest.raises(am.DataFileError, match=r"vol0.h5: the zero_filled reconstruction is not finite"):
+        recon.reconstruct_file(raw / "vol0.h5", tmp_path / "o.h5", acceleration=4, center_fraction=0.25,
+                               method="zero_filled")
+    assert not (tmp_path / "o.h5").exists() and not temps(tmp_path)
+
+
+def test_a_recon_size_taller_than_the_kspace_is_wide(tmp_path, capsys):
+    """fastMRI's A-DPS geometry (384 x 320 images from 768 x 320 k-space): the readout is cropped to the recon
+    size's rows, not to the width."""
+    img = np.pad(blobs(2, 40), ((0, 0), (4, 4), (0, 0)))   # 48 x 40
+    make_fastmri_volume(tmp_path / "raw" / "tall.h5", img, num_coils=4, noise_std=1e-3)
+    out = tmp_path / "out"
+    assert run(["reconstruct", "--input", str(tmp_path / "raw" / "tall.h5"), "--output", str(out), *ZF], capsys)[0] == 0
+    with h5py.File(out / "tall.h5", "r") as f:
+        assert f["reconstruction"].shape == (2, 48, 40)
+    with pytest.raises(am.AmbientMRIError, match="target size 100x40 is larger than the 96x40 image"):
+        am.reconstruct(np.ones((1, 2, 96, 40), np.complex64), np.ones(40), method="zero_filled",
+                       target_size=(100, 40))
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_out_of_range_is_refused_before_anything_is_made(raw, tmp_path, capsys, seed):
+    out = tmp_path / "out"
+    code, _, err = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF, "--seed", seed], capsys)
+    assert code == 2 and f"--seed must be an integer in [0, 2147483647], got {seed}" in err and not out.exists()
+    code, _, err = run(["sample", "--model", str(tmp_path / "m.pt"), "--num", "1", "--seed", seed, "--output",
+                        str(out)], capsys)
+    assert code == 2 and "--seed must be" in err and not out.exists()
+    with pytest.raises(am.RecipeError, match=r"training.seed: must be in \[0, 2147483647\]"):
+        load_recipe({"training": {"seed": int(seed)}})
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_prepare_into_its_own_input_is_refused(raw, tmp_path, capsys, split):
     root = tmp_path / "samep"
@@ -339,6 +415,7 @@ def _write(path: Path, **datasets) -> None:
 @pytest.mark.parametrize("case,pattern", [
     ("zero_slices", "t.h5: reconstruction_rss has shape (0, 8, 8): expected a non-empty volume"),
     ("all_zero", "t.h5: reconstruction_rss is all zero"),
+    ("negative", "t.h5: reconstruction_rss has maximum -1 (not a magnitude image)"),
     ("slices", "r.h5: has 3 slices, its target t.h5 has 2"),
     ("size", r"r.h5: cannot crop an image of size 4x4 to 8x8"),
     ("nan", "r.h5: reconstruction contains NaN or Inf"),
@@ -353,6 +430,8 @@ def test_evaluate_names_the_file_at_fault(tmp_path, case, pattern):
         gt = gt[:0]
     elif case == "all_zero":
         gt = np.zeros_like(gt)
+    elif case == "negative":
+        gt = -np.ones_like(gt)
     elif case == "slices":
         rec = np.concatenate([rec, rec[:1]])
     elif case == "size":
@@ -366,6 +445,15 @@ def test_evaluate_names_the_file_at_fault(tmp_path, case, pattern):
         evaluate_file(tmp_path / "t.h5", tmp_path / "r.h5")
     assert pattern.replace("\\", "") in str(e.value)
     assert checksums(tmp_path) == before
+
+
+def test_evaluate_a_target_wider_than_tall_is_scored_not_blamed_on_the_reconstruction(tmp_path):
+    from ambient_mri.metrics import evaluate_file
+
+    gt = np.random.default_rng(0).random((2, 16, 17), dtype=np.float32) + 0.5
+    _write(tmp_path / "t.h5", reconstruction_rss=gt)
+    _write(tmp_path / "r.h5", reconstruction=gt + 0.01)
+    assert evaluate_file(tmp_path / "t.h5", tmp_path / "r.h5")["NMSE"] < 1e-3
 
 
 def test_evaluate_a_complex_reconstruction_scores_its_magnitude(tmp_path, capsys):
@@ -423,6 +511,12 @@ def test_a_recipe_that_is_a_list_is_refused(tmp_path, capsys):
     assert code == 2 and "list.yaml: a recipe is a mapping" in err
 
 
+def test_a_recipe_file_that_is_not_text_is_refused(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(128, 256)))
+    code, _, err = run(["train", str(tmp_path / "bin.yaml")], capsys)
+    assert code == 2 and "bin.yaml: not a YAML recipe (not UTF-8 text)" in err
+
+
 def test_train_output_that_is_a_file_names_it(tmp_path, prepared, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, err = run(["train", str(_recipe_file(tmp_path, prepared)), "--set", f"output={tmp_path / 'afile'}",
@@ -465,6 +559,10 @@ def test_a_failed_first_run_leaves_no_stub_folder(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="blew up"):
         train(recipe, dataset=(with_further(data, load_recipe(recipe)), {}), progress=False)
     assert not (tmp_path / "tiny").exists()
+    nested = {**recipe, "output": str(tmp_path / "runs"), "name": "a/b"}  # the folders it made above the run too
+    with pytest.raises(RuntimeError, match="blew up"):
+        train(nested, dataset=(with_further(data, load_recipe(nested)), {}), progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_after_a_kill_clears_temporaries_and_logs_each_step_once(tmp_path):
@@ -525,6 +623,60 @@ def test_an_unsafe_model_file_is_refused_without_advice_to_unsafe_loading(tmp_pa
     msg = str(e.value)
     assert "evil.pt" in msg and "refuses" in msg and "weights_only=False" not in msg
     assert not (tmp_path / "PWNED_MODEL").exists()
+
+
+def _denoiser():
+    from ambient_mri.model import Denoiser
+    from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
+
+    r = load_recipe({"network": TINY_NET})
+    return Denoiser(network_config(r, 2, 2), {"operator": "multicoil", "cond": ["mask", "ones"],
+                                               "image_shape": [32, 32]})
+
+
+def test_a_diverged_model_file_is_refused_by_name(tmp_path):
+    """NaN weights (a diverged run) would give an all-NaN reconstruction reported as done."""
+    from ambient_mri.model import save_model
+
+    net = _denoiser()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    save_model(net, tmp_path / "nan.pt")
+    with pytest.raises(am.DataFileError, match=r"nan.pt: weights contain NaN or Inf .*diverged"):
+        am.load_model(tmp_path / "nan.pt")
+
+
+@pytest.mark.parametrize("fmt,pattern", [("ambient_mri.model/9", "newer ambient_mri; upgrade"),
+                                         ("other_tool/7", "not an ambient_mri model file")])
+def test_a_model_file_of_another_format_is_refused(tmp_path, fmt, pattern):
+    from ambient_mri.model import save_model
+
+    save_model(_denoiser(), tmp_path / "m.pt")
+    obj = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**obj, "format": fmt}, tmp_path / "m.pt")
+    with pytest.raises(am.DataFileError, match=f"m.pt: model file format '{fmt}' is not .*{pattern}"):
+        am.load_model(tmp_path / "m.pt")
+
+
+def test_a_model_record_with_an_impossible_image_shape_names_the_model(tmp_path):
+    from ambient_mri.model import save_model
+
+    save_model(_denoiser(), tmp_path / "m.pt")
+    obj = torch.load(tmp_path / "m.pt", weights_only=True)
+    obj["info"]["image_shape"] = [-1, 0]
+    torch.save(obj, tmp_path / "m.pt")
+    with pytest.raises(am.DataFileError, match=r"m.pt: the training record's image_shape \[-1, 0\] has a size"):
+        am.load_model(tmp_path / "m.pt")
+
+
+def test_a_pickled_npy_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    from ambient_mri.memorization import load_samples
+
+    with pytest.raises(am.DataFileError) as e:
+        load_samples(tmp_path / "obj.npy")
+    assert "obj.npy: holds Python objects" in str(e.value) and "allow_pickle" not in str(e.value)
 
 
 def test_atomic_path_removes_its_temporary_on_any_failure(tmp_path):

@@ -26,6 +26,16 @@ def test_evaluate_volume_equals_fastmri(seed):
     assert ours["NMSE"] == pytest.approx(float(fe.nmse(gt, pred)), abs=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_metrics_do_not_depend_on_the_intensity_scale(scale):
+    """SSIM in float32 (fastMRI's) is NaN at these scales; ours is computed in float64."""
+    gt, pred = volumes(0)
+    ref = am.metrics.evaluate_volume(gt, pred)
+    ours = am.metrics.evaluate_volume(gt * np.float32(scale), pred * np.float32(scale))
+    for k in ref:
+        assert ours[k] == pytest.approx(ref[k], rel=1e-5), k
+
+
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the perfect case: skimage's PSNR is inf
 def test_evaluate_volume_crops_and_takes_magnitude():
     gt, pred = volumes(1, H=32, W=32)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import AmbientMRIError, DataFileError
+from ..files import npy_problem
 
 IMAGE_KINDS = ("images", "faces", "mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff")
@@ -194,7 +195,7 @@ def read_image_array(path, **options) -> ImageSet:
         else:
             a = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DataFileError(p, f"cannot be read as a numpy array ({e})") from None
+        raise DataFileError(p, npy_problem(e)) from None
     return image_set_from_array(a, source=str(p), **options)
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from ..data.augment import AugmentConfig
 from ..errors import RecipeError
+from ..files import MAX_SEED
 
 
 @dataclass
@@ -191,6 +192,8 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
     if t.lr <= 0:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    if not 0 <= t.seed <= MAX_SEED:
+        raise RecipeError(f"training.seed: must be in [0, {MAX_SEED}], got {t.seed}")
     _validate_ranges(recipe)
     if recipe.network.input_cg < 0:
         raise RecipeError(f"network.input_cg: must be >= 0, got {recipe.network.input_cg}")
@@ -293,9 +296,11 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: not a YAML recipe (not UTF-8 text)") from None
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of name, output, data, corruption, network and "
                               f"training; this file holds a {type(values).__name__}")

@@ -131,8 +131,11 @@ def network_config(recipe: Recipe, image_channels: int, cond_channels: int) -> d
 def run_folder(run_dir: Path, r: Recipe, rank: int):
     """The run folder for one training call (rank 0 writes): created or reused under a lock that refuses a
     second run on it, cleared of the temporaries a killed run left, ``recipe.yaml`` and ``train.log`` written.
-    A call that fails before its first checkpoint removes a folder it created, so no stub is left behind."""
+    A call that fails before its first checkpoint removes the folders it created, so no stub is left behind."""
     created = not run_dir.exists()
+    top = run_dir  # the outermost folder this call creates (e.g. runs/ of a first run): removed on early failure
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
     handler = None
     with ExitStack() as stack:
         if rank == 0:
@@ -152,6 +155,10 @@ def run_folder(run_dir: Path, r: Recipe, rank: int):
                 handler.close()
                 handler = None
                 shutil.rmtree(run_dir, ignore_errors=True)
+                for d in run_dir.parents:  # and the parents it made, while empty
+                    if d == top.parent or not d.is_dir() or any(d.iterdir()):
+                        break
+                    d.rmdir()
             raise
         finally:
             if handler is not None:
