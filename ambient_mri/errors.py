@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 
 class AmbientMRIError(ValueError):
     """Bad input to ambient_mri: the message says what is wrong and where."""
@@ -40,3 +45,30 @@ class BelowZeroFilledWarning(UserWarning):
 
     def __reduce__(self):  # raised as an error (-W error) in a worker process, it is pickled back whole
         return type(self), (self.args[0], self.reason)
+
+
+# the volume a BelowZeroFilledWarning is about, and the list its file records them in (``volume_warnings``)
+_VOLUME: ContextVar[tuple[str, list] | None] = ContextVar("ambient_mri_volume", default=None)
+
+
+def warn_below_zero_filled(message: str, reason: str, stacklevel: int = 2) -> None:
+    """Issue a BelowZeroFilledWarning; inside ``volume_warnings`` the message ends with the volume's name (so a
+    folder run says which volume each is about, and Python does not fold identical texts of different volumes) and
+    the warning is recorded for its output file, whatever the warning filters do with it."""
+    volume = _VOLUME.get()
+    if volume is not None:
+        volume[1].append({"reason": reason, "message": message})
+        message = f"{message} [{volume[0]}]"
+    warnings.warn(BelowZeroFilledWarning(message, reason), stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def volume_warnings(name) -> Iterator[list[dict]]:
+    """Within this block the below-zero-filled warnings name ``name`` and are collected in the list it yields
+    ({"reason", "message"} each); per thread and per task, as a context variable."""
+    record: list[dict] = []
+    token = _VOLUME.set((str(name), record))
+    try:
+        yield record
+    finally:
+        _VOLUME.reset(token)

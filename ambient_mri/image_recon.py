@@ -16,6 +16,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import AmbientMRIError
+from .masks import seed_from
 from .operators import Identity, LinearOperator, PixelMask
 from .sampling import generate, policy
 from .sampling.policy import _GEN_TAG, image_prior, sigma_floor
@@ -81,8 +82,9 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
     Ambient pixel models keep one training-type Ã per trajectory; noisy models stop at σ_n (see the module
     docstring). Deterministic for (seed, batch_size). Clean MRI models give complex (num, H, W) images.
     """
-    if num < 1 or batch_size < 1 or steps < 1:
-        raise AmbientMRIError(f"num, batch_size and steps must be >= 1 (got {num}, {batch_size}, {steps})")
+    policy.check_count("num", num)
+    policy.check_run(policy.METHODS["fast"], steps, 1, batch_size, seed)  # a diffusion method: counts and seed
+    policy.check_options({"sigma_min": sigma_min, "sigma_max": sigma_max})
     r = policy.as_record(model)
     if r.is_mri and r.ambient:
         raise AmbientMRIError("generation from an ambient MRI model needs coil maps and a k-space Ã; "
@@ -124,6 +126,15 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
     return t
 
 
+def _check_scale(x: torch.Tensor, sigma_n: float, name: str) -> None:
+    """Images must be in the model's [-1, 1] (plus their noise): a 0..255 image would be clamped, its known pixels
+    lost, without a word."""
+    top = float(x.abs().max())
+    if top > 1 + 6 * sigma_n + 1e-3:
+        raise AmbientMRIError(f"{name}: values reach {top:g}; images must be in [-1, 1], the models' scale "
+                              "(ambient_mri.data.images.to_model_scale maps [0, 1] images there)")
+
+
 def _check_model(model) -> tuple[int, int, int]:
     if not is_image_model(model):
         op = policy.as_record(model).operator
@@ -143,10 +154,8 @@ def posterior(model, y, A: LinearOperator, mask: torch.Tensor, sigma_n: float = 
     the method table of ``sampling.policy`` lists them).
     """
     m = policy.method(method, "image", options)
-    if num_samples < 1:
-        raise AmbientMRIError(f"num_samples must be >= 1, got {num_samples}")
-    if sigma_n < 0:
-        raise AmbientMRIError(f"sigma_n must be >= 0, got {sigma_n}")
+    policy.check_run(m, steps, num_samples, None, seed)
+    policy.check_number("sigma_n", sigma_n)
     C, H, W = _check_model(model)
     dev = _device(model, device)
     y = y.to(dev)
@@ -154,7 +163,7 @@ def posterior(model, y, A: LinearOperator, mask: torch.Tensor, sigma_n: float = 
         raise AmbientMRIError(f"the model was trained on {C}x{H}x{W} images, the input is "
                               f"{'x'.join(map(str, y.shape[-3:]))}")
     mask = mask.to(dev)
-    steps = steps or policy.default_steps(m, policy.as_record(model))
+    steps = steps if steps is not None else policy.default_steps(m, policy.as_record(model))
     B = y.shape[0]
     tic = time.time()
     samples, nfe = [], 0
@@ -176,6 +185,7 @@ def inpaint(model, image, mask, method: str = "dps", steps: int | None = None, s
     are ignored) given ``mask`` ((H, W), (1, H, W) or (B, 1, H, W); 1 = known, e.g. a pixel or box mask) with a
     model trained on masked, noisy or clean images. ``sigma_n``: noise level of the known pixels."""
     C, _, _ = _check_model(model)
+    policy.check_number("sigma_n", sigma_n)
     x = _as_images(image, "image", C)
     m = _as_images(mask, "mask")
     if m.shape[1] != 1 or m.shape[-2:] != x.shape[-2:]:
@@ -185,6 +195,7 @@ def inpaint(model, image, mask, method: str = "dps", steps: int | None = None, s
     m = m.expand(x.shape[0], 1, *x.shape[-2:]) if m.shape[0] == 1 else m
     if m.shape[0] != x.shape[0]:
         raise AmbientMRIError(f"{m.shape[0]} masks for {x.shape[0]} images")
+    _check_scale(x * m, sigma_n, "image")
     A = PixelMask(m.to(_device(model, device)))
     return posterior(model, m * x, A, m, sigma_n, method, steps, num_samples, seed, device, progress, **options)
 
@@ -195,9 +206,9 @@ def denoise(model, noisy, sigma_n: float, method: str = "one_step", steps: int |
     ``one_step`` is Tweedie's E[x0 | y] = D(y, σ_n) — exact for a model trained on noisy images at σ_n ≤ σ;
     dps / ald / fast_dc draw posterior samples (A = identity)."""
     C, _, _ = _check_model(model)
-    if sigma_n <= 0:
-        raise AmbientMRIError(f"sigma_n must be > 0 for denoising, got {sigma_n}")
+    policy.check_number("sigma_n", sigma_n, strict=True)
     y = _as_images(noisy, "noisy", C)
+    _check_scale(y, sigma_n, "noisy")
     ones = torch.ones(y.shape[0], 1, *y.shape[-2:])
     if method == "one_step":
         options.setdefault("sigma", float(sigma_n))
@@ -215,7 +226,7 @@ def probe_mask(shape, keep: float = 0.1, seed: int = 0, batch: int = 1) -> torch
     if not 0 < keep <= 1:
         raise AmbientMRIError(f"keep must be in (0, 1], got {keep}")
     H, W = shape[-2:]
-    rows = [np.random.RandomState((seed, _GEN_TAG, b, 9)).uniform(size=(H, W)) < keep for b in range(batch)]
+    rows = [np.random.RandomState(seed_from((seed, _GEN_TAG, b, 9))).uniform(size=(H, W)) < keep for b in range(batch)]
     return torch.from_numpy(np.stack(rows).astype(np.float32))[:, None]
 
 

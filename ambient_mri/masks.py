@@ -6,6 +6,8 @@ broadcast over rows; 2-D masks have shape (H, W). All masks are float32, 1 = acq
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,12 +20,15 @@ COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")  # what multi-
 
 
 def seed_from(seed) -> int | tuple[int, ...] | None:
-    """fastMRI's convention: a file name seeds as ``tuple(map(ord, name))``; ints and tuples pass through."""
-    if seed is None or isinstance(seed, (int, np.integer)):
-        return seed
+    """fastMRI's convention: a file name seeds as ``tuple(map(ord, name))``; ints and tuples pass through, taken
+    modulo 2**32 (numpy's limit; derived seeds such as seed * 100_003 + b exceed it, smaller ones are unchanged)."""
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)):
+        return int(seed) % 2**32
     if isinstance(seed, str):
         return tuple(map(ord, seed))
-    return tuple(int(s) for s in seed)
+    return tuple(int(s) % 2**32 for s in seed)
 
 
 def _rng(seed) -> np.random.RandomState:
@@ -46,8 +51,8 @@ def _check(kind: str, shape: Sequence[int], acceleration: float, center_fraction
         raise AmbientMRIError(f"unknown mask kind {kind!r}; choose one of {', '.join(KSPACE_KINDS)}")
     if len(shape) < 1:
         raise AmbientMRIError(f"mask shape must be (H, W) or (W,), got {tuple(shape)}")
-    if not acceleration or acceleration < 1:
-        raise AmbientMRIError(f"acceleration must be >= 1, got {acceleration}")
+    if not (isinstance(acceleration, numbers.Real) and math.isfinite(acceleration) and acceleration >= 1):
+        raise AmbientMRIError(f"acceleration must be a finite number >= 1, got {acceleration!r}")
     if not 0 < center_fraction < 1:
         raise AmbientMRIError(f"center_fraction must be in (0, 1), got {center_fraction}")
     H = int(shape[-2]) if len(shape) >= 2 else 1
@@ -69,6 +74,10 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
     """
     H, W = _check(kind, shape, acceleration, center_fraction)
     num_low = num_low_frequencies(W, center_fraction)
+    if kind == "equispaced" and num_low * acceleration >= W:  # fastMRI's spacing formula divides by W - that
+        raise AmbientMRIError(f"equispaced: the {num_low} ACS lines of center_fraction {center_fraction} already "
+                              f"give acceleration {W / num_low:.3g} <= {acceleration}; lower center_fraction or "
+                              "acceleration")
     if kind in ("random", "equispaced"):
         from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
 

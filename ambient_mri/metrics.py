@@ -64,6 +64,8 @@ def evaluate_volume(target, recon) -> dict[str, float]:
     if pred.shape[0] != gt.shape[0]:
         raise AmbientMRIError(f"reconstruction has {pred.shape[0]} slices, target has {gt.shape[0]}")
     pred = center_crop(pred, gt.shape[-2:])
+    if min(gt.shape[-2:]) < 7:
+        raise AmbientMRIError(f"images of {gt.shape[-2]}x{gt.shape[-1]}: SSIM's 7x7 window needs at least 7x7")
     return {"PSNR": psnr(gt, pred), "SSIM": ssim(gt, pred), "NMSE": nmse(gt, pred)}
 
 
@@ -99,8 +101,9 @@ def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dic
             raise DataFileError(path, f"{what} has shape {a.shape}: expected a non-empty volume (S, H, W)")
         if not np.isfinite(a).all():
             raise DataFileError(path, f"{what} contains NaN or Inf")
-    if not gt.max() > 0:  # PSNR and SSIM take the target's maximum as the data range
-        what = "is all zero" if not np.abs(gt).max() > 0 else f"has maximum {gt.max():.3g} (not a magnitude image)"
+    top = (np.abs(gt) if np.iscomplexobj(gt) else gt).max()  # a complex target is scored by its magnitude
+    if not top > 0:  # PSNR and SSIM take the target's maximum as the data range
+        what = "is all zero" if not np.abs(gt).max() > 0 else f"has maximum {top:.3g} (not a magnitude image)"
         raise DataFileError(target_file, f"{key} {what}: PSNR and SSIM are undefined against it")
     if gt.shape[0] != pred.shape[0] and gt.ndim == pred.ndim == 3:
         raise DataFileError(recon_file, f"has {pred.shape[0]} slices, its target {target_file.name} has {gt.shape[0]}")

@@ -115,10 +115,13 @@ def load_model(path, device=None) -> Denoiser:
         raise DataFileError(path, f"not an ambient_mri model file (missing config/info/state_dict){hint}")
     fmt = obj.get("format", FORMAT)
     if fmt != FORMAT:
-        newer = isinstance(fmt, str) and fmt.startswith(FORMAT.split("/")[0] + "/")
-        raise DataFileError(path, f"model file format {fmt!r} is not {FORMAT!r}" +
-                            (": written by a newer ambient_mri; upgrade the package" if newer else
-                             ": not an ambient_mri model file"))
+        name, _, version = str(fmt).partition("/")
+        ours = FORMAT.partition("/")[2]
+        why = ": not an ambient_mri model file"
+        if name == FORMAT.partition("/")[0] and version.isdigit():
+            why = (": written by a newer ambient_mri; upgrade the package" if int(version) > int(ours) else
+                   ": an older model format this ambient_mri does not read")
+        raise DataFileError(path, f"model file format {fmt!r} is not {FORMAT!r}{why}")
     try:
         record = TrainingRecord.from_dict(obj["info"])
     except AmbientMRIError as e:

@@ -9,8 +9,8 @@ the model's training record; the result is returned in the original intensity sc
 from __future__ import annotations
 
 import json
+import numbers
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +19,8 @@ import torch
 
 from . import baselines
 from .devices import resolve_device
-from .errors import AmbientMRIError, BelowZeroFilledWarning, DataFileError
-from .files import check_seed, ensure_space, write_h5
+from .errors import AmbientMRIError, DataFileError, volume_warnings
+from .files import ensure_space, write_h5
 from .masks import COLUMN_KINDS, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -59,16 +59,6 @@ class ReconResult:
     seconds: float = 0.0
     method: str = ""
     extra: dict = field(default_factory=dict)
-
-
-def _check_numbers(steps, num_samples, batch_size, opts: dict) -> None:
-    for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
-        if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-            raise AmbientMRIError(f"{name} must be a positive integer, got {v!r}")
-    for name in ("noise_std", "rho", "l2"):
-        v = opts.get(name)
-        if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-            raise AmbientMRIError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 def _maps_fail(fit: np.ndarray) -> bool:
@@ -186,8 +176,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     slice falls with K.
     """
     m = policy.method(method, "mri", opts)
-    _check_numbers(steps, num_samples, batch_size, opts)
-    check_seed(seed)
+    policy.check_run(m, steps, num_samples, batch_size, seed)
+    if target_size is not None and not (isinstance(target_size, (tuple, list)) and len(target_size) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in target_size)):
+        raise AmbientMRIError(f"target_size must be two integers >= 1 (rows, columns), got {target_size!r}")
     tic = time.time()
     k, msk = check_inputs(kspace, mask)
     S, C, H0, W = k.shape
@@ -272,25 +264,27 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
             raise DataFileError(in_path, "has no mask: give acceleration (and mask, center_fraction) to undersample")
         if (mask or "random") not in COLUMN_KINDS:
             raise AmbientMRIError(f"mask {mask!r} is not a column mask kind; choose one of {', '.join(COLUMN_KINDS)}")
-        m = kspace_mask(mask or "random", k.shape[-2:], acceleration, center_fraction or 0.08,
+        cf = 0.08 if center_fraction is None else center_fraction
+        m = kspace_mask(mask or "random", k.shape[-2:], acceleration, cf,
                         seed=Path(in_path).name)[0]
     m = m * vol.padding_mask()  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
+    if not (1 <= h <= k.shape[-2] and 1 <= w <= k.shape[-1]):  # as prepare refuses it
+        raise DataFileError(in_path, f"header recon size {h}x{w} does not fit the k-space {k.shape[-2]}x{k.shape[-1]}")
+    size = options.pop("target_size", None) or (int(h), int(w))  # the header's, unless the caller gives one
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = reconstruct(k, m, target_size=(int(h), int(w)), **options)
+        with volume_warnings(in_path) as below:
+            res = reconstruct(k, m, target_size=size, **options)
     except DataFileError:
         raise
     except AmbientMRIError as e:  # name the file; for a retrospective mask, say how to get more ACS lines
         hint = ""
         if vol.mask is None and "ACS" in str(e) and np.abs(k).reshape(k.shape[0], -1).max(1).all():
             hint = (f" (the retrospective mask has {acs_width(m)} ACS lines with center_fraction "
-                    f"{center_fraction or 0.08}: give a larger one)")
+                    f"{cf}: give a larger one)")
         raise DataFileError(in_path, f"{e}{hint}") from None
-    below = _reissue(caught, in_path)
     out_path = Path(out_path)
-    h, w = int(h), int(w)
+    h, w = res.magnitude.shape[-2:]
     if not (np.isfinite(res.magnitude).all() and (res.std is None or np.isfinite(res.std).all())):
         raise DataFileError(in_path, f"the {res.method} reconstruction is not finite (NaN or Inf); nothing written")
     ensure_space(out_path.parent, 4 * k.shape[0] * h * w * (3 if res.std is not None else 2), out_path.name)
@@ -302,16 +296,3 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path
 
-
-def _reissue(caught: list, path) -> list[dict]:
-    """Warnings recorded around one file's reconstruction, issued again: the below-zero-filled ones name the file (so
-    a folder run says which volume each is about, and Python does not fold identical texts of different files into
-    one); -> those as {reason, message} for the output file's ``warnings`` attribute."""
-    below = []
-    for w in caught:
-        if isinstance(w.message, BelowZeroFilledWarning):
-            below.append({"reason": w.message.reason, "message": str(w.message)})
-            warnings.warn(BelowZeroFilledWarning(f"{path}: {w.message}", w.message.reason), stacklevel=3)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return below

@@ -4,19 +4,21 @@ suits the scan."""
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
 import torch
 
-from .errors import AmbientMRIError, BelowZeroFilledWarning
+from .errors import AmbientMRIError, warn_below_zero_filled
 from .metrics import center_crop
 from .record import TrainingRecord
 
 
 def _as_numpy(a, name: str) -> np.ndarray:
     if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        a = (a.to(torch.complex64) if a.dtype == torch.complex32 else a).numpy()  # numpy has no complex32
     return np.asarray(a)
 
 
@@ -35,8 +37,8 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     m = _as_numpy(mask, "mask").astype(np.float32)
     if m.ndim == 0 or m.shape[-1] != W:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
-    if not np.isfinite(m).all():
-        raise AmbientMRIError("mask contains NaN or Inf")
+    if not np.isin(m, (0, 1)).all():  # a 0.5 or 2 would scale the data it multiplies, silently
+        raise AmbientMRIError("mask must contain only 0 (not acquired) and 1 (acquired)")
     if (m.ndim == 2 and m.shape[0] == H and H != S) or (m.ndim == 3 and m.shape[:2] == (S, H) and H > 1):
         # (H, W) or per-slice (S, H, W) column masks
         if not (m == m[..., :1, :]).all():
@@ -58,7 +60,8 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coil
     from .data.calibration import calibration_columns, calibration_scale, prepare_slice, row_crop
 
     S, C, _, W = k.shape
-    if coils is not None and (isinstance(coils, bool) or int(coils) != coils or not 1 <= coils <= C):
+    if coils is not None and (isinstance(coils, bool) or not isinstance(coils, numbers.Integral) or
+                              not 1 <= coils <= C):
         raise AmbientMRIError(f"coils must be an integer in [1, {C}] (the scan has {C} coils), got {coils!r}")
     if maps is not None and coils is not None and coils != C:
         raise AmbientMRIError("coils compresses the scan to virtual coils whose maps are estimated here: give maps "
@@ -67,6 +70,10 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coil
         maps = _as_numpy(maps, "maps")
         if maps.ndim not in (3, 4) or (maps.ndim == 4 and maps.shape[0] not in (1, S)):
             raise AmbientMRIError(f"maps must be (C, H, W) or (S={S}, C, H, W), got shape {maps.shape}")
+        if not np.isfinite(maps).all():
+            raise AmbientMRIError("maps contain NaN or Inf")
+        if not (np.abs(maps).reshape(maps.shape[0] if maps.ndim == 4 else 1, -1).max(1) > 0).all():
+            raise AmbientMRIError("maps are all zero (for a slice): no coil sees anything")
     ks, mps, scales = [], [], []
     for s in range(S):
         lines = np.flatnonzero(m[s])
@@ -179,11 +186,11 @@ def outer_line_snr(k: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float | N
 def warn_if_noise_dominated(snr: float | None, method: str) -> None:
     """The warning ``reconstruct`` gives a linear method when ``outer_line_snr`` < MIN_OUTER_SNR."""
     if snr is not None and snr < MIN_OUTER_SNR:
-        warnings.warn(BelowZeroFilledWarning(
+        warn_below_zero_filled(
             f"{method}: the acquired lines outside the ACS block are mostly noise (energy {snr:.2f}x the noise level, "
             f"below {MIN_OUTER_SNR}): held-out lines cannot tell a good λ from a bad one, whether chosen or given, "
             "and the image may be worse than zero-filled; compare with method='zero_filled', or use a learned method",
-            "noise"), stacklevel=3)
+            "noise", stacklevel=4)
 
 
 # The near-unregularised SENSE fit of the acquired lines leaves this many times the noise energy when the coil maps
@@ -218,12 +225,12 @@ def warn_if_maps_misfit(misfit: tuple[float, float] | None, refined: bool | None
     ``refined``: None (``refine_maps`` not tried), True (these are its maps), False (tried, did not fit better)."""
     if maps_misfit(misfit):
         note = {None: "", True: ", after refining the maps", False: "; refining the maps did not help"}[refined]
-        warnings.warn(BelowZeroFilledWarning(
+        warn_below_zero_filled(
             f"{method}: the coil maps do not explain the acquired data (the SENSE fit leaves {misfit[0]:.1f}x the "
             f"noise energy, {100 * misfit[1]:.2f}% of the data's{note}): "
             "maps from these ACS lines are poor for this anatomy (too few ACS lines, or anatomy filling the field of "
             "view), so the image may be worse than zero-filled; acquire more ACS lines, pass maps=, or compare with "
-            "method='zero_filled'", "maps"), stacklevel=3)
+            "method='zero_filled'", "maps", stacklevel=4)
 
 
 def warn_if_maps_unchecked(method: str, coils: int) -> None:
@@ -231,18 +238,18 @@ def warn_if_maps_unchecked(method: str, coils: int) -> None:
     samples than unknowns, so ``baselines.map_misfit`` has no verdict (the linear methods are warned by ρ there):
     with ESPIRiT's maps on anatomy filling the field of view `fast` fell below zero-filled unseen on such a scan
     (pydicom's MR_small, 4 coils, R = 4; benchmarks/map_refinement.py)."""
-    warnings.warn(BelowZeroFilledWarning(
+    warn_below_zero_filled(
         f"{method}: the coil maps cannot be checked against the data ({coils} coils x the acquired columns are no "
         "more than the unknown pixels of any image row), and ESPIRiT's maps from few ACS lines can be poor unseen "
         "(anatomy filling the field of view), so the image may be worse than zero-filled; pass maps=, acquire more "
-        "lines, or compare with method='zero_filled'", "maps_unchecked"), stacklevel=3)
+        "lines, or compare with method='zero_filled'", "maps_unchecked", stacklevel=4)
 
 
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
     """The warning ``reconstruct`` gives a linear method (sense, l1_wavelet) when ρ < MIN_SAMPLES_PER_UNKNOWN."""
     if rho < MIN_SAMPLES_PER_UNKNOWN:
-        warnings.warn(BelowZeroFilledWarning(
+        warn_below_zero_filled(
             f"{method}: {coils} coils x the acquired columns give only {rho:.2f} samples per unknown pixel of a row "
             f"(below {MIN_SAMPLES_PER_UNKNOWN}): the coils cannot unalias this acceleration, so the image may be "
-            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", "underdetermined"),
-            stacklevel=3)
+            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", "underdetermined",
+            stacklevel=4)

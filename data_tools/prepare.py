@@ -20,7 +20,9 @@ the phase-encode grid, so it reads the full k-space (retrospective simulation of
 mask on the cropped grid. It is refused for files that carry their own mask.
 
 Every file is written atomically (temporary file + os.replace). Files already prepared with the same settings
-are skipped, so a killed run resumes; a file prepared with other settings is refused rather than overwritten.
+from the same input (its size and mtime) are skipped, with their reference where one is due, so a killed run
+resumes; anything else of ours (a replaced input, a damaged or missing reference) is prepared again, and a file
+prepared with other settings is refused rather than overwritten.
 Unusable input files are recorded with the reason and the run continues; the summary lists them.
 """
 
@@ -221,15 +223,17 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
     out_dir = output / opts.split
     ref_dir = output / f"{opts.split}_reference"
     out_path, ref_path = out_dir / name, ref_dir / name
-    settings = opts.settings()
+    settings, fingerprint = opts.settings(), _fingerprint(source)
     if out_path.exists():
         stored = _stored_settings(out_path)
-        if stored == settings and (opts.split == "train" or ref_path.exists() or not _wants_reference(source)):
-            return FileResult(str(source), "skipped", "already prepared", str(out_path), None, 0,
-                              time.time() - tic)
         if stored is not None and stored != settings:
             return FileResult(str(source), "refused", f"{out_path} was prepared with other settings ({stored}); "
                               "use another --output", str(out_path))
+        # done only if made from this very input (size, mtime) and, where one is due, with a whole reference
+        if stored == settings and _made_from(out_path, fingerprint) and (
+                opts.split == "train" or not _wants_reference(source) or _made_from(ref_path, fingerprint)):
+            return FileResult(str(source), "skipped", "already prepared", str(out_path), None, 0,
+                              time.time() - tic)
     vol = read_fastmri(source)
     if not vol.multicoil:
         raise DataFileError(source, f"single-coil k-space {vol.kspace.shape}; prepare needs multi-coil files")
@@ -311,7 +315,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
             "recon_size": [int(v) for v in vol.header["recon_size"][:2]],
             "padding": [int(vol.header["padding_left"]), int(vol.header["padding_right"])],
             "acquisition": str(vol.attrs.get("acquisition", "")), "scale_rule": SCALE_RULE,
-            "settings": opts.settings(), "package_version": _version(),
+            "settings": opts.settings(), "package_version": _version(), "source_fingerprint": fingerprint,
         }
         for key, value in attrs.items():
             hf.attrs[key] = value
@@ -323,6 +327,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
                 rf.attrs["max"] = float(vol.attrs.get("max", target.max()))
             rf.create_dataset("scale", data=scales)
             for key, value in {"format": REFERENCE_FORMAT, "source": attrs["source"], "name": name,
+                               "source_fingerprint": fingerprint,
                                "prepared": str(Path("..") / opts.split / name), "image_shape": [H, W],
                                "acquisition": attrs["acquisition"], "scale_rule": SCALE_RULE,
                                "image": "SENSE combination of the fully sampled k-space with the prepared maps, "
@@ -333,6 +338,23 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         # existing prepared file always has its reference.
     return FileResult(str(source), "prepared", "", str(out_path), str(ref_path) if want_ref else None, S,
                       time.time() - tic)
+
+
+def _fingerprint(source: Path) -> str:
+    """The input's identity for resuming: a file replaced under the same name is prepared again."""
+    st = source.stat()
+    return json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns}, sort_keys=True)
+
+
+def _made_from(path: Path, fingerprint: str) -> bool:
+    """Whether ``path`` is a whole file of this preparation (prepared or reference) made from that input."""
+    try:
+        with h5py.File(path, "r") as hf:
+            stored = hf.attrs.get("source_fingerprint")
+            stored = stored.decode() if isinstance(stored, bytes) else stored
+            return stored == fingerprint and "scale" in hf and hf["scale"].shape[0] > 0
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def _wants_reference(source: Path) -> bool:

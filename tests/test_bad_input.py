@@ -98,3 +98,156 @@ def test_data_file_error_survives_a_worker_process():
     err = pickle.loads(pickle.dumps(DataFileError("/data/x.h5", "no kspace dataset")))
     assert isinstance(err, DataFileError) and err.path == "/data/x.h5" and err.problem == "no kspace dataset"
     assert str(err) == "/data/x.h5: no kspace dataset"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Python API arguments: each refused by name (they gave NaN, rescaled or empty images, or raw errors)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _scan():
+    import numpy as np
+
+    from ambient_mri.masks import kspace_mask
+
+    sim = multicoil_measurements(n=2, size=32, coils=4)[0]
+    k = np.stack([sim[i]["y"].numpy() for i in range(2)])
+    m = kspace_mask("random", k.shape[-2:], 2, 0.25, seed=0)[0]
+    return k * m, m
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"mask_scale": 0.5}, "mask must contain only 0"),
+    ({"method": "sense", "lam": float("nan")}, "lam must be a finite number"),
+    ({"method": "sense", "lam": -1.0}, "lam must be >= 0"),
+    ({"method": "sense", "lam": "0.1"}, "lam must be a finite number"),
+    ({"method": "sense", "iters": 0}, "iters must be an integer >= 1"),
+    ({"method": "l1_wavelet", "iters": 2.5}, "iters must be an integer >= 1"),
+    ({"method": "sense", "num_samples": 3}, "'sense' is deterministic"),
+    ({"method": "sense", "steps": 10}, "'sense' is deterministic"),
+    ({"method": "zero_filled", "coils": 2.0}, "coils must be an integer"),
+    ({"method": "zero_filled", "target_size": 16}, "target_size must be two integers"),
+    ({"method": "zero_filled", "target_size": (0, 0)}, "target_size must be two integers"),
+    ({"method": "zero_filled", "target_size": (16.7, 16)}, "target_size must be two integers"),
+    ({"method": "sense", "lam": 1e-3, "maps": "zeros"}, "maps are all zero"),
+    ({"method": "sense", "lam": 1e-3, "maps": "nan"}, "maps contain NaN"),
+])
+def test_reconstruct_arguments_are_checked(kwargs, pattern):
+    import numpy as np
+
+    k, m = _scan()
+    kwargs = dict(kwargs)
+    m = m * kwargs.pop("mask_scale", 1.0)
+    maps = kwargs.pop("maps", None)
+    if maps is not None:
+        maps = np.zeros((4, 32, 32), np.complex64) if maps == "zeros" else np.full((4, 32, 32), np.nan, np.complex64)
+        kwargs["maps"] = maps
+    kwargs.setdefault("method", "zero_filled")
+    with pytest.raises(am.AmbientMRIError, match=pattern):
+        am.reconstruct(k, m, progress=False, **kwargs)
+
+
+def test_numpy_scalars_and_complex32_are_taken():
+    import numpy as np
+
+    k, m = _scan()
+    ref = am.reconstruct(k, m, method="zero_filled", progress=False).magnitude
+    half = am.reconstruct(torch.from_numpy(k).to(torch.complex32), m, method="zero_filled", progress=False)
+    np.testing.assert_allclose(half.magnitude, ref, rtol=2e-2, atol=2e-3 * ref.max())
+    from ambient_mri.sampling.policy import check_options
+
+    check_options({"noise_std": np.float32(0.01), "iters": np.int64(3), "eta": np.float64(0.5)})
+
+
+@pytest.mark.parametrize("options,pattern", [
+    ({"sigma_min": 0.0}, "sigma_min must be > 0"),
+    ({"sigma_min": -1.0}, "sigma_min must be > 0"),
+    ({"sigma_max": float("nan")}, "sigma_max must be a finite number"),
+    ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min .* must be below sigma_max"),
+    ({"zeta": float("nan")}, "zeta must be a finite number"),
+    ({"eta": 1.5}, r"eta must be in \[0, 1\]"),
+    ({"cg_iters": 2.5}, "cg_iters must be an integer >= 1"),
+    ({"cg_iters": 0}, "cg_iters must be an integer >= 1"),
+    ({"eps": float("nan")}, "eps must be a finite number"),
+])
+def test_sampler_options_are_checked_by_value(options, pattern):
+    from ambient_mri.sampling.policy import check_options
+
+    with pytest.raises(am.AmbientMRIError, match=pattern):
+        check_options(options)
+
+
+def test_masks_refuse_nan_and_an_acs_block_that_leaves_no_room():
+    from ambient_mri.masks import kspace_mask
+
+    with pytest.raises(am.AmbientMRIError, match="acceleration must be a finite number >= 1, got nan"):
+        kspace_mask("random", (64, 32), float("nan"), 0.1)
+    with pytest.raises(am.AmbientMRIError, match="equispaced: the 8 ACS lines .* lower center_fraction"):
+        kspace_mask("equispaced", (64, 32), 4, 0.25)
+
+
+def test_reconstruct_file_checks_center_fraction_recon_size_and_takes_target_size(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    import h5py
+
+    make_fastmri_volume(tmp_path / "v.h5", blobs(2, 32), num_coils=4, noise_std=1e-3)
+    with pytest.raises(am.AmbientMRIError, match=r"center_fraction must be in \(0, 1\), got 0"):
+        am.reconstruct_file(tmp_path / "v.h5", tmp_path / "o.h5", acceleration=2, center_fraction=0,
+                            method="zero_filled")
+    out = am.reconstruct_file(tmp_path / "v.h5", tmp_path / "o.h5", acceleration=2, center_fraction=0.25,
+                              method="zero_filled", target_size=(16, 16), progress=False)
+    with h5py.File(out, "r") as f:
+        assert f["reconstruction"].shape == f["zero_filled"].shape == (2, 16, 16)
+    with h5py.File(tmp_path / "v.h5", "a") as f:  # a header recon size of 0 x 0
+        xml = f["ismrmrd_header"][()].decode()
+        root = ET.fromstring(xml)
+        ns = {"m": root.tag.split("}")[0][1:]} if root.tag.startswith("{") else {}
+        pre = "m:" if ns else ""
+        for tag in ("x", "y"):
+            root.find(f".//{pre}reconSpace/{pre}matrixSize/{pre}{tag}", ns).text = "0"
+        del f["ismrmrd_header"]
+        f["ismrmrd_header"] = ET.tostring(root)
+    with pytest.raises(am.DataFileError, match="v.h5: header recon size 0x0 does not fit"):
+        am.reconstruct_file(tmp_path / "v.h5", tmp_path / "o2.h5", acceleration=2, center_fraction=0.25,
+                            method="zero_filled")
+    assert not (tmp_path / "o2.h5").exists()
+
+
+def test_evaluate_volume_refuses_images_smaller_than_the_ssim_window():
+    import numpy as np
+
+    with pytest.raises(am.AmbientMRIError, match="SSIM's 7x7 window needs at least 7x7"):
+        am.metrics.evaluate_volume(np.ones((1, 5, 5)), np.ones((1, 5, 5)))
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda net, x, m: am_image().inpaint(net, x, m, steps=0), "steps must be an integer >= 1"),
+    (lambda net, x, m: am_image().inpaint(net, x, m, steps=2.5), "steps must be an integer >= 1"),
+    (lambda net, x, m: am_image().inpaint(net, x, m, num_samples=2.5), "num_samples must be an integer"),
+    (lambda net, x, m: am_image().inpaint(net, x, m, seed=-1), "seed must be an integer in"),
+    (lambda net, x, m: am_image().inpaint(net, x, m, zeta=float("nan")), "zeta must be a finite number"),
+    (lambda net, x, m: am_image().inpaint(net, x * 255, m), r"values reach .*images must be in \[-1, 1\]"),
+    (lambda net, x, m: am_image().denoise(net, x, float("nan")), "sigma_n must be a finite number"),
+    (lambda net, x, m: am_image().denoise(net, x, "0.2"), "sigma_n must be a finite number"),
+    (lambda net, x, m: am_image().sample_images(net, 1, steps=2.5), "steps must be an integer >= 1"),
+    (lambda net, x, m: am_image().sample_images(net, 1, sigma_min=float("nan")), "sigma_min must be a finite"),
+])
+def test_image_api_arguments_are_checked(call, pattern):
+    from ambient_mri.model import Denoiser
+    from ambient_mri.training.recipe import load_recipe
+    from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
+
+    r = load_recipe({"network": TINY_NET, "corruption": {"operator": "pixel", "p": 0.5, "cond": ["mask"]}})
+    net = Denoiser(network_config(r, 1, 1), {"operator": "pixel", "ambient": True, "cond": ["mask"],
+                                            "image_shape": [1, 8, 8], "acquisition": {"p": 0.5}})
+    x = torch.rand(1, 1, 8, 8) * 2 - 1
+    with pytest.raises(am.AmbientMRIError, match=pattern):
+        call(net, x, torch.ones(1, 1, 8, 8))
+
+
+def am_image():
+    import ambient_mri.image_recon as image_recon
+
+    return image_recon

@@ -246,6 +246,19 @@ def test_a_folder_whose_files_all_fail_alike_lists_every_file(raw, tmp_path, cap
     assert f"{bad / 'vol0.h5'}:" in err and f"{bad / 'vol1.h5'}:" in err
 
 
+def test_a_folder_of_one_bad_volume_names_it_and_an_all_zero_slice_gets_no_acs_advice(raw, tmp_path, capsys):
+    one = tmp_path / "one"
+    one.mkdir()
+    with h5py.File(raw / "vol0.h5", "r") as f, h5py.File(one / "z.h5", "w") as g:
+        k = f["kspace"][()]
+        k[1] = 0
+        g.create_dataset("kspace", data=k)
+        g.create_dataset("ismrmrd_header", data=f["ismrmrd_header"][()])
+    code, _, err = run(["reconstruct", "--input", str(one), "--output", str(tmp_path / "out"), *ZF], capsys)
+    assert code == 2 and err.startswith(f"ambient-mri reconstruct: error: {one / 'z.h5'}: slice 1:")
+    assert "all zero" in err and "give a larger one" not in err and "check the arguments" not in err
+
+
 def test_folder_warnings_name_each_volume_and_are_stored_with_it(raw, tmp_path, capsys):
     """Every ACS line acquired (center fraction 0.5 at R = 2): CG-SENSE's λ cannot be checked on any volume. Each
     volume gets its own warning naming it (Python would fold identical texts into one) and keeps it in its file."""
@@ -255,7 +268,7 @@ def test_folder_warnings_name_each_volume_and_are_stored_with_it(raw, tmp_path, 
     with pytest.warns(am.BelowZeroFilledWarning) as caught:
         assert run(args, capsys)[0] == 0
     named = [str(w.message) for w in caught if "unchecked" in str(w.message)]
-    assert sorted(m.split(": ")[0] for m in named) == [str(raw / "vol0.h5"), str(raw / "vol1.h5")]
+    assert sorted(m.rsplit(" [", 1)[1] for m in named) == [f"{raw / 'vol0.h5'}]", f"{raw / 'vol1.h5'}]"]
     for name in ("vol0.h5", "vol1.h5"):
         with h5py.File(out / name, "r") as f:
             stored = json.loads(f.attrs["warnings"])
@@ -349,6 +362,22 @@ def test_prepare_redoes_a_truncated_output(raw, tmp_path):
     s = prepare_fastmri(raw, tmp_path / "out", **PREP)
     assert [Path(r.source).name for r in s.prepared] == ["vol0.h5"] and len(s.skipped) == 1
     assert h5py.File(f, "r")["kspace"].shape[0] == 2
+
+
+def test_prepare_redoes_a_damaged_reference_and_a_replaced_input(raw, tmp_path):
+    val = dict(PREP, split="val")
+    prepare_fastmri(raw, tmp_path / "out", **val)
+    ref = tmp_path / "out" / "val_reference" / "vol0.h5"
+    ref.write_bytes(ref.read_bytes()[: ref.stat().st_size // 3])
+    s = prepare_fastmri(raw, tmp_path / "out", **val)
+    assert [Path(r.source).name for r in s.prepared] == ["vol0.h5"] and len(s.skipped) == 1
+    assert h5py.File(ref, "r")["reconstruction_rss"].shape[0] == 2
+    # the same name, another volume: the prepared file and its reference follow the new input
+    make_fastmri_volume(raw / "vol1.h5", blobs(3, 32, seed=9), num_coils=4, noise_std=1e-3, seed=9)
+    s = prepare_fastmri(raw, tmp_path / "out", **val)
+    assert [Path(r.source).name for r in s.prepared] == ["vol1.h5"] and len(s.skipped) == 1
+    with h5py.File(raw / "vol1.h5", "r") as f, h5py.File(tmp_path / "out" / "val_reference" / "vol1.h5", "r") as g:
+        np.testing.assert_array_equal(g["reconstruction_rss"][()], f["reconstruction_rss"][()])
 
 
 def test_prepare_full_disk_is_refused_per_file(raw, tmp_path, monkeypatch):
@@ -648,6 +677,7 @@ def test_a_diverged_model_file_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("fmt,pattern", [("ambient_mri.model/9", "newer ambient_mri; upgrade"),
+                                         ("ambient_mri.model/0", "an older model format"),
                                          ("other_tool/7", "not an ambient_mri model file")])
 def test_a_model_file_of_another_format_is_refused(tmp_path, fmt, pattern):
     from ambient_mri.model import save_model
@@ -668,6 +698,27 @@ def test_a_model_record_with_an_impossible_image_shape_names_the_model(tmp_path)
     torch.save(obj, tmp_path / "m.pt")
     with pytest.raises(am.DataFileError, match=r"m.pt: the training record's image_shape \[-1, 0\] has a size"):
         am.load_model(tmp_path / "m.pt")
+
+
+def test_the_largest_seed_works_for_an_ambient_pixel_model(tmp_path, capsys):
+    """Derived seeds (seed * 100_003 + b) passed numpy's 2**32 limit from seed 42949 on: a traceback after the
+    output folder was made."""
+    from ambient_mri.files import MAX_SEED
+    from ambient_mri.model import Denoiser, save_model
+    from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
+
+    r = load_recipe({"network": TINY_NET, "corruption": {"operator": "pixel", "p": 0.5, "cond": ["mask"]}})
+    net = Denoiser(network_config(r, 1, 1), {"operator": "pixel", "ambient": True, "cond": ["mask"],
+                                            "image_shape": [1, 8, 8], "acquisition": {"p": 0.5}})
+    save_model(net, tmp_path / "pix.pt")
+    code, _, _ = run(["sample", "--model", str(tmp_path / "pix.pt"), "--num", "1", "--steps", "2", "--seed",
+                      str(MAX_SEED), "--output", str(tmp_path / "s"), "--device", "cpu"], capsys)
+    assert code == 0 and (tmp_path / "s" / "samples.npy").is_file()
+    from ambient_mri.image_recon import inpaint
+
+    res = inpaint(net, torch.zeros(1, 8, 8), torch.ones(1, 8, 8), steps=2, seed=MAX_SEED)
+    assert bool(torch.isfinite(res.image).all())
 
 
 def test_a_pickled_npy_is_refused_without_advice_to_load_it_unsafely(tmp_path):

@@ -308,7 +308,7 @@ def test_fast_weighs_the_data_by_the_scans_own_noise_level(demo, monkeypatch):
     assert res.extra["noise_std"] == [0.02, 0.02]
     np.testing.assert_allclose(seen[1].numpy(), 0.02 / scale, rtol=1e-5)
     for bad in ({"noise_std": -0.1}, {"noise_std": float("nan")}, {"rho": -1.0}, {"rho": "high"}):
-        with pytest.raises(AmbientMRIError, match=f"{next(iter(bad))} must be a finite number >= 0"):
+        with pytest.raises(AmbientMRIError, match=f"{next(iter(bad))} must be (a finite number|>= 0)"):
             reconstruct(k, demo["mask"], model=demo["model"], method="fast", steps=2, progress=False, **bad)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
-from ..masks import pixel_mask
+from ..masks import pixel_mask, seed_from
 from .augment import AugmentConfig, augment_images
 from .images import ImageSet, load_images
 from .measurements import ArrayMeasurements
@@ -36,7 +36,7 @@ def box_mask(shape, box: int, seed=None) -> np.ndarray:
     H, W = (int(s) for s in shape)
     if not isinstance(box, (int, np.integer)) or isinstance(box, bool) or not 1 <= box <= min(H, W):
         raise AmbientMRIError(f"box side must be an integer in [1, {min(H, W)}], got {box!r}")
-    rng = np.random.RandomState(seed)
+    rng = np.random.RandomState(seed_from(seed))
     top, left = rng.randint(0, H - box + 1), rng.randint(0, W - box + 1)
     m = np.ones((H, W), np.float32)
     m[top: top + box, left: left + box] = 0

@@ -14,13 +14,15 @@ How training shapes sampling:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
-from ..masks import further_mask, kspace_mask
+from ..masks import further_mask, kspace_mask, seed_from
 from ..operators import MultiCoilMRI, PixelMask
 from ..record import TrainingRecord
 from . import posterior
@@ -77,9 +79,57 @@ def as_record(model_or_record) -> TrainingRecord:
     raise AmbientMRIError(f"expected an ambient_mri model (load_model), got {type(model_or_record).__name__}")
 
 
+# what each numeric option may be: a count >= 1, a number > 0, >= 0, or in [0, 1] (None: the default)
+_COUNTS, _POSITIVE, _UNIT = ("iters", "cg_iters"), ("sigma_max", "sigma_min", "sigma", "eps", "gamma"), ("eta",)
+
+
+def check_number(name: str, v, low: float = 0.0, strict: bool = False, high: float | None = None) -> None:
+    """A real, finite option in [low, high] (``strict``: above low); numpy scalars count, bools and strings do not."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise AmbientMRIError(f"{name} must be a finite number, got {v!r}")
+    if v < low or (strict and v == low) or (high is not None and v > high):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f"{'>' if strict else '>='} {low:g}"
+        raise AmbientMRIError(f"{name} must be {bound}, got {v!r}")
+
+
+def check_count(name: str, v, low: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+        raise AmbientMRIError(f"{name} must be an integer >= {low}, got {v!r}")
+
+
+def check_options(options: dict) -> None:
+    """Every numeric sampler or solver option by name (a NaN σ or a negative λ gave NaN images, not an error)."""
+    for k, v in options.items():
+        if v is None or k == "a_tilde":
+            continue
+        if k in _COUNTS:
+            check_count(k, v)
+        elif k in _UNIT:
+            check_number(k, v, 0.0, high=1.0)
+        else:
+            check_number(k, v, 0.0, strict=k in _POSITIVE)
+    lo, hi = options.get("sigma_min"), options.get("sigma_max")
+    if lo is not None and hi is not None and lo >= hi:
+        raise AmbientMRIError(f"sigma_min ({lo!r}) must be below sigma_max ({hi!r})")
+
+
+def check_run(m: Method, steps, num_samples, batch_size=None, seed=0) -> None:
+    """The counts and the seed of one reconstruction; a deterministic method refuses steps and samples it would
+    ignore."""
+    from ..files import check_seed
+
+    for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
+        if v is not None:
+            check_count(name, v)
+    check_seed(seed)
+    if not m.diffusion and (steps is not None or (num_samples or 1) > 1):
+        raise AmbientMRIError(f"method {m.name!r} is deterministic: it takes no steps and no num_samples > 1 "
+                              "(std maps come from the diffusion methods)")
+
+
 def method(name: str, domain: str, options: dict | None = None) -> Method:
-    """The method ``name`` for ``domain`` ("mri" | "image"), its options checked against the table."""
-    m = METHODS.get(ALIASES.get(name, name))
+    """The method ``name`` for ``domain`` ("mri" | "image"), its options checked against the table and by value."""
+    m = METHODS.get(ALIASES.get(name, name)) if isinstance(name, str) else None
     offered = MRI_METHODS if domain == "mri" else IMAGE_METHODS
     if m is None or m.name not in offered:
         raise AmbientMRIError(f"unknown method {name!r}; choose one of {', '.join(offered)}")
@@ -87,6 +137,7 @@ def method(name: str, domain: str, options: dict | None = None) -> Method:
     if unknown:
         raise AmbientMRIError(f"option(s) {', '.join(unknown)} do not apply to method {m.name!r}; its options: "
                               f"{', '.join(m.options) or 'none'}")
+    check_options(options or {})
     return m
 
 
@@ -161,7 +212,7 @@ def training_type_mask(record, batch: int, seed: int, width: int | None = None) 
 
     _, H, W = r.image_shape
     for b in range(batch):
-        m = (np.random.RandomState((seed, _GEN_TAG, b, 0)).uniform(size=(H, W)) >= a.p).astype(np.float32)
+        m = (np.random.RandomState(seed_from((seed, _GEN_TAG, b, 0))).uniform(size=(H, W)) >= a.p).astype(np.float32)
         if a.box is not None:
             m = m * box_mask((H, W), int(a.box), seed=(seed, _GEN_TAG, b, 1))
         if r.further.delta is not None:

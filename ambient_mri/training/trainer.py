@@ -158,7 +158,10 @@ def run_folder(run_dir: Path, r: Recipe, rank: int):
                 for d in run_dir.parents:  # and the parents it made, while empty
                     if d == top.parent or not d.is_dir() or any(d.iterdir()):
                         break
-                    d.rmdir()
+                    try:
+                        d.rmdir()
+                    except OSError:  # e.g. another run just made a folder there: never hide the real error
+                        break
             raise
         finally:
             if handler is not None:
