@@ -251,13 +251,13 @@ def classical(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarray, seed:
             warn_below_zero_filled(
                 f"{method}: every acquired line is an ACS line, so none can be held out to choose λ: the default "
                 f"λ = {lam:g} is used unchecked and the image may be worse than zero-filled; pass lam= or compare "
-                "with method='zero_filled'", "unchecked_lambda", stacklevel=4)
+                "with method='zero_filled'", "unchecked_lambda")
         elif method == "l1_wavelet" and lam >= L1_WARN_LAMBDA:
             warn_below_zero_filled(
                 f"l1_wavelet: the scan's held-out lines chose a strong regularisation (λ = {lam:g} >= "
                 f"{L1_WARN_LAMBDA:g}): the acquired lines do not determine this image well (few ACS lines for the "
                 "coil maps, or few lines outside them), so it may be worse than zero-filled; compare with "
-                "method='sense' or 'zero_filled'", "strong_lambda", stacklevel=4)
+                "method='sense' or 'zero_filled'", "strong_lambda")
     lam = float(lam)
     x = _solve_batch(method, y, maps, m, lam, iters, l2)
     return x.astype(np.complex64), {"lambda": lam, "iters": iters, **({"l2": l2} if method == "l1_wavelet" else {}),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -47,19 +49,24 @@ class BelowZeroFilledWarning(UserWarning):
         return type(self), (self.args[0], self.reason)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # the volume a BelowZeroFilledWarning is about, and the list its file records them in (``volume_warnings``)
 _VOLUME: ContextVar[tuple[str, list] | None] = ContextVar("ambient_mri_volume", default=None)
 
 
-def warn_below_zero_filled(message: str, reason: str, stacklevel: int = 2) -> None:
-    """Issue a BelowZeroFilledWarning; inside ``volume_warnings`` the message ends with the volume's name (so a
-    folder run says which volume each is about, and Python does not fold identical texts of different volumes) and
-    the warning is recorded for its output file, whatever the warning filters do with it."""
+def warn_below_zero_filled(message: str, reason: str) -> None:
+    """Issue a BelowZeroFilledWarning at the user's line (the first frame outside this package, whichever entry
+    point was called); inside ``volume_warnings`` the message ends with the volume's name (so a folder run says
+    which volume each is about, and Python does not fold identical texts of different volumes) and the warning is
+    recorded for its output file, whatever the warning filters do with it."""
     volume = _VOLUME.get()
     if volume is not None:
         volume[1].append({"reason": reason, "message": message})
         message = f"{message} [{volume[0]}]"
-    warnings.warn(BelowZeroFilledWarning(message, reason), stacklevel=stacklevel + 1)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(BelowZeroFilledWarning(message, reason), stacklevel=level)
 
 
 @contextlib.contextmanager

@@ -128,11 +128,11 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
 
 def _check_scale(x: torch.Tensor, sigma_n: float, name: str) -> None:
     """Images must be in the model's [-1, 1] (plus their noise): a 0..255 image would be clamped, its known pixels
-    lost, without a word."""
+    lost, without a word. Only a clearly wrong range is refused (beyond 2 + 10 σ_n), not a noisy pixel past 1."""
     top = float(x.abs().max())
-    if top > 1 + 6 * sigma_n + 1e-3:
-        raise AmbientMRIError(f"{name}: values reach {top:g}; images must be in [-1, 1], the models' scale "
-                              "(ambient_mri.data.images.to_model_scale maps [0, 1] images there)")
+    if top > 2 + 10 * sigma_n:
+        raise AmbientMRIError(f"{name}: values reach {top:g} (sigma_n {sigma_n:g}); images must be in [-1, 1], the "
+                              "models' scale (ambient_mri.data.images.to_model_scale maps [0, 1] images there)")
 
 
 def _check_model(model) -> tuple[int, int, int]:

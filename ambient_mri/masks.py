@@ -24,11 +24,13 @@ def seed_from(seed) -> int | tuple[int, ...] | None:
     modulo 2**32 (numpy's limit; derived seeds such as seed * 100_003 + b exceed it, smaller ones are unchanged)."""
     if seed is None:
         return None
-    if isinstance(seed, (int, np.integer)):
-        return int(seed) % 2**32
     if isinstance(seed, str):
         return tuple(map(ord, seed))
-    return tuple(int(s) % 2**32 for s in seed)
+    values = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if min(values, default=0) < 0:
+        raise AmbientMRIError(f"seed must be >= 0, got {seed!r}")
+    values = [v % 2**32 for v in values]
+    return values[0] if isinstance(seed, (int, np.integer)) else tuple(values)
 
 
 def _rng(seed) -> np.random.RandomState:

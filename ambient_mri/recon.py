@@ -269,6 +269,8 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
                         seed=Path(in_path).name)[0]
     m = m * vol.padding_mask()  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
+    if w > k.shape[-1]:  # fastMRI's "FLAIR 203" rule (transforms, varnet): a recon wider than the k-space -> W x W
+        h = w = k.shape[-1]
     if not (1 <= h <= k.shape[-2] and 1 <= w <= k.shape[-1]):  # as prepare refuses it
         raise DataFileError(in_path, f"header recon size {h}x{w} does not fit the k-space {k.shape[-2]}x{k.shape[-1]}")
     size = options.pop("target_size", None) or (int(h), int(w))  # the header's, unless the caller gives one

@@ -190,7 +190,7 @@ def warn_if_noise_dominated(snr: float | None, method: str) -> None:
             f"{method}: the acquired lines outside the ACS block are mostly noise (energy {snr:.2f}x the noise level, "
             f"below {MIN_OUTER_SNR}): held-out lines cannot tell a good λ from a bad one, whether chosen or given, "
             "and the image may be worse than zero-filled; compare with method='zero_filled', or use a learned method",
-            "noise", stacklevel=4)
+            "noise")
 
 
 # The near-unregularised SENSE fit of the acquired lines leaves this many times the noise energy when the coil maps
@@ -230,7 +230,7 @@ def warn_if_maps_misfit(misfit: tuple[float, float] | None, refined: bool | None
             f"noise energy, {100 * misfit[1]:.2f}% of the data's{note}): "
             "maps from these ACS lines are poor for this anatomy (too few ACS lines, or anatomy filling the field of "
             "view), so the image may be worse than zero-filled; acquire more ACS lines, pass maps=, or compare with "
-            "method='zero_filled'", "maps", stacklevel=4)
+            "method='zero_filled'", "maps")
 
 
 def warn_if_maps_unchecked(method: str, coils: int) -> None:
@@ -242,7 +242,7 @@ def warn_if_maps_unchecked(method: str, coils: int) -> None:
         f"{method}: the coil maps cannot be checked against the data ({coils} coils x the acquired columns are no "
         "more than the unknown pixels of any image row), and ESPIRiT's maps from few ACS lines can be poor unseen "
         "(anatomy filling the field of view), so the image may be worse than zero-filled; pass maps=, acquire more "
-        "lines, or compare with method='zero_filled'", "maps_unchecked", stacklevel=4)
+        "lines, or compare with method='zero_filled'", "maps_unchecked")
 
 
 def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
@@ -251,5 +251,4 @@ def warn_if_underdetermined(rho: float, method: str, coils: int) -> None:
         warn_below_zero_filled(
             f"{method}: {coils} coils x the acquired columns give only {rho:.2f} samples per unknown pixel of a row "
             f"(below {MIN_SAMPLES_PER_UNKNOWN}): the coils cannot unalias this acceleration, so the image may be "
-            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", "underdetermined",
-            stacklevel=4)
+            "noisier than zero-filled; use a lower acceleration, more coils, or a learned method", "underdetermined")

@@ -163,7 +163,7 @@ def test_numpy_scalars_and_complex32_are_taken():
     ({"sigma_min": 0.0}, "sigma_min must be > 0"),
     ({"sigma_min": -1.0}, "sigma_min must be > 0"),
     ({"sigma_max": float("nan")}, "sigma_max must be a finite number"),
-    ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min .* must be below sigma_max"),
+    ({"sigma_min": 2.0, "sigma_max": 1.0}, "sigma_min .* must not be above sigma_max"),
     ({"zeta": float("nan")}, "zeta must be a finite number"),
     ({"eta": 1.5}, r"eta must be in \[0, 1\]"),
     ({"cg_iters": 2.5}, "cg_iters must be an integer >= 1"),
@@ -186,9 +186,34 @@ def test_masks_refuse_nan_and_an_acs_block_that_leaves_no_room():
         kspace_mask("equispaced", (64, 32), 4, 0.25)
 
 
-def test_reconstruct_file_checks_center_fraction_recon_size_and_takes_target_size(tmp_path):
+def _set_recon_size(path, x: int, y: int) -> None:
+    """Write (x columns, y rows) as the header's recon size."""
     import xml.etree.ElementTree as ET
 
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        root = ET.fromstring(f["ismrmrd_header"][()].decode())
+        ns = {"m": root.tag.split("}")[0][1:]} if root.tag.startswith("{") else {}
+        pre = "m:" if ns else ""
+        for tag, v in (("x", x), ("y", y)):
+            root.find(f".//{pre}reconSpace/{pre}matrixSize/{pre}{tag}", ns).text = str(v)
+        del f["ismrmrd_header"]
+        f["ismrmrd_header"] = ET.tostring(root)
+
+
+def test_a_recon_size_wider_than_the_kspace_follows_fastmri_flair_203_rule(tmp_path):
+    import h5py
+
+    make_fastmri_volume(tmp_path / "v.h5", blobs(2, 32), num_coils=4, noise_std=1e-3)
+    _set_recon_size(tmp_path / "v.h5", 40, 40)
+    out = am.reconstruct_file(tmp_path / "v.h5", tmp_path / "o.h5", acceleration=2, center_fraction=0.25,
+                              method="zero_filled", progress=False)
+    with h5py.File(out, "r") as f:
+        assert f["reconstruction"].shape == (2, 32, 32)
+
+
+def test_reconstruct_file_checks_center_fraction_recon_size_and_takes_target_size(tmp_path):
     import h5py
 
     make_fastmri_volume(tmp_path / "v.h5", blobs(2, 32), num_coils=4, noise_std=1e-3)
@@ -199,15 +224,7 @@ def test_reconstruct_file_checks_center_fraction_recon_size_and_takes_target_siz
                               method="zero_filled", target_size=(16, 16), progress=False)
     with h5py.File(out, "r") as f:
         assert f["reconstruction"].shape == f["zero_filled"].shape == (2, 16, 16)
-    with h5py.File(tmp_path / "v.h5", "a") as f:  # a header recon size of 0 x 0
-        xml = f["ismrmrd_header"][()].decode()
-        root = ET.fromstring(xml)
-        ns = {"m": root.tag.split("}")[0][1:]} if root.tag.startswith("{") else {}
-        pre = "m:" if ns else ""
-        for tag in ("x", "y"):
-            root.find(f".//{pre}reconSpace/{pre}matrixSize/{pre}{tag}", ns).text = "0"
-        del f["ismrmrd_header"]
-        f["ismrmrd_header"] = ET.tostring(root)
+    _set_recon_size(tmp_path / "v.h5", 0, 0)
     with pytest.raises(am.DataFileError, match="v.h5: header recon size 0x0 does not fit"):
         am.reconstruct_file(tmp_path / "v.h5", tmp_path / "o2.h5", acceleration=2, center_fraction=0.25,
                             method="zero_filled")
@@ -251,3 +268,22 @@ def am_image():
     import ambient_mri.image_recon as image_recon
 
     return image_recon
+
+
+def test_a_sigma_max_below_the_models_default_sigma_min_is_refused():
+    from ambient_mri.sampling.prior import edm_sigmas
+
+    with pytest.raises(am.AmbientMRIError, match=r"sigma_min \(0.1\) is above sigma_max \(0.05\).*give both"):
+        edm_sigmas(10, 0.1, 0.05)
+
+
+def test_seeds_are_non_negative_and_noisy_known_pixels_are_taken():
+    from ambient_mri.image_recon import _check_scale
+    from ambient_mri.masks import kspace_mask, seed_from
+
+    assert seed_from(2**32 + 5) == 5 and seed_from((1, 2)) == (1, 2) and seed_from("a.h5") == (97, 46, 104, 53)
+    with pytest.raises(am.AmbientMRIError, match="seed must be >= 0"):
+        kspace_mask("random", (8, 32), 2, 0.25, seed=-1)
+    _check_scale(torch.full((1, 1, 4, 4), 1.3), 0.0, "image")  # a noisy pixel past 1 is fine
+    with pytest.raises(am.AmbientMRIError, match="values reach 255"):
+        _check_scale(torch.full((1, 1, 4, 4), 255.0), 0.0, "image")

@@ -273,6 +273,13 @@ def test_folder_warnings_name_each_volume_and_are_stored_with_it(raw, tmp_path, 
         with h5py.File(out / name, "r") as f:
             stored = json.loads(f.attrs["warnings"])
         assert [w["reason"] for w in stored] == ["unchecked_lambda"] and "default λ" in stored[0]["message"]
+    # from the Python API the warning points at the caller's line (module filters work), through either entry
+    opts = dict(method="sense", acceleration=2, center_fraction=0.5)
+    with pytest.warns(am.BelowZeroFilledWarning) as caught:
+        am.reconstruct_file(raw / "vol0.h5", tmp_path / "api.h5", progress=False, **opts)
+        k = am.data.read_fastmri(raw / "vol0.h5").kspace.read()
+        am.reconstruct(k * np.ones(k.shape[-1]), np.ones(k.shape[-1]), method="sense", progress=False)
+    assert {Path(w.filename).name for w in caught} == {Path(__file__).name}, [w.filename for w in caught]
 
 
 def test_reconstruct_refuses_to_write_a_non_finite_image(raw, tmp_path, monkeypatch):

@@ -109,8 +109,8 @@ def check_options(options: dict) -> None:
         else:
             check_number(k, v, 0.0, strict=k in _POSITIVE)
     lo, hi = options.get("sigma_min"), options.get("sigma_max")
-    if lo is not None and hi is not None and lo >= hi:
-        raise AmbientMRIError(f"sigma_min ({lo!r}) must be below sigma_max ({hi!r})")
+    if lo is not None and hi is not None and lo > hi:
+        raise AmbientMRIError(f"sigma_min ({lo!r}) must not be above sigma_max ({hi!r})")
 
 
 def check_run(m: Method, steps, num_samples, batch_size=None, seed=0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import AmbientMRIError
 from ..model import apply_denoiser
 from ..operators import LinearOperator
 
@@ -25,6 +26,9 @@ class Prior:
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
                device=None) -> torch.Tensor:
     """EDM's noise levels σ_0 > ... > σ_{N-1} = σ_min, with σ_N = 0 appended: (steps + 1,) float64."""
+    if sigma_min > sigma_max:  # also where one of them is a default (a model's σ floor) and the other given
+        raise AmbientMRIError(f"sigma_min ({sigma_min:g}) is above sigma_max ({sigma_max:g}); one of them may be the "
+                              "model's default: give both")
     i = torch.arange(steps, dtype=torch.float64)
     s = (sigma_max ** (1 / rho) + i / max(steps - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).to(device)
