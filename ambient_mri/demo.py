@@ -9,7 +9,8 @@
 Options: ``--size`` (image side, default 64), ``--coils`` (default 8), ``--minutes`` (training budget),
 ``--adps-steps``, ``--device``, ``--threads`` (torch CPU threads; default: 1 or torch's default, whichever a quick
 benchmark finds faster, see ``pick_threads``). Re-running into the same ``--output`` keeps the data and continues
-training from the last checkpoint; a different ``--size``/``--coils`` needs a new folder.
+training from the last checkpoint; a different ``--size``/``--coils`` needs a new folder (the marker
+``.ambient_mri_demo``, written first, records them), and a non-empty folder that holds no demo is refused.
 Reduced setting (CI): ``ambient-mri demo --output DIR --minutes 0.2 --size 32 --adps-steps 5`` (~35 s on 2 cores).
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import AmbientMRIError
-from .files import make_folder, save_figure, write_json
+from .files import check_finite_number, make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
@@ -59,6 +60,30 @@ def pick_threads(size: int, device: str | None = None) -> int:
     return best
 
 
+MARKER = ".ambient_mri_demo"  # written first into the output folder: what this folder's demo is built with
+
+
+def _claim(out: Path, size: int, coils: int) -> None:
+    """Take ``out`` for the demo: a new or empty folder, or one a demo of the same --size/--coils started (its
+    marker, or the data record of an older version). Anything else is someone's folder: the demo would write over
+    results.json and train on any .h5 file under data/raw."""
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            have = json.loads(marker.read_text())
+            have = (int(have["size"]), int(have["coils"]))
+        except (ValueError, KeyError, TypeError):
+            raise AmbientMRIError(f"{marker}: unreadable demo marker; use a new --output folder") from None
+        if have != (size, coils):
+            raise AmbientMRIError(f"{out} holds a demo started with --size {have[0]} --coils {have[1]}; use a new "
+                                  f"--output folder for --size {size} --coils {coils}")
+    elif any(out.iterdir()) and not (out / "data" / "demo.json").is_file():
+        raise AmbientMRIError(f"{out} is not empty and holds no demo: the demo would write over its files; use a "
+                              "new --output folder")
+    _check_settings(out / "data", size, coils)
+    write_json(marker, {"size": size, "coils": coils})
+
+
 def _check_settings(root: Path, size: int, coils: int) -> None:
     record = root / "demo.json"
     if not record.is_file():
@@ -84,7 +109,7 @@ def run_demo(args) -> int:
 def _run_demo(args) -> int:
     import h5py
 
-    from data_tools.demo import build_demo, demo_center_fraction
+    from data_tools.demo import build_demo, check_build, demo_center_fraction
 
     from .model import load_model
     from .recon import reconstruct_file
@@ -94,8 +119,7 @@ def _run_demo(args) -> int:
     out = Path(args.output)
     if not RECIPE.is_file():
         raise AmbientMRIError(f"{RECIPE}: demo recipe not found (run the demo from a source checkout)")
-    if args.minutes <= 0:
-        raise AmbientMRIError(f"--minutes must be > 0, got {args.minutes}")
+    check_finite_number("--minutes", args.minutes, 0.0, strict=True)
     if args.adps_steps < 1:
         raise AmbientMRIError(f"--adps-steps must be >= 1, got {args.adps_steps}")
     coils = getattr(args, "coils", 8)
@@ -103,8 +127,9 @@ def _run_demo(args) -> int:
         raise AmbientMRIError(f"--threads must be >= 0 (0: chosen for the image size), got {args.threads}")
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
+    check_build(args.size, coils)
     make_folder(out)
-    _check_settings(out / "data", args.size, coils)
+    _claim(out, args.size, coils)
     print(f"The demo trains for up to {args.minutes:g} min; on 2 CPU cores the whole run takes about "
           f"{args.minutes + RECON_MINUTES:.0f} min (building the data and reconstructing take the rest).")
     print(f"[1/4] building the demo data in {out / 'data'} ({args.size}x{args.size}, {coils} coils; "

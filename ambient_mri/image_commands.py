@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AmbientMRIError
-from .files import atomic_path, check_finite_number, check_seed, make_folder, write_json
+from .errors import AmbientMRIError, DataFileError
+from .files import atomic_path, check_finite_number, check_seed, make_folder, remove_temps, write_json
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -50,20 +50,37 @@ def _save_png(path: Path, img: np.ndarray) -> None:
         Image.fromarray(img).save(tmp, format="PNG")
 
 
-def write_samples(samples, output, meta: dict | None = None) -> dict:
-    """sample_00000.png ... (one per image), samples.npy (all, float32 in [-1, 1] or complex64), grid.png and
-    samples.json (``meta``) in ``output``."""
+def sample_folder(output) -> Path:
+    """``output`` made ready for ``write_samples`` before any sampling: a killed run's temporaries removed, and
+    sample_*.png of an earlier run there (a samples.npy or samples.json beside them says a run of this command
+    wrote them) removed, so that no stale image joins the new set; sample_*.png with no such record are someone's
+    files: refused."""
     out = Path(output)
     make_folder(out)
+    remove_temps(out)
+    old = sorted(out.glob("sample_*.png"))
+    if old and not ((out / "samples.npy").is_file() or (out / "samples.json").is_file()):
+        raise DataFileError(out, f"holds {len(old)} sample_*.png image(s) that `ambient-mri sample` did not record "
+                            "writing (no samples.npy); choose another --output")
+    for p in old:
+        p.unlink()
+    return out
+
+
+def write_samples(samples, output, meta: dict | None = None) -> dict:
+    """samples.npy (all, float32 in [-1, 1] or complex64) and samples.json (``meta``) first, then sample_00000.png
+    ... (one per image) and grid.png in ``output`` (``sample_folder``): a run killed while writing images leaves
+    the whole set in samples.npy, which ``memorization`` reads before any PNG."""
+    out = sample_folder(output)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
+    with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
+    write_json(out / "samples.json", meta or {})
     u8 = _to_uint8(x)
     width = max(5, len(str(len(x) - 1)))
     for i, im in enumerate(u8):
         _save_png(out / f"sample_{i:0{width}d}.png", im)
-    with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
     _save_png(out / "grid.png", image_grid(u8[:256]))
-    write_json(out / "samples.json", meta or {})
     return {"num": len(x), "folder": str(out)}
 
 
@@ -77,8 +94,7 @@ def run_sample(args) -> int:
     check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
     check_seed(args.seed, "--seed")
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
-    out = Path(args.output)
-    make_folder(out)
+    out = sample_folder(args.output)  # before sampling: stale or foreign images refused or cleared first
     tic = time.time()
     x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
@@ -105,6 +121,10 @@ def run_memorization(args) -> int:
         raise AmbientMRIError(f"--labels must differ, got {labels}")
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     out = Path(args.output) if args.output else Path(dirs[0])
+    train = Path(args.train)
+    if train.is_dir() and (out.resolve() == train.resolve() or train.resolve() in out.resolve().parents):
+        raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
+                              "training images of the next study; choose another --output")
     make_folder(out)
     result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)

@@ -99,7 +99,8 @@ def safe_load(path, map_location="cpu") -> dict:
 def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
     """Write a model file (``state_dict`` defaults to the model's own, e.g. pass the EMA weights)."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    atomic_torch_save({"format": FORMAT, "config": _plain(model.config), "info": _plain(model.record.to_dict()),
+    atomic_torch_save({"format": FORMAT, "config": plain_values(model.config),
+                       "info": plain_values(model.record.to_dict()),
                        "state_dict": {k: v.detach().cpu() for k, v in sd.items()}}, path)
 
 
@@ -138,12 +139,12 @@ def load_model(path, device=None) -> Denoiser:
     return model.eval().to(dev)
 
 
-def _plain(obj):
+def plain_values(obj):
     """Recipes hold tuples and numpy scalars; the safe loader accepts only plain containers."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_values(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_values(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):

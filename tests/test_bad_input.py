@@ -50,7 +50,8 @@ def test_resume_with_another_network_names_the_checkpoint(tmp_path):
     train(recipe, dataset=(with_further(data, load_recipe(recipe)), {}), progress=False)
     wider = {**recipe, "training": {**recipe["training"], "steps": 4},
              "network": {**recipe["network"], "model_channels": 16}}
-    with pytest.raises(am.DataFileError, match="checkpoint.pt: this checkpoint does not match"):
+    with pytest.raises(am.DataFileError, match=r"checkpoint.pt: resuming would continue a different training: "
+                                               r"network.model_channels \(8 -> 16\)"):
         train(wider, dataset=(with_further(data, load_recipe(wider)), {}), progress=False)
 
 

@@ -213,3 +213,35 @@ def test_demo_reduced_runs_end_to_end(tmp_path):
         assert r["nfe"] == {"fast": 50, "adps": 5, "one_step": 1}.get(key.split("/")[1], 0)
     assert res["results"]["R4/sense"]["PSNR"] > res["results"]["R4/zero_filled"]["PSNR"]
     assert (out / "results.png").stat().st_size > 10_000
+
+
+def test_demo_claims_only_its_own_folders(tmp_path, capsys):
+    """The demo writes results.json and trains on every .h5 under data/raw: it refuses a non-empty folder that
+    holds no demo, a demo folder started with other --size/--coils (even one killed before its data record), and
+    a single coil, --minutes nan, before writing anything."""
+    from ambient_mri.cli import main
+
+    theirs = tmp_path / "theirs"
+    (theirs / "data" / "raw" / "train").mkdir(parents=True)
+    (theirs / "results.json").write_text('{"my": "precious results"}')
+    (theirs / "data" / "raw" / "train" / "my_scan.h5").write_bytes(b"not ours")
+
+    def demo(*args):
+        capsys.readouterr()
+        code = main(["demo", "--minutes", "0.01", *args])
+        return code, capsys.readouterr().err
+
+    code, err = demo("--output", str(theirs), "--size", "16", "--coils", "2")
+    assert code == 2 and "is not empty and holds no demo" in err
+    assert (theirs / "results.json").read_text() == '{"my": "precious results"}'
+    assert sorted(p.name for p in theirs.rglob("*")) == ["data", "my_scan.h5", "raw", "results.json", "train"]
+    started = tmp_path / "started"  # a demo killed while building its data: only the marker tells its settings
+    started.mkdir()
+    (started / ".ambient_mri_demo").write_text('{"size": 32, "coils": 8}')
+    (started / "data").mkdir()
+    code, err = demo("--output", str(started), "--size", "32", "--coils", "2")
+    assert code == 2 and "started with --size 32 --coils 8" in err
+    for args, pattern in ((["--coils", "1"], "--coils must be >= 2"), (["--minutes", "nan"], "--minutes must be")):
+        capsys.readouterr()
+        code = main(["demo", "--output", str(tmp_path / "new"), "--size", "16", *args])
+        assert code == 2 and pattern in capsys.readouterr().err and not (tmp_path / "new").exists()

@@ -645,6 +645,51 @@ def test_sample_with_a_missing_model_leaves_no_folder(tmp_path, capsys):
     assert code == 2 and "m.pt: no such file" in err and not (tmp_path / "o").exists()
 
 
+def _pixel_model(path: Path):
+    from ambient_mri.model import Denoiser, save_model
+    from ambient_mri.training.trainer import network_config
+    from helpers import TINY_NET
+
+    r = load_recipe({"network": TINY_NET, "corruption": {"operator": "pixel", "p": 0.5, "cond": ["mask"]}})
+    net = Denoiser(network_config(r, 1, 1), {"operator": "pixel", "ambient": True, "cond": ["mask"],
+                                            "image_shape": [1, 8, 8], "acquisition": {"p": 0.5}})
+    save_model(net, path)
+    return net
+
+
+def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
+    """A rerun with fewer samples removes the earlier run's images and a killed run's temporaries; sample_*.png
+    that no run of the command recorded are someone's: refused before sampling."""
+    _pixel_model(tmp_path / "pix.pt")
+    out = tmp_path / "s"
+    base = ["sample", "--model", str(tmp_path / "pix.pt"), "--steps", "2", "--output", str(out), "--no-progress"]
+    assert run([*base, "--num", "4"], capsys)[0] == 0
+    (out / ".sample_00009.png.x.tmp").write_bytes(b"killed")
+    assert run([*base, "--num", "2"], capsys)[0] == 0
+    assert sorted(p.name for p in out.glob("sample_*.png")) == ["sample_00000.png", "sample_00001.png"]
+    assert np.load(out / "samples.npy").shape[0] == 2 and not temps(out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "sample_holiday.png").write_bytes(b"a photo")
+    code, _, err = run([*base[:-3], "--output", str(mine), "--num", "2", "--no-progress"], capsys)
+    assert code == 2 and "did not record writing" in err and (mine / "sample_holiday.png").read_bytes() == b"a photo"
+
+
+def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, capsys):
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)).save(train_dir / f"{i}.png")
+    np.save(tmp_path / "samples.npy", np.zeros((2, 1, 8, 8), np.float32))
+    before = checksums(train_dir)
+    code, _, err = run(["memorization", "--samples", str(tmp_path / "samples.npy"), "--train", str(train_dir),
+                        "--output", str(train_dir / "figs")], capsys)
+    assert code == 2 and "is inside the --train folder" in err and checksums(train_dir) == before
+    assert not (train_dir / "figs").exists()
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("touch PWNED_MODEL",))

@@ -143,6 +143,28 @@ def test_sigkill_between_checkpoints_resumes_exactly(tmp_path):
             torch.testing.assert_close(sa[i][k], sb[i][k], rtol=0, atol=0)
 
 
+def test_resume_with_another_recipe_or_data_is_refused_and_changes_nothing(tmp_path):
+    """A resume may change how long and where it runs, not what it trains: a changed corruption, seed or data set
+    is refused by name before anything in the run folder is written."""
+    recipe = tiny_recipe(tmp_path, steps=2, checkpoint_every=2)
+    run = train(recipe, dataset=dataset_for(recipe), progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for override, pattern in ((["corruption.extra_lines=3"], r"corruption.extra_lines \(2 -> 3\)"),
+                              (["training.seed=7"], r"training.seed \(0 -> 7\)"),
+                              (["network.model_channels=16"], "network.model_channels")):
+        changed = load_recipe(recipe, [*override, "training.steps=4"])
+        with pytest.raises(am.DataFileError, match=f"checkpoint.pt: resuming would continue a different training: "
+                                                   f".*{pattern}"):
+            train(changed, dataset=dataset_for(changed), progress=False)
+    longer = load_recipe(recipe, ["training.steps=4"])
+    other_data = (dataset_for(longer)[0], {"source": "synthetic", "files": 99})
+    with pytest.raises(am.DataFileError, match=r"the training data's files \(None -> 99\)"):
+        train(longer, dataset=other_data, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # recipe.yaml included
+    train(longer, dataset=dataset_for(longer), progress=False)  # more steps: allowed
+    assert len(losses(run)) == 4
+
+
 def test_two_gloo_processes_match_one_process(tmp_path):
     script = ROOT / "tests" / "scripts" / "train_tiny.py"
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
@@ -174,9 +196,18 @@ def test_recipe_errors_name_the_key(tmp_path):
 
     recipe = tiny_recipe(tmp_path, batch_size=3)
     with pytest.raises(am.AmbientMRIError, match="divisible"), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RANK", "0")
-        mp.setenv("WORLD_SIZE", "2")
+        for k, v in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+            mp.setenv(k, v)
         train(recipe, dataset=dataset_for(recipe), progress=False)
+    # torchrun's variables, checked before any work (they gave torch tracebacks, a hang, or a silent half batch)
+    for env, pattern in (({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT not set"),
+                         ({"RANK": "abc", "WORLD_SIZE": "1"}, "RANK='abc' is not an integer"),
+                         ({"RANK": "0", "WORLD_SIZE": "-2"}, "need WORLD_SIZE >= 1"),
+                         ({"RANK": "3", "WORLD_SIZE": "2"}, "0 <= RANK < WORLD_SIZE")):
+        with pytest.raises(am.AmbientMRIError, match=pattern), pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            train(tiny_recipe(tmp_path), dataset=dataset_for(recipe), progress=False)
     with pytest.raises(am.AmbientMRIError, match="no checkpoint.pt"):
         train(tiny_recipe(tmp_path), resume=tmp_path / "nowhere", dataset=dataset_for(recipe), progress=False)
 

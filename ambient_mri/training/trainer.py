@@ -28,7 +28,7 @@ from ..corruption import is_complex
 from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
 from ..files import ensure_space, make_folder, remove_temps, run_lock, write_text
-from ..model import Denoiser, atomic_torch_save, safe_load, save_model
+from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_model
 from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .preview import preview
@@ -80,9 +80,59 @@ class StepPlan(Sampler):
 
 
 def _dist_env() -> tuple[int, int, int]:
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    return 0, 1, 0
+    """(rank, world size, local rank) from torchrun's variables, checked: a bad value raised deep in torch, hung,
+    or (WORLD_SIZE < 1) trained silently on a fraction of each batch."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        raw = os.environ.get(name, "0")
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise AmbientMRIError(f"environment variable {name}={raw!r} is not an integer (torchrun sets it)") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise AmbientMRIError(f"RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}: need WORLD_SIZE >= 1 and "
+                              "0 <= RANK < WORLD_SIZE (launch with torchrun, which sets them)")
+    if world > 1 and not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise AmbientMRIError(f"WORLD_SIZE={world} but {' and '.join(missing)} not set: launch with torchrun")
+    return rank, world, local
+
+
+# what a resumed run may change: where it runs and writes, how long and how often it logs; anything else would
+# continue a different training under the same name
+RESUMABLE = {"name", "output", "data.path", "training.steps", "training.max_minutes", "training.checkpoint_every",
+             "training.log_every", "training.num_workers", "training.device", "training.compile", "training.amp"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
+    """Refuse to resume ``ckpt_path`` under a recipe or data that differ from the ones it was trained with, naming
+    each changed field (data may move: its summary, not its path, must match)."""
+    ck = safe_load(ckpt_path)
+    if not isinstance(ck, dict) or not isinstance(ck.get("recipe"), dict):
+        return  # not a checkpoint: restore says so
+    norm = lambda d: json.loads(json.dumps(d, default=str))  # noqa: E731 - tuples as lists, as stored
+    old, new = _flat(norm(ck["recipe"])), _flat(norm(r.to_dict()))
+    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
+               if k not in RESUMABLE and old.get(k) != new.get(k)]
+    if isinstance(ck.get("data"), dict):
+        was, now = ({k: v for k, v in norm(d).items() if k != "root"} for d in (ck["data"], data_info))
+        changed += [f"the training data's {k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(was.keys() |
+                    now.keys()) if was.get(k) != now.get(k)]
+    if changed:
+        raise DataFileError(ckpt_path, "resuming would continue a different training: " + "; ".join(changed[:6]) +
+                            ("; ..." if len(changed) > 6 else "") + ". Resume with the recipe and data that wrote "
+                            "it (recipe.yaml in the run folder), or train under another name or output")
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -212,11 +262,14 @@ def ema_update(ema, model, t, step: int) -> None:
         be.copy_(bm)
 
 
-def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, n_train: int, device) -> None:
-    """checkpoint.pt (the resume state), model.pt (EMA weights) and a preview PNG, each written atomically."""
+def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, n_train: int, device,
+                    data_info: dict | None = None) -> None:
+    """checkpoint.pt (the resume state, with the recipe and the data summary a resume is checked against),
+    model.pt (EMA weights) and a preview PNG, each written atomically."""
     ensure_space(run_dir, 4 * 5 * sum(p.numel() for p in model.parameters()), "a checkpoint and a model file")
     atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                       "step": step, "recipe": r.to_dict()}, run_dir / CHECKPOINT)
+                       "step": step, "recipe": r.to_dict(), "data": plain_values(data_info or {})},
+                      run_dir / CHECKPOINT)
     save_model(ema, run_dir / MODEL)
     preview(ema, data, n_train, r, run_dir / f"preview_{step:07d}.png", device)
     log.info("step %d: checkpoint and model written", step)
@@ -243,6 +296,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
+    if (run_dir / CHECKPOINT).is_file():
+        check_resume(run_dir / CHECKPOINT, r, data_info)  # before recipe.yaml is written over
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     with run_folder(run_dir, r, rank):
@@ -352,7 +407,7 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 out_of_time = bool(flag.item())
             if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps or out_of_time):
-                save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device)
+                save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device, data_info)
             if world > 1 and done % t.checkpoint_every == 0:
                 dist.barrier()
             if out_of_time:
