@@ -113,7 +113,7 @@ def _run_demo(args) -> int:
 
     from .model import load_model
     from .recon import reconstruct_file
-    from .training.trainer import train
+    from .training.trainer import ResumeError, train
 
     tic = time.time()
     out = Path(args.output)
@@ -140,7 +140,11 @@ def _run_demo(args) -> int:
     overrides = [f"data.path={paths['r4_train']}", f"output={out / 'runs'}", f"max_minutes={args.minutes}"]
     if args.device:
         overrides.append(f"device={args.device}")
-    run = train(RECIPE, overrides)
+    try:
+        run = train(RECIPE, overrides)
+    except ResumeError as e:  # e.g. the demo recipe changed since this folder's model was trained
+        raise AmbientMRIError(f"{out} holds a demo model trained with another recipe or data ({e.problem}); use a "
+                              "new --output folder") from None
     model = load_model(run / "model.pt", device=args.device)
     print(f"[3/4] reconstructing the held-out volume at R=4 and R=8 ({time.time() - tic:.0f} s so far)")
     results: dict = {}

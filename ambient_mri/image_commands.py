@@ -3,6 +3,8 @@ main parser, ``ambient_mri.cli``, by ``add_image_commands(subparsers)``)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -50,28 +52,41 @@ def _save_png(path: Path, img: np.ndarray) -> None:
         Image.fromarray(img).save(tmp, format="PNG")
 
 
-def sample_folder(output) -> Path:
-    """``output`` made ready for ``write_samples`` before any sampling: a killed run's temporaries removed, and
-    sample_*.png of an earlier run there (a samples.npy or samples.json beside them says a run of this command
-    wrote them) removed, so that no stale image joins the new set; sample_*.png with no such record are someone's
-    files: refused."""
+_OURS = ("samples.npy", "samples.json", "grid.png")  # with sample_NNNNN.png: what write_samples writes
+_SAMPLE_PNG = re.compile(r"sample_\d{5,}\.png")
+
+
+def sample_folder(output) -> list[Path]:
+    """Check ``output`` for ``write_samples`` before any sampling; -> the earlier run's images there, which
+    ``write_samples`` replaces. Images count as an earlier run's only beside a samples.json this command wrote (its
+    model, num and steps); sample_*.png without one are someone's files: refused, nothing touched."""
+    out = Path(output)
+    old = sorted(p for p in out.glob("sample_*.png")) if out.is_dir() else []
+    if not old:
+        return []
+    try:
+        meta = json.loads((out / "samples.json").read_text())
+        ours = isinstance(meta, dict) and {"model", "num", "steps"} <= set(meta)
+    except (OSError, ValueError):
+        ours = False
+    if not ours or any(not _SAMPLE_PNG.fullmatch(p.name) for p in old):
+        raise DataFileError(out, f"holds {len(old)} sample_*.png image(s) that `ambient-mri sample` did not record "
+                            "writing; choose another --output")
+    return old
+
+
+def write_samples(samples, output, meta: dict | None = None, stale: list[Path] | None = None) -> dict:
+    """samples.npy (all, float32 in [-1, 1] or complex64) and samples.json (``meta``) first, then sample_00000.png
+    ... (one per image) and grid.png in ``output``: a run killed while writing images leaves the whole set in
+    samples.npy, which ``memorization`` reads before any PNG. ``stale``: an earlier run's images to remove
+    (``sample_folder``), so that a smaller set leaves none behind; a killed write's temporaries of these files are
+    removed too."""
     out = Path(output)
     make_folder(out)
-    remove_temps(out)
-    old = sorted(out.glob("sample_*.png"))
-    if old and not ((out / "samples.npy").is_file() or (out / "samples.json").is_file()):
-        raise DataFileError(out, f"holds {len(old)} sample_*.png image(s) that `ambient-mri sample` did not record "
-                            "writing (no samples.npy); choose another --output")
-    for p in old:
-        p.unlink()
-    return out
-
-
-def write_samples(samples, output, meta: dict | None = None) -> dict:
-    """samples.npy (all, float32 in [-1, 1] or complex64) and samples.json (``meta``) first, then sample_00000.png
-    ... (one per image) and grid.png in ``output`` (``sample_folder``): a run killed while writing images leaves
-    the whole set in samples.npy, which ``memorization`` reads before any PNG."""
-    out = sample_folder(output)
+    for name in (*_OURS, "sample_*.png"):
+        remove_temps(out, f".{name}.*.tmp")
+    for p in stale or []:
+        p.unlink(missing_ok=True)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
     with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
@@ -94,7 +109,9 @@ def run_sample(args) -> int:
     check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
     check_seed(args.seed, "--seed")
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
-    out = sample_folder(args.output)  # before sampling: stale or foreign images refused or cleared first
+    stale = sample_folder(args.output)  # before sampling: someone's images refused, nothing touched yet
+    out = Path(args.output)
+    make_folder(out)
     tic = time.time()
     x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                       sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
@@ -105,7 +122,7 @@ def run_sample(args) -> int:
             "sigma_min": default_sigma_min(model, args.sigma_min), "seconds": round(time.time() - tic, 2),
             "operator": r.operator, "ambient": r.ambient, "sigma_n": r.sigma_n, "further": asdict(r.further),
             "data": {k: v for k, v in r.data.items() if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
-    write_samples(x, out, meta)
+    write_samples(x, out, meta, stale)
     print(f"{args.num} samples written to {out} (grid.png, samples.npy) in {meta['seconds']:.1f} s")
     return 0
 
@@ -122,7 +139,8 @@ def run_memorization(args) -> int:
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     out = Path(args.output) if args.output else Path(dirs[0])
     train = Path(args.train)
-    if train.is_dir() and (out.resolve() == train.resolve() or train.resolve() in out.resolve().parents):
+    if args.train not in ("faces", "mnist") and train.is_dir() and (
+            out.resolve() == train.resolve() or train.resolve() in out.resolve().parents):
         raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
                               "training images of the next study; choose another --output")
     make_folder(out)

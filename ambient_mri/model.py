@@ -79,13 +79,14 @@ def atomic_torch_save(obj: Any, path) -> None:
         torch.save(obj, tmp)
 
 
-def safe_load(path, map_location="cpu") -> dict:
-    """torch.load with weights_only=True; a clear error naming the file on anything unreadable."""
+def safe_load(path, map_location="cpu", mmap: bool = False) -> dict:
+    """torch.load with weights_only=True; a clear error naming the file on anything unreadable. ``mmap``: map the
+    tensors instead of reading them (to look at a large checkpoint's small entries)."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(path, "no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "Unpickler" in msg:

@@ -671,8 +671,12 @@ def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "sample_holiday.png").write_bytes(b"a photo")
+    (mine / "samples.json").write_text('{"album": "2025"}')
+    (mine / ".draft.tmp").write_text("mine too")
+    before = checksums(mine)
     code, _, err = run([*base[:-3], "--output", str(mine), "--num", "2", "--no-progress"], capsys)
-    assert code == 2 and "did not record writing" in err and (mine / "sample_holiday.png").read_bytes() == b"a photo"
+    assert code == 2 and "did not record writing" in err and checksums(mine) == before
+    assert (mine / ".draft.tmp").is_file()
 
 
 def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, capsys):

@@ -161,7 +161,11 @@ def test_resume_with_another_recipe_or_data_is_refused_and_changes_nothing(tmp_p
     with pytest.raises(am.DataFileError, match=r"the training data's files \(None -> 99\)"):
         train(longer, dataset=other_data, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # recipe.yaml included
-    train(longer, dataset=dataset_for(longer), progress=False)  # more steps: allowed
+    moved = (dataset_for(longer)[0], {"source": "elsewhere", "root": "/new/place", "path": "/new/place"})
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)  # an older version's checkpoint: fewer fields
+    del ck["recipe"]["data"]["augment"]
+    torch.save(ck, run / "checkpoint.pt")
+    train(longer, dataset=moved, progress=False)  # more steps, moved data, a field added since: allowed
     assert len(losses(run)) == 4
 
 

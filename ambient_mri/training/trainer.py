@@ -115,22 +115,35 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class ResumeError(DataFileError):
+    """A resume that would continue a different training (``check_resume``)."""
+
+
+# what a data summary may change when the same data move (or a package holding them is reinstalled)
+_DATA_PLACES = {"root", "path", "source"}
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN is NaN here
+
+
 def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     """Refuse to resume ``ckpt_path`` under a recipe or data that differ from the ones it was trained with, naming
-    each changed field (data may move: its summary, not its path, must match)."""
-    ck = safe_load(ckpt_path)
+    each changed field. Data may move (their summary, not their place, must match); fields the checkpoint's
+    version did not have yet are not compared."""
+    ck = safe_load(ckpt_path, mmap=True)
     if not isinstance(ck, dict) or not isinstance(ck.get("recipe"), dict):
         return  # not a checkpoint: restore says so
-    norm = lambda d: json.loads(json.dumps(d, default=str))  # noqa: E731 - tuples as lists, as stored
-    old, new = _flat(norm(ck["recipe"])), _flat(norm(r.to_dict()))
-    changed = [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(old.keys() | new.keys())
-               if k not in RESUMABLE and old.get(k) != new.get(k)]
+    old, new = _flat(plain_values(ck["recipe"])), _flat(plain_values(r.to_dict()))
+    changed = [f"{k} ({old[k]!r} -> {new[k]!r})" for k in sorted(old.keys() & new.keys())
+               if k not in RESUMABLE and not _same(old[k], new[k])]
     if isinstance(ck.get("data"), dict):
-        was, now = ({k: v for k, v in norm(d).items() if k != "root"} for d in (ck["data"], data_info))
+        was, now = ({k: v for k, v in plain_values(d).items() if k not in _DATA_PLACES}
+                    for d in (ck["data"], data_info))
         changed += [f"the training data's {k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(was.keys() |
-                    now.keys()) if was.get(k) != now.get(k)]
+                    now.keys()) if not _same(was.get(k), now.get(k))]
     if changed:
-        raise DataFileError(ckpt_path, "resuming would continue a different training: " + "; ".join(changed[:6]) +
+        raise ResumeError(ckpt_path, "resuming would continue a different training: " + "; ".join(changed[:6]) +
                             ("; ..." if len(changed) > 6 else "") + ". Resume with the recipe and data that wrote "
                             "it (recipe.yaml in the run folder), or train under another name or output")
 
