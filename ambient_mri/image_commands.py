@@ -58,20 +58,23 @@ _SAMPLE_PNG = re.compile(r"sample_\d{5,}\.png")
 
 def sample_folder(output) -> list[Path]:
     """Check ``output`` for ``write_samples`` before any sampling; -> the earlier run's images there, which
-    ``write_samples`` replaces. Images count as an earlier run's only beside a samples.json this command wrote (its
-    model, num and steps); sample_*.png without one are someone's files: refused, nothing touched."""
+    ``write_samples`` replaces. A folder holding any file this command writes (sample_*.png, samples.npy,
+    samples.json, grid.png) counts as an earlier run's only with a samples.json this command wrote (its model, num
+    and steps) and image files named as it names them; otherwise they are someone's: refused, nothing touched."""
     out = Path(output)
-    old = sorted(p for p in out.glob("sample_*.png")) if out.is_dir() else []
-    if not old:
+    if not out.is_dir():
+        return []
+    old = sorted(out.glob("sample_*.png"))
+    if not old and not any((out / name).exists() for name in _OURS):
         return []
     try:
         meta = json.loads((out / "samples.json").read_text())
         ours = isinstance(meta, dict) and {"model", "num", "steps"} <= set(meta)
     except (OSError, ValueError):
         ours = False
-    if not ours or any(not _SAMPLE_PNG.fullmatch(p.name) for p in old):
-        raise DataFileError(out, f"holds {len(old)} sample_*.png image(s) that `ambient-mri sample` did not record "
-                            "writing; choose another --output")
+    if not ours or any(not (_SAMPLE_PNG.fullmatch(p.name) and p.is_file()) for p in old):
+        raise DataFileError(out, "holds sample files (sample_*.png, samples.npy, samples.json or grid.png) that "
+                            "`ambient-mri sample` did not record writing; choose another --output")
     return old
 
 
@@ -79,13 +82,14 @@ def write_samples(samples, output, meta: dict | None = None, stale: list[Path] |
     """samples.npy (all, float32 in [-1, 1] or complex64) and samples.json (``meta``) first, then sample_00000.png
     ... (one per image) and grid.png in ``output``: a run killed while writing images leaves the whole set in
     samples.npy, which ``memorization`` reads before any PNG. ``stale``: an earlier run's images to remove
-    (``sample_folder``), so that a smaller set leaves none behind; a killed write's temporaries of these files are
-    removed too."""
+    (default: ``sample_folder``'s, which also refuses someone's files), so that a smaller set leaves none behind; a
+    killed write's temporaries of these files are removed too."""
     out = Path(output)
+    stale = sample_folder(out) if stale is None else stale
     make_folder(out)
     for name in (*_OURS, "sample_*.png"):
         remove_temps(out, f".{name}.*.tmp")
-    for p in stale or []:
+    for p in stale:
         p.unlink(missing_ok=True)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
     with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,6 +147,8 @@ def plain_values(obj):
         return {str(k): plain_values(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain_values(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
     if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):

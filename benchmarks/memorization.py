@@ -123,7 +123,7 @@ def _train_and_sample(job: dict) -> dict:
     sample_s = time.time() - t
     trajectory.append({"steps": done, **evaluate(x.numpy(), faces, noisy)})
     folder = Path(job["work"]) / "samples" / job["name"]
-    write_samples(x, folder, {"model": str(run / "model.pt"), "steps": job["sample_steps"]})
+    write_samples(x, folder, {"model": str(run / "model.pt"), "num": len(x), "steps": job["sample_steps"]})
     np.save(folder / "all.npy", x.cpu().numpy())
     rec = {"recipe": f"recipes/{job['recipe']}.yaml", "train_steps": done, "reused_trained_model": reuse,
            "resumed_from_step": start if 0 < start < job["steps"] else None, "train_seconds": round(train_s, 1),

@@ -677,6 +677,18 @@ def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
     code, _, err = run([*base[:-3], "--output", str(mine), "--num", "2", "--no-progress"], capsys)
     assert code == 2 and "did not record writing" in err and checksums(mine) == before
     assert (mine / ".draft.tmp").is_file()
+    theirs = tmp_path / "theirs"  # their own samples.npy and grid.png, no PNG of ours: not overwritten either
+    theirs.mkdir()
+    np.save(theirs / "samples.npy", np.ones(3))
+    (theirs / "grid.png").write_bytes(b"their grid")
+    before = checksums(theirs)
+    code, _, err = run([*base[:-3], "--output", str(theirs), "--num", "2", "--no-progress"], capsys)
+    assert code == 2 and "did not record writing" in err and checksums(theirs) == before
+    from ambient_mri.image_commands import write_samples  # the Python writer refuses them too
+
+    with pytest.raises(am.DataFileError, match="did not record writing"):
+        write_samples(np.zeros((2, 1, 8, 8), np.float32), theirs, {"model": "m", "num": 2, "steps": 2})
+    assert checksums(theirs) == before
 
 
 def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, capsys):

@@ -162,6 +162,9 @@ def test_resume_with_another_recipe_or_data_is_refused_and_changes_nothing(tmp_p
         train(longer, dataset=other_data, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # recipe.yaml included
     moved = (dataset_for(longer)[0], {"source": "elsewhere", "root": "/new/place", "path": "/new/place"})
+    from ambient_mri.training.trainer import _same
+
+    assert _same({"a": [float("nan")]}, {"a": [float("nan")]}) and not _same({"a": [1.0]}, {"a": [2.0]})
     ck = torch.load(run / "checkpoint.pt", weights_only=True)  # an older version's checkpoint: fewer fields
     del ck["recipe"]["data"]["augment"]
     torch.save(ck, run / "checkpoint.pt")

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import zipfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
@@ -124,14 +125,19 @@ _DATA_PLACES = {"root", "path", "source"}
 
 
 def _same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN is NaN here
+    """Equal, with NaN equal to NaN at any depth (a summary's missing value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
 def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     """Refuse to resume ``ckpt_path`` under a recipe or data that differ from the ones it was trained with, naming
     each changed field. Data may move (their summary, not their place, must match); fields the checkpoint's
     version did not have yet are not compared."""
-    ck = safe_load(ckpt_path, mmap=True)
+    ck = safe_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path))  # mapped: only the recipe is read
     if not isinstance(ck, dict) or not isinstance(ck.get("recipe"), dict):
         return  # not a checkpoint: restore says so
     old, new = _flat(plain_values(ck["recipe"])), _flat(plain_values(r.to_dict()))
