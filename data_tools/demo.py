@@ -125,6 +125,12 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
                  for k in range(1, aug.copies + 1) for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
     aug_record = {**dataclasses.asdict(aug), "seed": AUGMENT_SEED}
     _check_augmented(raw_train, augmented, aug_record)
+    foreign = sorted(p for d in (raw_train, raw_val) for p in d.glob("*.h5")
+                     if p not in volumes and p not in augmented and not p.name.startswith("demo_train_aug"))
+    if foreign:  # prepare takes every .h5 of these folders: it would be trained or scored on
+        raise AmbientMRIError(f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "") +
+                              ": not a demo volume, in the demo's raw data folders; it would be prepared and used: "
+                              "move it, or use another --output")
     _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
     if augmented:
         _simulate_augmented(augmented, train_ids, aug, aug_record, size, coils, noise_std, axis)

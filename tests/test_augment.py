@@ -282,6 +282,18 @@ def test_build_demo_augment_adds_only_training_volumes(tmp_path, capsys):
         build_demo(tmp_path / "x", size=16, coils=2, slices=10, augment={"copies": 1, "phase": True})
 
 
+def test_build_demo_refuses_a_foreign_volume_in_its_raw_folders(tmp_path):
+    pytest.importorskip("nilearn")
+    from data_tools.demo import build_demo
+
+    (tmp_path / "raw" / "val").mkdir(parents=True)
+    (tmp_path / "raw" / "val" / "my_scan.h5").write_bytes(b"someone's scan")
+    with pytest.raises(AmbientMRIError, match="my_scan.h5: not a demo volume"):
+        build_demo(tmp_path, size=16, coils=2, slices=10)
+    assert (tmp_path / "raw" / "val" / "my_scan.h5").read_bytes() == b"someone's scan"
+    assert not (tmp_path / "raw" / "train").exists()
+
+
 def test_build_demo_resumes_by_rewriting_damaged_volumes(tmp_path):
     """A rerun into the same folder redoes every volume it cannot read back whole (plain and augmented, raw and
     prepared; a prepared file whose raw input was rewritten too) and gives the same bytes as the first build (but
