@@ -247,15 +247,20 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def check_finite_number(name: str, value, minimum: float | None = None, strict: bool = False) -> None:
-    """A command-line number: finite, and above ``minimum`` (strictly with ``strict``)."""
+def check_finite_number(name: str, value, minimum: float | None = None, strict: bool = False,
+                        maximum: float | None = None) -> None:
+    """A number from the user (None: not given): real and finite (numpy scalars count, bools and strings do not),
+    above ``minimum`` (strictly with ``strict``) and, with ``maximum``, in [minimum, maximum]."""
     import math
 
     if value is None:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise AmbientMRIError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
+    low = minimum is not None and (value < minimum or (strict and value == minimum))
+    if maximum is not None and (low or value > maximum):
+        raise AmbientMRIError(f"{name} must be in [{minimum:g}, {maximum:g}], got {value!r}")
+    if low:
         raise AmbientMRIError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
 
 

@@ -14,7 +14,6 @@ How training shapes sampling:
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
+from ..files import check_finite_number, check_seed
 from ..masks import further_mask, kspace_mask, seed_from
 from ..operators import MultiCoilMRI, PixelMask
 from ..record import TrainingRecord
@@ -84,12 +84,10 @@ _COUNTS, _POSITIVE, _UNIT = ("iters", "cg_iters"), ("sigma_max", "sigma_min", "s
 
 
 def check_number(name: str, v, low: float = 0.0, strict: bool = False, high: float | None = None) -> None:
-    """A real, finite option in [low, high] (``strict``: above low); numpy scalars count, bools and strings do not."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise AmbientMRIError(f"{name} must be a finite number, got {v!r}")
-    if v < low or (strict and v == low) or (high is not None and v > high):
-        bound = f"in [{low:g}, {high:g}]" if high is not None else f"{'>' if strict else '>='} {low:g}"
-        raise AmbientMRIError(f"{name} must be {bound}, got {v!r}")
+    """A required real, finite option in [low, high] (``strict``: above low): ``files.check_finite_number``."""
+    if v is None:
+        raise AmbientMRIError(f"{name} must be a finite number, got None")
+    check_finite_number(name, v, low, strict, high)
 
 
 def check_count(name: str, v, low: int = 1) -> None:
@@ -116,8 +114,6 @@ def check_options(options: dict) -> None:
 def check_run(m: Method, steps, num_samples, batch_size=None, seed=0) -> None:
     """The counts and the seed of one reconstruction; a deterministic method refuses steps and samples it would
     ignore."""
-    from ..files import check_seed
-
     for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
         if v is not None:
             check_count(name, v)
