@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AmbientMRIError, DataFileError
-from .files import atomic_path, check_finite_number, check_seed, make_folder, remove_temps, write_json
+from .files import (atomic_path, check_finite_number, check_seed, make_folder, remove_temps, run_lock,
+                    write_json)
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -113,20 +114,24 @@ def run_sample(args) -> int:
     check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
     check_seed(args.seed, "--seed")
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
-    stale = sample_folder(args.output)  # before sampling: someone's images refused, nothing touched yet
     out = Path(args.output)
-    make_folder(out)
-    tic = time.time()
-    x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                      sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
-                      progress=not args.no_progress)
-    r = model.record
-    meta = {"model": str(args.model), "num": args.num, "steps": args.steps, "seed": args.seed,
-            "batch_size": args.batch_size, "sampler": "euler" if args.euler else "heun",
-            "sigma_min": default_sigma_min(model, args.sigma_min), "seconds": round(time.time() - tic, 2),
-            "operator": r.operator, "ambient": r.ambient, "sigma_n": r.sigma_n, "further": asdict(r.further),
-            "data": {k: v for k, v in r.data.items() if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
-    write_samples(x, out, meta, stale)
+    sample_folder(out)  # someone's images refused before the folder or its lock is made
+    # held from the check to the last image: a second run into this folder would remove this run's temporaries
+    # and images as an earlier run's
+    with run_lock(out, f"sample {args.model} -> {out}"):
+        stale = sample_folder(out)
+        tic = time.time()
+        x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                          sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
+                          progress=not args.no_progress)
+        r = model.record
+        meta = {"model": str(args.model), "num": args.num, "steps": args.steps, "seed": args.seed,
+                "batch_size": args.batch_size, "sampler": "euler" if args.euler else "heun",
+                "sigma_min": default_sigma_min(model, args.sigma_min), "seconds": round(time.time() - tic, 2),
+                "operator": r.operator, "ambient": r.ambient, "sigma_n": r.sigma_n, "further": asdict(r.further),
+                "data": {k: v for k, v in r.data.items()
+                         if k in ("kind", "source", "mask", "sigma_n", "image_shape")}}
+        write_samples(x, out, meta, stale)
     print(f"{args.num} samples written to {out} (grid.png, samples.npy) in {meta['seconds']:.1f} s")
     return 0
 

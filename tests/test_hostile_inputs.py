@@ -691,6 +691,20 @@ def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
     assert checksums(theirs) == before
 
 
+def test_two_sample_runs_into_one_folder(tmp_path, capsys):
+    """The second run is refused by name and leaves the first run's images and temporaries alone (it would have
+    removed them as an earlier run's)."""
+    _pixel_model(tmp_path / "pix.pt")
+    out = tmp_path / "s"
+    base = ["sample", "--model", str(tmp_path / "pix.pt"), "--steps", "2", "--output", str(out), "--no-progress"]
+    assert run([*base, "--num", "4"], capsys)[0] == 0
+    (out / ".sample_00003.png.first.tmp").write_bytes(b"being written")
+    before = checksums(out)
+    with files.run_lock(out, "sample (the first)"):
+        code, _, err = run([*base, "--num", "2"], capsys)
+    assert code == 2 and "another run is writing here" in err and checksums(out) == before
+
+
 def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, capsys):
     train_dir = tmp_path / "train"
     train_dir.mkdir()
