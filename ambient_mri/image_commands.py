@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AmbientMRIError, DataFileError
-from .files import (atomic_path, check_finite_number, check_seed, make_folder, remove_temps, run_lock,
-                    write_json)
+from .files import atomic_path, check_finite_number, check_seed, make_folder, remove_temps, run_lock, write_json
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:

@@ -19,9 +19,21 @@ KSPACE_KINDS = ("random", "equispaced", "gaussian1d", "uniform1d", "poisson2d")
 COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")  # what multi-coil files and prepare take
 
 
+def _words(v: int) -> list[int]:
+    """v in 32-bit words, lowest first (numpy seeds with words below 2**32)."""
+    out = []
+    while True:
+        out.append(v & 0xFFFFFFFF)
+        v >>= 32
+        if not v:
+            return out
+
+
 def seed_from(seed) -> int | tuple[int, ...] | None:
-    """fastMRI's convention: a file name seeds as ``tuple(map(ord, name))``; ints and tuples pass through, taken
-    modulo 2**32 (numpy's limit; derived seeds such as seed * 100_003 + b exceed it, smaller ones are unchanged)."""
+    """fastMRI's convention: a file name seeds as ``tuple(map(ord, name))``; ints and tuples pass through. Values
+    at or above 2**32 (numpy's limit; derived seeds such as seed * 100_003 + b reach it) become their 32-bit words,
+    lowest first, so distinct derived seeds stay distinct (taking them modulo 2**32 let two user seeds share an Ã);
+    smaller values are unchanged."""
     if seed is None:
         return None
     if isinstance(seed, str):
@@ -29,8 +41,9 @@ def seed_from(seed) -> int | tuple[int, ...] | None:
     values = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     if min(values, default=0) < 0:
         raise AmbientMRIError(f"seed must be >= 0, got {seed!r}")
-    values = [v % 2**32 for v in values]
-    return values[0] if isinstance(seed, (int, np.integer)) else tuple(values)
+    if isinstance(seed, (int, np.integer)):
+        return values[0] if values[0] < 2**32 else tuple(_words(values[0]))
+    return tuple(w for v in values for w in _words(v))
 
 
 def _rng(seed) -> np.random.RandomState:

@@ -4,6 +4,7 @@ mask kinds, sample images."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -282,7 +283,13 @@ def test_seeds_are_non_negative_and_noisy_known_pixels_are_taken():
     from ambient_mri.image_recon import _check_scale
     from ambient_mri.masks import kspace_mask, seed_from
 
-    assert seed_from(2**32 + 5) == 5 and seed_from((1, 2)) == (1, 2) and seed_from("a.h5") == (97, 46, 104, 53)
+    assert seed_from(5) == 5 and seed_from((1, 2)) == (1, 2) and seed_from("a.h5") == (97, 46, 104, 53)
+    # seed 1's first batch and seed 1915712692's eighth derive 100_003 and 1915712692 * 100_003 + 7, equal modulo
+    # 2**32: taken modulo, the two users' seeds drew the same Ã
+    a, b = 100_003, 1915712692 * 100_003 + 7
+    assert a % 2**32 == b % 2**32 and seed_from(b) == (b % 2**32, b >> 32) and seed_from((b, 1)) != seed_from((a, 1))
+    draw = [np.random.RandomState(seed_from(v)).uniform(size=8) for v in (a, b)]
+    assert not np.allclose(*draw)
     with pytest.raises(am.AmbientMRIError, match="seed must be >= 0"):
         kspace_mask("random", (8, 32), 2, 0.25, seed=-1)
     _check_scale(torch.full((1, 1, 4, 4), 1.3), 0.0, "image")  # a noisy pixel past 1 is fine
