@@ -171,15 +171,17 @@ def atomic_h5(path: Path) -> Iterator[h5py.File]:
         yield hf
 
 
-def _stored_settings(path: Path) -> str | None:
-    """The settings a prepared file was made with; None for a file that is no complete HDF5 file (a leftover to
-    redo). A readable HDF5 file of another kind is someone's data: DataFileError, never overwritten."""
+def _stored_settings(path: Path, kind: str = FORMAT) -> str | None:
+    """The settings a prepared file (``kind``: FORMAT, or REFERENCE_FORMAT for a reference) was made with; None for
+    a file that is no complete HDF5 file (a leftover to redo). A readable HDF5 file of another kind is someone's
+    data: DataFileError, never overwritten."""
     try:
         with h5py.File(path, "r") as hf:
             fmt, s = hf.attrs.get("format"), hf.attrs.get("settings")
             fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-            if fmt not in (FORMAT, REFERENCE_FORMAT):
-                raise DataFileError(path, "exists and is not a prepared file; it will not be overwritten (move it, "
+            if fmt != kind:
+                what = "prepared file" if kind == FORMAT else "prepared reference"
+                raise DataFileError(path, f"exists and is not a {what}; it will not be overwritten (move it, "
                                     "or use another --output)")
             return s.decode() if isinstance(s, bytes) else (None if s is None else str(s))
     except OSError:
@@ -224,6 +226,8 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
     ref_dir = output / f"{opts.split}_reference"
     out_path, ref_path = out_dir / name, ref_dir / name
     settings, fingerprint = opts.settings(), _fingerprint(source)
+    if opts.split != "train" and ref_path.exists():
+        _stored_settings(ref_path, REFERENCE_FORMAT)  # someone's file where the reference goes: refused
     if out_path.exists():
         stored = _stored_settings(out_path)
         if stored is not None and stored != settings:

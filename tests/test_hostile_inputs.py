@@ -362,6 +362,20 @@ def test_prepare_never_overwrites_a_foreign_file(raw, tmp_path):
     assert checksums(tmp_path / "out" / "train" / "vol0.h5") == {k: v for k, v in before.items() if "vol0" in k}
 
 
+def test_prepare_never_overwrites_a_foreign_file_where_a_reference_goes(raw, tmp_path):
+    """Only OUTPUT/<split>/NAME was checked: a user's raw file (or a reconstruction) in <split>_reference/ was
+    replaced by the reference."""
+    ref = tmp_path / "out" / "val_reference"
+    ref.mkdir(parents=True)
+    shutil.copy(raw / "vol1.h5", ref / "vol1.h5")
+    before = checksums(ref)
+    s = prepare_fastmri(raw, tmp_path / "out", **{**PREP, "split": "val"})
+    assert [Path(r.source).name for r in s.refused] == ["vol1.h5"] and "not a prepared reference" in \
+        s.refused[0].reason and len(s.prepared) == 1
+    assert checksums(ref / "vol1.h5") == before
+    assert not (tmp_path / "out" / "val" / "vol1.h5").exists()
+
+
 def test_prepare_redoes_a_truncated_output(raw, tmp_path):
     prepare_fastmri(raw, tmp_path / "out", **PREP)
     f = tmp_path / "out" / "train" / "vol0.h5"
