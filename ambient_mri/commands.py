@@ -169,23 +169,45 @@ def save_panels(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -
 
 
 def _volume_png(target_file: Path, recon_file: Path, png: Path) -> None:
+    """The middle slice of what ``evaluate_file`` scored (the same crop), beside zero-filled, the error and the std
+    map where the file has them."""
     import h5py
 
-    from .metrics import center_crop
+    from .metrics import _volume, center_crop, scored_pair
 
-    with h5py.File(target_file, "r") as t, h5py.File(recon_file, "r") as p:
-        key = "reconstruction_rss" if "reconstruction_rss" in t else "reconstruction_esc"
-        gt = t[key][()]
-        s = gt.shape[0] // 2
-        rec = np.abs(center_crop(p["reconstruction"][s], gt.shape[-2:]))
-        panels = [("reference", gt[s])]
-        if "zero_filled" in p:
-            panels.append(("zero-filled", center_crop(p["zero_filled"][s], gt.shape[-2:])))
+    gt, rec = scored_pair(target_file, recon_file)
+    s = gt.shape[0] // 2
+    panels = [("reference", gt[s])]
+    with h5py.File(recon_file, "r") as p:
+        extra = {k: p[k] for k in ("zero_filled", "std") if isinstance(p.get(k), h5py.Dataset)}
+        zf, std = (_volume(extra[k][()], k) if k in extra else None for k in ("zero_filled", "std"))
         method = p.attrs.get("method", "?")
-        panels += [(f"recon ({method})", rec), ("error |recon - ref|", np.abs(rec - gt[s]))]
-        if "std" in p:
-            panels.append(("std over samples", center_crop(p["std"][s], gt.shape[-2:])))
+    fits = [a is not None and a.shape[0] == gt.shape[0] and all(a.shape[i] >= gt.shape[i] for i in (1, 2))
+            for a in (zf, std)]
+    if fits[0]:
+        panels.append(("zero-filled", center_crop(zf, gt.shape[-2:])[s]))
+    panels += [(f"recon ({method})", rec[s]), ("error |recon - ref|", np.abs(rec[s] - gt[s]))]
+    if fits[1]:
+        panels.append(("std over samples", center_crop(std, gt.shape[-2:])[s]))
     save_panels(png, panels, float(gt.max()))
+
+
+def _finite_or_none(row: dict) -> dict:
+    """JSON has no infinity: a reconstruction identical to its target (PSNR inf) is written as null, with a note."""
+    out = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+    if any(out[k] is None and row[k] is not None for k in row):
+        out["note"] = "null: not finite (PSNR is infinite for a reconstruction identical to its target)"
+    return out
+
+
+def _earlier_figures(out: Path) -> list[str]:
+    """The PNGs an earlier evaluate recorded writing in ``out`` (its metrics.json's "figures")."""
+    try:
+        old = json.loads((out / "metrics.json").read_text())
+        names = old.get("figures", []) if isinstance(old, dict) and {"volumes", "mean"} <= set(old) else []
+        return [n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".png")]
+    except (OSError, ValueError):
+        return []
 
 
 def run_evaluate(args) -> int:
@@ -203,20 +225,33 @@ def run_evaluate(args) -> int:
     m = res["mean"]
     label = f"mean of {len(rows)}/{res['targets']}"
     print(f"{label:<32} {m['PSNR']:8.3f} {m['SSIM']:8.4f} {m['NMSE']:9.5f}")
+    for r in rows:
+        if "warning" in r:
+            print(f"warning: {r['warning']}: scored as {r['file']}", file=sys.stderr)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "PSNR", "SSIM", "NMSE"])
+    w = csv.DictWriter(buf, fieldnames=["file", "PSNR", "SSIM", "NMSE"], extrasaction="ignore")
     w.writeheader()
     w.writerows(rows + [{"file": "mean", **m}])
-    write_text(out / "metrics.csv", buf.getvalue())
-    write_json(out / "metrics.json", res)
-    for r in rows:
-        _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / f"{Path(r['file']).stem}.png")
-    print(f"metrics.csv, metrics.json and one PNG per volume in {out}")
-    bad = [(Path(args.recon) / f["file"], f["reason"]) for f in res["failed"]]
+    earlier = _earlier_figures(out)
+    bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]
     bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
-    if bad:
+    figures = []
+    for r in rows:
+        png = f"{Path(r['file']).stem}.png"
+        try:
+            _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / png)
+            figures.append(png)
+        except (AmbientMRIError, OSError, ValueError) as e:  # the metrics stand; the figure is listed as failed
+            bad.append((out / png, f"figure not written ({e})"))
+    for name in set(earlier) - set(figures):  # an earlier run's figure of a volume that now fails would mislead
+        (out / name).unlink(missing_ok=True)
+    write_text(out / "metrics.csv", buf.getvalue())
+    write_json(out / "metrics.json", {**res, "volumes": [_finite_or_none(r) for r in rows],
+                                      "mean": _finite_or_none(m), "figures": figures})
+    print(f"metrics.csv, metrics.json and {len(figures)} PNG(s) in {out}")
+    if len(rows) < res["targets"]:
         print(f"warning: the mean is over {len(rows)} of {res['targets']} target volumes", file=sys.stderr)
-    _report_bad(bad, "volume(s)")
+    _report_bad(bad, "volume(s) or figure(s)")
     return 1 if bad else 0
 
 

@@ -36,8 +36,9 @@ def _volume(x, name: str) -> np.ndarray:
 
 
 def psnr(gt: np.ndarray, pred: np.ndarray) -> float:
-    """Volume PSNR with data_range = gt.max()."""
-    return float(peak_signal_noise_ratio(gt, pred, data_range=gt.max()))
+    """Volume PSNR with data_range = gt.max(); inf for pred == gt (without numpy's divide-by-zero warning)."""
+    with np.errstate(divide="ignore"):
+        return float(peak_signal_noise_ratio(gt, pred, data_range=gt.max()))
 
 
 def ssim(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -76,25 +77,37 @@ def _read(path: Path, key: str) -> np.ndarray:
         with h5py.File(path, "r") as f:
             if key not in f:
                 raise DataFileError(path, f"no dataset {key!r} (has {', '.join(f.keys())})")
-            return f[key][()]
+            d = f[key]
+            if not isinstance(d, h5py.Dataset):
+                raise DataFileError(path, f"{key!r} is a group, not a dataset")
+            if d.dtype.kind not in "biufc":  # compound {re, im} or strings: numpy would fail deep inside
+                raise DataFileError(path, f"{key} has dtype {d.dtype}: expected real or complex numbers")
+            return d[()]
     except OSError as e:
         raise DataFileError(path, f"cannot be read as HDF5 ({e})") from None
 
 
-def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dict[str, float]:
-    """PSNR/SSIM/NMSE of one reconstruction file against its reference file, both centre-cropped to (w, w) with
-    w the target width (as ``fastmri.evaluate``; to (h, w) for a target of h < w rows). Any problem is a
-    DataFileError naming the file at fault."""
+def _target_key(target_file: Path) -> str:
     import h5py
 
+    try:
+        with h5py.File(target_file, "r") as f:
+            for key in ("reconstruction_rss", "reconstruction_esc"):
+                if key in f:
+                    return key
+            raise DataFileError(target_file, "has no reference (reconstruction_rss or reconstruction_esc; fastMRI's "
+                                f"test and challenge files carry none; it has {', '.join(f.keys()) or 'nothing'})")
+    except OSError as e:
+        raise DataFileError(target_file, f"cannot be read as HDF5 ({e})") from None
+
+
+def scored_pair(target_file, recon_file, target_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The magnitude volumes (S, h, w) that ``evaluate_file`` scores: the reference (``target_key``, default
+    reconstruction_rss, else _esc) and the file's ``reconstruction``, both centre-cropped to (w, w) with w the
+    target width (as ``fastmri.evaluate``; to (h, w) for a target of h < w rows). Any problem is a DataFileError
+    naming the file at fault."""
     target_file, recon_file = Path(target_file), Path(recon_file)
-    key = target_key
-    if key is None:
-        try:
-            with h5py.File(target_file, "r") as f:
-                key = "reconstruction_rss" if "reconstruction_rss" in f else "reconstruction_esc"
-        except OSError as e:
-            raise DataFileError(target_file, f"cannot be read as HDF5 ({e})") from None
+    key = target_key or _target_key(target_file)
     gt, pred = _read(target_file, key), _read(recon_file, "reconstruction")
     for path, a, what in ((target_file, gt, key), (recon_file, pred, "reconstruction")):
         if a.ndim not in (2, 3) or 0 in a.shape:
@@ -105,15 +118,42 @@ def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dic
     if not top > 0:  # PSNR and SSIM take the target's maximum as the data range
         what = "is all zero" if not np.abs(gt).max() > 0 else f"has maximum {top:.3g} (not a magnitude image)"
         raise DataFileError(target_file, f"{key} {what}: PSNR and SSIM are undefined against it")
-    if gt.shape[0] != pred.shape[0] and gt.ndim == pred.ndim == 3:
+    gt, pred = _volume(gt, key), _volume(pred, "reconstruction")
+    if gt.shape[0] != pred.shape[0]:
         raise DataFileError(recon_file, f"has {pred.shape[0]} slices, its target {target_file.name} has {gt.shape[0]}")
     w = gt.shape[-1]
     size = (min(w, gt.shape[-2]), w)  # fastMRI's (w, w); a target wider than tall is scored whole, not refused
     try:
-        gt, pred = center_crop(gt, size), center_crop(pred, size)
-        return evaluate_volume(gt, pred)
+        return center_crop(gt, size), center_crop(pred, size)
     except AmbientMRIError as e:
         raise DataFileError(recon_file, f"{e} (target {target_file.name}: {gt.shape})") from None
+
+
+def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dict[str, float]:
+    """PSNR/SSIM/NMSE of one reconstruction file against its reference file (``scored_pair``). Any problem is a
+    DataFileError naming the file at fault."""
+    gt, pred = scored_pair(target_file, recon_file, target_key)
+    try:
+        return evaluate_volume(gt, pred)
+    except AmbientMRIError as e:
+        raise DataFileError(recon_file, f"{e} (target {Path(target_file).name}: {gt.shape})") from None
+
+
+def made_from(recon_file) -> str | None:
+    """The input file name an ``ambient-mri reconstruct`` output records (settings.source.name); None for files
+    of other tools."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(recon_file, "r") as f:
+            s = f.attrs.get("settings")
+        s = json.loads(s.decode() if isinstance(s, bytes) else s)
+        name = s.get("source", {}).get("name")
+        return name if isinstance(name, str) else None
+    except (OSError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True) -> dict:
@@ -136,13 +176,24 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
             missing.append(tgt_file.name)
             continue
         try:
-            rows.append({"file": tgt_file.name, **evaluate_file(tgt_file, rec_file, target_key)})
-        except AmbientMRIError as e:
+            row = {"file": tgt_file.name, **evaluate_file(tgt_file, rec_file, target_key)}
+        except (AmbientMRIError, OSError, ValueError, TypeError, KeyError) as e:
             if strict:
                 raise
-            failed.append({"file": tgt_file.name, "reason": str(e)})
+            path, why = (e.path, e.problem) if isinstance(e, DataFileError) else (
+                str(rec_file), str(e) if isinstance(e, AmbientMRIError) else f"cannot be scored ({e!r})")
+            failed.append({"file": tgt_file.name, "path": path, "reason": why})
+            continue
+        source = made_from(rec_file)
+        if source is not None and source != tgt_file.name:  # swapped or renamed outputs score the wrong volume
+            row["warning"] = (f"{rec_file} records being made from {source}, not from its target's name "
+                              f"{tgt_file.name}")
+        rows.append(row)
     if not rows:
-        why = "; ".join(f"{f['file']}: {f['reason']}" for f in failed[:3])
+        why = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
+        if not why and missing:
+            names = sorted(p.name for p in recon_dir.glob("*.h5"))
+            why = (f"{len(names)} .h5 file(s) there, none named as a target" if names else "no .h5 file there")
         raise AmbientMRIError(f"no reconstruction in {recon_dir} could be scored against a target file in "
                               f"{target_dir}" + (f" ({why})" if why else ""))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}

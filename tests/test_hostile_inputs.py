@@ -497,6 +497,46 @@ def test_evaluate_names_the_file_at_fault(tmp_path, case, pattern):
     assert checksums(tmp_path) == before
 
 
+def test_evaluate_a_folder_of_hostile_reconstructions(tmp_path, capsys):
+    """A compound-dtype or group `reconstruction` gave a traceback and no metrics at all; figures crashed after
+    the metrics were written (a w x w reconstruction of a taller target, a complex target); an identical
+    reconstruction wrote `Infinity` into metrics.json; a swapped output was scored silently; a rerun kept the
+    figure of a volume that now fails. Now: every good volume scored and drawn, each bad one listed once by path."""
+    rng = np.random.default_rng(0)
+    t, r = tmp_path / "t", tmp_path / "r"
+    t.mkdir()
+    r.mkdir()
+    gt = {n: rng.random((2, 16, 16), dtype=np.float32) + 0.5 for n in "abdef"}
+    gt["c"] = rng.random((2, 20, 12), dtype=np.float32) + 0.5
+    gt["f"] = gt["f"] * np.exp(1j * rng.random((2, 16, 16))).astype(np.complex64)
+    for n, g in gt.items():
+        _write(t / f"{n}.h5", reconstruction_rss=g)
+    with h5py.File(r / "a.h5", "w") as f:
+        f.create_dataset("reconstruction", data=np.zeros((2, 16, 16), [("re", "<f4"), ("im", "<f4")]))
+    with h5py.File(r / "b.h5", "w") as f:
+        f.create_group("reconstruction")
+    _write(r / "c.h5", reconstruction=gt["c"][:, 4:16] + 0.01)    # fastMRI's w x w of a taller target
+    _write(r / "d.h5", reconstruction=gt["d"])                     # identical: PSNR inf
+    _write(r / "e.h5", reconstruction=gt["e"] + 0.01)
+    with h5py.File(r / "e.h5", "a") as f:                          # made by reconstruct from another volume
+        f.attrs["settings"] = json.dumps({"source": {"name": "x.h5"}})
+    _write(r / "f.h5", reconstruction=np.abs(gt["f"]) + 0.01)
+    (r / "mine.png").write_bytes(b"a user's figure")
+    code, out, err = run(["evaluate", "--target", str(t), "--recon", str(r)], capsys)
+    assert code == 1 and f"{r / 'a.h5'}: reconstruction has dtype" in err and f"{r / 'b.h5'}: 'reconstruction' is a " \
+        "group" in err and f"{r / 'a.h5'}: {r / 'a.h5'}" not in err
+    assert "e.h5 records being made from x.h5" in err
+    res = json.loads((r / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    rows = {v["file"]: v for v in res["volumes"]}
+    assert sorted(rows) == ["c.h5", "d.h5", "e.h5", "f.h5"] and rows["d.h5"]["PSNR"] is None and "note" in rows["d.h5"]
+    assert "warning" in rows["e.h5"] and sorted(res["figures"]) == ["c.png", "d.png", "e.png", "f.png"]
+    assert all((r / png).is_file() for png in res["figures"])
+    (r / "c.h5").write_bytes(b"junk")                              # a rerun: c now fails, its old figure goes
+    code, _, err = run(["evaluate", "--target", str(t), "--recon", str(r)], capsys)
+    assert code == 1 and "c.h5: cannot be read as HDF5" in err and not (r / "c.png").exists()
+    assert (r / "mine.png").read_bytes() == b"a user's figure" and (r / "d.png").is_file()
+
+
 def test_evaluate_a_target_wider_than_tall_is_scored_not_blamed_on_the_reconstruction(tmp_path):
     from ambient_mri.metrics import evaluate_file
 
