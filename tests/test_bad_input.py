@@ -118,6 +118,18 @@ def _scan():
     return k * m, m
 
 
+def test_one_step_is_deterministic():
+    """one_step evaluates D(A^H y) once: --num-samples 3 gave 3 identical images and an all-zero "std" map, and
+    --steps was ignored but recorded."""
+    from ambient_mri.sampling import policy
+
+    for steps, n in ((None, 3), (7, 1)):
+        with pytest.raises(am.AmbientMRIError, match="'one_step' is deterministic"):
+            policy.check_run(policy.METHODS["one_step"], steps, n)
+    policy.check_run(policy.METHODS["one_step"], None, 1)
+    policy.check_run(policy.METHODS["fast"], 7, 3)
+
+
 @pytest.mark.parametrize("kwargs,pattern", [
     ({"mask_scale": 0.5}, "mask must contain only 0"),
     ({"method": "sense", "lam": float("nan")}, "lam must be a finite number"),

@@ -35,23 +35,25 @@ _SCHEDULE = ("sigma_max", "sigma_min", "a_tilde")
 @dataclass(frozen=True)
 class Method:
     """A reconstruction method: its default steps on MRI and on images (None: not offered there) and its
-    options (anything else is refused by name)."""
+    options (anything else is refused by name); ``diffusion``: it needs a model; ``stochastic``: it draws noise,
+    so it takes steps and several samples differ."""
 
     name: str
     mri_steps: int | None
     image_steps: int | None
     options: tuple[str, ...]
     diffusion: bool = True
+    stochastic: bool = True
 
 
 METHODS = {m.name: m for m in (
-    Method("zero_filled", 0, None, (), diffusion=False),
-    Method("sense", 0, None, ("lam", "iters"), diffusion=False),
-    Method("l1_wavelet", 0, None, ("lam", "iters", "l2"), diffusion=False),
+    Method("zero_filled", 0, None, (), diffusion=False, stochastic=False),
+    Method("sense", 0, None, ("lam", "iters"), diffusion=False, stochastic=False),
+    Method("l1_wavelet", 0, None, ("lam", "iters", "l2"), diffusion=False, stochastic=False),
     Method("adps", 500, 250, (*_SCHEDULE, "zeta")),
     Method("dps", 500, 250, (*_SCHEDULE, "zeta")),
     Method("ald", 500, 250, (*_SCHEDULE, "eps", "gamma")),
-    Method("one_step", 1, 1, ("sigma",)),
+    Method("one_step", 1, 1, ("sigma",), stochastic=False),  # D(A^H y) once: N samples would be N copies
     Method("fast", 50, 50, (*_SCHEDULE, "cg_iters", "eta", "lam", "rho", "noise_std")),
 )}
 ALIASES = {"fast_dc": "fast"}  # the image API's earlier name
@@ -118,9 +120,9 @@ def check_run(m: Method, steps, num_samples, batch_size=None, seed=0) -> None:
         if v is not None:
             check_count(name, v)
     check_seed(seed)
-    if not m.diffusion and (steps is not None or (num_samples or 1) > 1):
+    if not m.stochastic and (steps is not None or (num_samples or 1) > 1):
         raise AmbientMRIError(f"method {m.name!r} is deterministic: it takes no steps and no num_samples > 1 "
-                              "(std maps come from the diffusion methods)")
+                              "(std maps come from the sampling methods: adps, dps, ald, fast)")
 
 
 def method(name: str, domain: str, options: dict | None = None) -> Method:
