@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from .errors import AmbientMRIError
 
 KSPACE_KINDS = ("random", "equispaced", "gaussian1d", "uniform1d", "poisson2d")
 COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")  # what multi-coil files and prepare take
+DEFAULT_CENTER_FRACTION = 0.08  # fastMRI's at R = 4
 
 
 def _words(v: int) -> list[int]:
@@ -74,7 +76,7 @@ def _check(kind: str, shape: Sequence[int], acceleration: float, center_fraction
     return H, int(shape[-1])
 
 
-def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float = 0.08,
+def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float = DEFAULT_CENTER_FRACTION,
                 seed=None) -> np.ndarray:
     """A k-space sampling mask. Returns float32 (1, W) for column masks, (H, W) for ``poisson2d``.
 
@@ -89,10 +91,13 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
     """
     H, W = _check(kind, shape, acceleration, center_fraction)
     num_low = num_low_frequencies(W, center_fraction)
+    too_many = f"the {num_low} ACS lines of center_fraction {center_fraction} already give acceleration " \
+               f"{W / num_low:.3g}, below the {acceleration:g} asked for"
     if kind == "equispaced" and num_low * acceleration >= W:  # fastMRI's spacing formula divides by W - that
-        raise AmbientMRIError(f"equispaced: the {num_low} ACS lines of center_fraction {center_fraction} already "
-                              f"give acceleration {W / num_low:.3g} <= {acceleration}; lower center_fraction or "
-                              "acceleration")
+        raise AmbientMRIError(f"equispaced: {too_many}; lower center_fraction or acceleration")
+    if kind == "random" and num_low * acceleration > W:  # kept as fastMRI draws it (parity), but never silently
+        warnings.warn(f"random: {too_many}, so fastMRI's RandomMaskFunc keeps the ACS block alone (acceleration "
+                      f"{W / num_low:.3g}); lower center_fraction or acceleration", stacklevel=2)
     if kind in ("random", "equispaced"):
         from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
 

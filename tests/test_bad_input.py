@@ -4,6 +4,8 @@ mask kinds, sample images."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,23 @@ def _scan():
     k = np.stack([sim[i]["y"].numpy() for i in range(2)])
     m = kspace_mask("random", k.shape[-2:], 2, 0.25, seed=0)[0]
     return k * m, m
+
+
+def test_a_random_mask_never_silently_misses_its_acceleration():
+    """fastMRI's RandomMaskFunc keeps the ACS block alone when it already exceeds W / R: asked for R = 16 at
+    fastMRI's width and centre fraction it gave R = 12.3 (R = 100 gave 4) with no word. The mask stays fastMRI's;
+    a warning says so. Equispaced, where fastMRI divides by zero, is refused."""
+    from ambient_mri.masks import achieved_acceleration, kspace_mask
+
+    with pytest.warns(UserWarning, match="26 ACS lines .* already give acceleration 12.3, below the 16 asked for"):
+        m = kspace_mask("random", (640, 320), 16, 0.08, seed=0)
+    assert achieved_acceleration(m) == pytest.approx(320 / 26)
+    with pytest.raises(am.AmbientMRIError, match="equispaced: the 26 ACS lines"):
+        kspace_mask("equispaced", (640, 320), 16, 0.08, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = kspace_mask("random", (32, 64), 4, 0.25, seed=0)  # 16 ACS lines = W / R exactly: no warning
+    assert achieved_acceleration(m) == 4
 
 
 def test_one_step_is_deterministic():
