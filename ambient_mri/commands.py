@@ -44,10 +44,21 @@ def _model_digest(path: str | None) -> str | None:
 
 
 def recon_settings(args, source: Path, model_digest: str | None) -> str:
-    """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ."""
+    """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ.
+    Defaults are spelled out (a retrospective mask's kind and ACS fraction, a sampler's steps), so that naming a
+    default on the rerun does not redo every volume."""
+    from .masks import DEFAULT_CENTER_FRACTION
+    from .sampling.policy import METHODS as TABLE
+
     keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size", "coils")
-    return json.dumps({**{k: getattr(args, k, None) for k in keys}, "model": model_digest,
-                       "source": _fingerprint(source)}, sort_keys=True)
+    values = {k: getattr(args, k, None) for k in keys}
+    if values["acceleration"] is not None:
+        values["mask"] = values["mask"] or "random"
+        values["center_fraction"] = values["center_fraction"] or DEFAULT_CENTER_FRACTION
+    m = TABLE.get(values["method"])
+    if m is not None and m.stochastic and values["steps"] is None:
+        values["steps"] = m.mri_steps
+    return json.dumps({**values, "model": model_digest, "source": _fingerprint(source)}, sort_keys=True)
 
 
 def finished(out: Path, settings: str) -> bool:
@@ -96,10 +107,26 @@ def run_reconstruct(args) -> int:
     check_seed(args.seed, "--seed")
     check_finite_number("--acceleration", args.acceleration, 1.0)
     check_finite_number("--center-fraction", args.center_fraction, 0.0, strict=True)
+    # what does not depend on the volume is checked before any folder is made, not found again in every volume
+    from .devices import resolve_device
+    from .masks import COLUMN_KINDS
+    from .sampling import policy
+
+    policy.check_run(policy.method(args.method, "mri"), args.steps, args.num_samples, args.batch_size, args.seed)
+    if args.center_fraction is not None and args.center_fraction >= 1:
+        raise AmbientMRIError(f"--center-fraction must be below 1, got {args.center_fraction}")
+    if args.mask is not None and args.mask not in COLUMN_KINDS:
+        raise AmbientMRIError(f"--mask {args.mask!r} is not a column mask kind; choose one of "
+                              f"{', '.join(COLUMN_KINDS)}")
+    resolve_device(args.device, "--device")
+    out = Path(args.output)
+    if out.suffix.lower() in (".h5", ".hdf5") and not out.is_dir():
+        raise AmbientMRIError(f"--output {out} is a folder for the reconstructions (one file per volume, named as "
+                              "its input), not a file name")
     files, bad = input_files(args.input)
     single = Path(args.input).is_file()
-    out = Path(args.output)
     refuse_overwrite(files + [f for f, _ in bad], [out] + [out / f.name for f in files])
+    created = not out.exists()
     if args.threads:
         import torch
 
@@ -115,30 +142,34 @@ def run_reconstruct(args) -> int:
         check_multicoil_model(opts["model"])
         digest = _model_digest(args.model)
     done = kept = 0
-    with run_lock(out, f"reconstruct {args.input} -> {out}"):
-        remove_temps(out)
-        # a bar on terminals only (disable=None); closed before an error message is printed
-        with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
-            for f in bar:
-                target = out / f.name
-                settings = recon_settings(args, f, digest)
-                try:
-                    if target.exists():
-                        _check_not_foreign(target)
-                        if not args.overwrite and finished(target, settings):  # resumable: finished volumes kept
-                            kept += 1
-                            continue
-                    reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
-                                     center_fraction=args.center_fraction, settings=settings, **opts)
-                    done += 1
-                except AmbientMRIError as e:
-                    if single:  # one file: its problem is the command's error
-                        raise
-                    bad.append((f, e.problem if isinstance(e, DataFileError) and Path(e.path) == f else str(e)))
-                except Exception as e:  # noqa: BLE001 - one volume must not stop the others; it is listed
-                    if single:
-                        raise
-                    bad.append((f, f"unexpected {type(e).__name__}: {e}"))
+    try:
+        with run_lock(out, f"reconstruct {args.input} -> {out}"):
+            remove_temps(out)
+            # a bar on terminals only (disable=None); closed before an error message is printed
+            with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
+                for f in bar:
+                    target = out / f.name
+                    settings = recon_settings(args, f, digest)
+                    try:
+                        if target.exists():
+                            _check_not_foreign(target)
+                            if not args.overwrite and finished(target, settings):  # resumable: finished volumes kept
+                                kept += 1
+                                continue
+                        reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
+                                         center_fraction=args.center_fraction, settings=settings, **opts)
+                        done += 1
+                    except AmbientMRIError as e:
+                        if single:  # one file: its problem is the command's error
+                            raise
+                        bad.append((f, e.problem if isinstance(e, DataFileError) and Path(e.path) == f else str(e)))
+                    except Exception as e:  # noqa: BLE001 - one volume must not stop the others; it is listed
+                        if single:
+                            raise
+                        bad.append((f, f"unexpected {type(e).__name__}: {e}"))
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):  # nothing written: leave no folder behind
+            out.rmdir()
     reasons = {why for _, why in bad}
     if len(bad) == 1 and not done + kept:  # a folder of one volume: as a single file
         raise AmbientMRIError(f"{bad[0][0]}: {bad[0][1]}")

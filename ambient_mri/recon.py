@@ -21,7 +21,7 @@ from . import baselines
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError, volume_warnings
 from .files import ensure_space, write_h5
-from .masks import COLUMN_KINDS, acs_width, kspace_mask
+from .masks import COLUMN_KINDS, DEFAULT_CENTER_FRACTION, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .sampling import policy
@@ -255,16 +255,18 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     if k.ndim != 4:
         raise DataFileError(in_path, "single-coil files are not supported by reconstruct (multi-coil only)")
     if vol.mask is not None:
-        if acceleration is not None:
+        given = [n for n, v in (("acceleration", acceleration), ("mask", mask), ("center_fraction", center_fraction))
+                 if v is not None]
+        if given:  # each would be ignored (and recorded) while the file's own mask is used
             raise DataFileError(in_path, "is already undersampled (it has a mask): reconstruct it without "
-                                "acceleration (its own mask is used)")
+                                f"{', '.join(given)} (its own mask is used)")
         m = vol.mask
     else:
         if acceleration is None:
             raise DataFileError(in_path, "has no mask: give acceleration (and mask, center_fraction) to undersample")
         if (mask or "random") not in COLUMN_KINDS:
             raise AmbientMRIError(f"mask {mask!r} is not a column mask kind; choose one of {', '.join(COLUMN_KINDS)}")
-        cf = 0.08 if center_fraction is None else center_fraction
+        cf = DEFAULT_CENTER_FRACTION if center_fraction is None else center_fraction
         m = kspace_mask(mask or "random", k.shape[-2:], acceleration, cf,
                         seed=Path(in_path).name)[0]
     m = m * vol.padding_mask()  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)

@@ -21,6 +21,7 @@ import torch
 import ambient_mri as am
 from ambient_mri import files
 from ambient_mri.cli import main
+from ambient_mri.masks import kspace_mask
 from ambient_mri.training.recipe import load_recipe
 from ambient_mri.training.trainer import train
 from data_tools.prepare import prepare_fastmri
@@ -195,6 +196,43 @@ def test_reconstruct_nonsense_numbers(raw, tmp_path, capsys, flag, value, patter
     argv[argv.index(flag) + 1] = value
     code, _, err = run(argv, capsys)
     assert code == 2 and pattern in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--num-samples", "2"], "'sense' is deterministic"),                  # found again in every volume before
+    (["--center-fraction", "1.5"], "--center-fraction must be below 1"),
+    (["--mask", "bogus"], "--mask 'bogus' is not a column mask kind"),
+    (["--device", "tpu:7"], "--device 'tpu:7' is not a device"),                # ignored by the classical methods
+    (["--mask", "equispaced", "--acceleration", "8"], "below the 8 asked for"),  # per volume: the folder is removed
+])
+def test_reconstruct_bad_arguments_leave_no_folder(raw, tmp_path, capsys, extra, pattern):
+    argv = ["reconstruct", "--input", str(raw), "--output", str(tmp_path / "out"), "--method", "sense",
+            "--acceleration", "4", "--center-fraction", "0.25", *extra]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and pattern in err and not (tmp_path / "out").exists()
+
+
+def test_reconstruct_output_named_as_a_file_is_refused(raw, tmp_path, capsys):
+    code, _, err = run(["reconstruct", "--input", str(raw / "vol0.h5"), "--output", str(tmp_path / "r.h5"), *ZF],
+                       capsys)
+    assert code == 2 and "is a folder for the reconstructions" in err and not (tmp_path / "r.h5").exists()
+
+
+def test_reconstruct_a_masked_file_refuses_every_mask_setting(tmp_path, capsys):
+    """The file's own mask is used: --mask and --center-fraction were ignored, yet recorded in the output."""
+    mask = kspace_mask("random", (64, 32), 4, 0.25, seed=1)[0]
+    make_fastmri_volume(tmp_path / "test.h5", blobs(2, 32, seed=0), num_coils=4, mask=mask, seed=0)
+    for extra in (["--mask", "gaussian1d"], ["--center-fraction", "0.5"]):
+        code, _, err = run(["reconstruct", "--input", str(tmp_path / "test.h5"), "--output", str(tmp_path / "o"),
+                            "--method", "zero_filled", *extra], capsys)
+        assert code == 2 and "reconstruct it without " + extra[0][2:].replace("-", "_") in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_reconstruct_resume_keeps_outputs_when_a_default_is_spelled_out(recon_dirs, capsys):
+    raw, out = recon_dirs
+    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF, "--mask", "random"], capsys)
+    assert code == 0 and "2 already there" in stdout
 
 
 def test_reconstruct_given_a_prepared_file_says_so(raw, tmp_path, capsys):

@@ -249,21 +249,25 @@ def test_per_slice_masks():
 @pytest.mark.parametrize("method", DIFFUSION)
 def test_diffusion_methods_shapes_nfe_determinism(demo, method):
     k, mask, model = demo["kspace"], demo["mask"], demo["model"]
-    steps = 1 if method == "one_step" else 4
+    steps = None if method == "one_step" else 4
     a = reconstruct(k, mask, model=model, method=method, steps=steps, seed=3, device="cpu", progress=False)
     assert a.image.shape == (2, 32, 32) and a.image.dtype == np.complex64     # rows cropped 64 -> 32
     assert a.magnitude.shape == (2, 32, 32) and a.magnitude.dtype == np.float32
-    assert a.std is None and a.nfe == steps and a.seconds > 0 and a.method == method
+    assert a.std is None and a.nfe == (steps or 1) and a.seconds > 0 and a.method == method
     assert np.isfinite(a.image).all()
     b = reconstruct(torch.from_numpy(k), torch.from_numpy(mask), model=model, method=method, steps=steps, seed=3,
                     device="cpu", progress=False)
     np.testing.assert_array_equal(a.image, b.image)
     c = reconstruct(k, mask, model=model, method=method, steps=steps, seed=4, device="cpu", progress=False)
     assert np.array_equal(a.image, c.image) == (method == "one_step")
+    if method == "one_step":  # one evaluation of D: several samples would be copies, so they are refused
+        with pytest.raises(am.AmbientMRIError, match="'one_step' is deterministic"):
+            reconstruct(k, mask, model=model, method=method, num_samples=2, device="cpu", progress=False)
+        return
     s = reconstruct(k, mask, model=model, method=method, steps=steps, seed=3, num_samples=2, batch_size=2,
                     device="cpu", progress=False)
     assert s.std.shape == (2, 32, 32) and s.std.dtype == np.float32 and s.nfe == 2 * steps  # both samples count
-    assert (s.std > 0).any() == (method != "one_step")
+    assert (s.std > 0).any()
 
 
 def test_fast_defaults_depend_on_the_kind_of_prior(demo, monkeypatch):
@@ -456,7 +460,8 @@ def test_clean_prior_sees_what_it_was_trained_on_and_output_lies_in_the_maps_ran
     monkeypatch.setattr(sampling.Prior, "__init__", spy)
     for model, method in ((oracle, "fast"), (oracle, "dps"), (demo["model"], "adps"), (demo["model"], "one_step")):
         seen.clear()
-        res = reconstruct(k, mask, model=model, maps=maps, method=method, steps=2, seed=0, progress=False)
+        res = reconstruct(k, mask, model=model, maps=maps, method=method, steps=None if method == "one_step" else 2,
+                          seed=0, progress=False)
         assert np.abs(res.image[..., :6]).max() == 0 and np.abs(res.image[..., 6:]).max() > 0, method
         if model is oracle:
             (A_t, m_t), = seen
