@@ -436,10 +436,11 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
     summary.results += [FileResult(str(f), "refused", why) for f, why in unusable]
     jobs = [(str(f), str(output), opts) for f in files]
     bar = tqdm(total=len(jobs), desc=f"prepare {split}", unit="file", disable=not progress)
-    with run_lock(out_dir, f"prepare {split} -> {output}"):
-        for folder in (out_dir, ref_dir):  # what a killed run of this split left half-written
-            remove_temps(folder)
-        try:
+    created = [d for d in (output, out_dir, ref_dir) if not d.exists()]
+    try:
+        with run_lock(out_dir, f"prepare {split} -> {output}"):
+            for folder in (out_dir, ref_dir):  # what a killed run of this split left half-written
+                remove_temps(folder)
             if workers <= 1 or len(jobs) <= 1:
                 with single_threaded_blas():
                     for job in jobs:
@@ -451,8 +452,11 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
                     for result in pool.imap_unordered(_job, jobs):
                         summary.results.append(result)
                         bar.update(1)
-        finally:
-            bar.close()
+    finally:
+        bar.close()
+        for d in reversed(created):  # folders this run made and left empty (every file refused): removed
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
     order = {str(f): i for i, f in enumerate(sorted(files + [f for f, _ in unusable]))}
     summary.results.sort(key=lambda r: order.get(r.source, 0))
     summary.seconds = time.time() - tic

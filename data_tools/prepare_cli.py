@@ -68,6 +68,11 @@ def run_prepare_fastmri(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary.report())
+    reasons = {r.reason for r in summary.refused}
+    if len(summary.refused) > 1 and not summary.prepared + summary.skipped and len(reasons) == 1:
+        print(f"error: all {len(summary.refused)} file(s) were refused with the same problem (check the "
+              f"arguments): {reasons.pop()}", file=sys.stderr)
+        return 2
     return 1 if summary.refused else 0
 
 

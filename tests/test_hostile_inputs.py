@@ -391,6 +391,15 @@ def test_prepare_nonsense_numbers(raw, tmp_path, capsys, flag, value, pattern):
     assert code == 2 and pattern in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_prepare_a_problem_every_file_shares_is_the_commands_error(raw, tmp_path, capsys):
+    """--coils 5 on 4-coil files was one refusal per file, exit 1 and an empty output folder left behind."""
+    argv = ["prepare", "fastmri", "--input", str(raw), "--output", str(tmp_path / "out"), "--acceleration", "4",
+            "--center-fraction", "0.25", "--no-progress", "--coils", "5"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "all 2 file(s) were refused with the same problem" in err and "--coils 5" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_never_overwrites_a_foreign_file(raw, tmp_path):
     (tmp_path / "out" / "train").mkdir(parents=True)
     shutil.copy(raw / "vol0.h5", tmp_path / "out" / "train" / "vol0.h5")
