@@ -26,7 +26,7 @@ from ambient_mri.training.recipe import load_recipe
 from ambient_mri.training.trainer import train
 from data_tools.prepare import prepare_fastmri
 from data_tools.simulate import make_fastmri_volume
-from helpers import blobs, multicoil_measurements, tiny_recipe
+from helpers import TINY_NET, blobs, multicoil_measurements, tiny_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ZF = ["--method", "zero_filled", "--acceleration", "4", "--center-fraction", "0.25"]
@@ -919,3 +919,128 @@ def test_atomic_path_removes_its_temporary_on_any_failure(tmp_path):
             tmp.write_bytes(b"partial")
             raise ValueError("interrupted")
     assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# recipes and training (a hostile-input helper's findings)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _image_recipe(tmp_path: Path, data_path, **over) -> dict:
+    r = {"name": "img", "output": str(tmp_path / "runs"), "network": dict(TINY_NET),
+         "data": {"kind": "images", "path": str(data_path), "holdout": 1},
+         "corruption": {"operator": "pixel", "p": 0.5, "ambient": True, "delta": 0.1, "cond": ["mask"]},
+         "training": {"steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "device": "cpu"}}
+    for key, value in over.items():
+        section, name = key.split("__")
+        r.setdefault(section, {})[name] = value
+    return r
+
+
+def _pngs(folder: Path, n: int = 6, size: int = 8) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = (np.random.default_rng(i).random((size, size)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_failed_first_run_never_removes_a_folder_its_path_resolves_to(tmp_path):
+    """run_folder tested `created` on the unresolved path: "out/new/.." did not exist until make_folder made
+    out/new, so an existing folder counted as new and a diverged run removed it, with the user's files."""
+    _pngs(tmp_path / "imgs")
+    keep = tmp_path / "out" / "keep"
+    keep.mkdir(parents=True)
+    (keep / "notes.txt").write_text("precious")
+    r = _image_recipe(tmp_path, tmp_path / "imgs", training__P_mean=1e300)
+    r.update(output=str(tmp_path / "out" / "new" / ".."), name="keep")
+    with pytest.raises(am.AmbientMRIError, match="training diverged: the loss was NaN or Inf"):
+        train(r, progress=False)
+    assert (keep / "notes.txt").read_text() == "precious" and not (keep / "model.pt").exists()
+
+
+def test_a_diverged_run_stops_without_writing_a_model(tmp_path):
+    """P_mean 1e300 gave NaN on every step; the run wrote checkpoints of an untrained model and exited 0."""
+    _pngs(tmp_path / "imgs")
+    with pytest.raises(am.AmbientMRIError, match="training diverged"):
+        train(_image_recipe(tmp_path, tmp_path / "imgs", training__P_mean=1e300), progress=False)
+    assert not (tmp_path / "runs").exists()  # a first run's folders go with it
+
+
+def test_the_run_folder_may_not_overlap_the_data_or_write_over_the_recipe(tmp_path):
+    imgs = _pngs(tmp_path / "imgs")
+    for output, name in ((tmp_path, "imgs"), (imgs / "runs", "r1"), (tmp_path / "x", "..")):
+        r = _image_recipe(tmp_path, imgs)
+        r.update(output=str(output), name=name)
+        with pytest.raises(am.AmbientMRIError, match="overlaps the training data|plain folder name"):
+            train(r, progress=False)
+    assert sorted(p.name for p in imgs.iterdir()) == [f"{i}.png" for i in range(6)]
+    import yaml
+
+    here = tmp_path / "work"
+    here.mkdir()
+    recipe = here / "recipe.yaml"
+    recipe.write_text("# my notes\n" + yaml.safe_dump({**_image_recipe(tmp_path, imgs), "output": str(tmp_path),
+                                                       "name": "work"}))
+    before = recipe.read_bytes()
+    with pytest.raises(am.DataFileError, match="would be written over the input"):
+        train(str(recipe), progress=False)
+    assert recipe.read_bytes() == before
+
+
+@pytest.mark.parametrize("over,pattern", [
+    ({"network__model_channels": 3}, "network.model_channels: must be an even number"),
+    ({"corruption__delta": 0.0}, r"corruption.delta: must be in \(0, 1\)"),
+    ({"training__consistency_weight": 1.0, "corruption__sigma_n": 0.1}, "cannot be combined with corruption.cond"),
+    ({"training__consistency_weight": 1.0, "corruption__cond": ["ones"]}, "applies to noisy images"),
+])
+def test_recipe_settings_that_crashed_or_did_nothing_are_refused(tmp_path, over, pattern):
+    with pytest.raises(am.RecipeError, match=pattern):
+        load_recipe(_image_recipe(tmp_path, tmp_path, **over))
+
+
+def test_a_recipe_key_given_twice_is_refused(tmp_path):
+    """YAML keeps the last: a second `training:` block with only lr replaced the whole first one."""
+    f = tmp_path / "r.yaml"
+    f.write_text("name: x\ntraining:\n  steps: 2\n  batch_size: 2\ntraining:\n  lr: 100\n")
+    with pytest.raises(am.RecipeError, match=r"r.yaml: recipe key 'training' is given twice \(line 5\)"):
+        load_recipe(f)
+
+
+def test_image_data_that_loaded_silently_wrong(tmp_path):
+    """int64 0..255, uint16, float 0..1000 and complex arrays went into training out of [-1, 1] (or lost their
+    imaginary part); a 16-bit PNG was clipped to white; a .ipynb_checkpoints copy was trained on; a box covering
+    the image left nothing to learn."""
+    from PIL import Image
+
+    from ambient_mri.data.image_measurements import ImageMeasurements
+    from ambient_mri.data.images import image_set_from_array, read_image_folder
+
+    a = np.random.default_rng(0).random((4, 8, 8))
+    for bad, pattern in ((np.round(a * 255).astype(np.int64), "dtype int64"), (a.astype(np.complex64), "complex"),
+                         (a * 1000, "outside the value range")):
+        with pytest.raises(am.AmbientMRIError, match=pattern):
+            image_set_from_array(bad)
+    folder = _pngs(tmp_path / "imgs", n=2)
+    Image.fromarray((np.full((8, 8), 0.25) * 65535).astype(np.uint16)).save(folder / "deep.png")
+    (folder / ".ipynb_checkpoints").mkdir()
+    shutil.copy(folder / "0.png", folder / ".ipynb_checkpoints" / "0-checkpoint.png")
+    s = read_image_folder(folder)
+    assert len(s) == 3 and s.names[-1] == "deep.png"
+    assert abs((s.images[-1].mean() + 1) / 2 - 0.25) < 1e-3  # on [0, 1]; convert("L") gave ~1
+    with pytest.raises(am.AmbientMRIError, match="keep no pixel"):
+        ImageMeasurements(s, box=8)
+
+
+def test_resume_on_other_images_of_the_same_shape_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.random((6, 8, 8)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.random((6, 8, 8)).astype(np.float32))
+    r = _image_recipe(tmp_path, tmp_path / "a.npy")
+    train(r, progress=False)
+    r["data"]["path"] = str(tmp_path / "b.npy")
+    r["training"]["steps"] = 4
+    with pytest.raises(am.AmbientMRIError, match="content_sha256"):
+        train(r, progress=False)

@@ -18,6 +18,7 @@ corrupted: each augmented copy is one more example with its own index, hence its
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import torch
@@ -94,11 +95,16 @@ class ImageMeasurements(ArrayMeasurements):
         if iset.images.ndim != 4 or len(iset) == 0:
             raise AmbientMRIError(f"expected a non-empty image array (N, C, H, W), got {iset.images.shape}")
         y, mask = corrupt_images(iset.images, p, box, sigma_n, seed)
+        empty = np.flatnonzero(mask.flatten(1).sum(1).numpy() == 0)
+        if empty.size:  # a box covering the image, or p near 1: the loss is 0 and the model learns nothing
+            raise AmbientMRIError(f"{empty.size} of {len(mask)} examples keep no pixel (box {box}, p {p} on "
+                                  f"{tuple(mask.shape[-2:])} images): lower corruption.p or corruption.box")
         super().__init__(y, mask, sigma_n=float(sigma_n))
         self.labels, self.names = list(iset.labels), list(iset.names)
         self.p, self.box, self.sigma_n_value, self.seed = float(p), box, float(sigma_n), seed
         self._info = dict(info or {})
         self._info.setdefault("source", iset.source)
+        self._digest = hashlib.sha256(self.y.numpy().tobytes()).hexdigest()
 
     def info(self) -> dict:
         """What a model file records about its training data (plain Python values)."""
@@ -107,7 +113,9 @@ class ImageMeasurements(ArrayMeasurements):
         return {**self._info, "num_images": int(N), "image_shape": [int(C), int(H), int(W)],
                 "value_range": [-1.0, 1.0], "mask": {"kind": kind, "p": self.p, "box": self.box},
                 "sigma_n": self.sigma_n_value, "corruption_seed": self.seed,
-                "kept_fraction": float(self.mask.float().mean())}
+                "kept_fraction": float(self.mask.float().mean()),
+                # the measurements themselves: a resume on other images with the same shape and masks is refused
+                "content_sha256": self._digest}
 
 
 def augment_image_set(iset: ImageSet, settings: AugmentConfig, holdout: int = 0, seed: int = 0) -> ImageSet:

@@ -124,8 +124,9 @@ def read_image_folder(path, image_size=None, grayscale: bool = True, resize: str
     root = Path(path)
     if not root.is_dir():
         raise DataFileError(root, "no such image folder")
-    files = sorted((f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()),
-                   key=_natural_key)
+    # hidden files and folders (.ipynb_checkpoints copies, editor backups) are not training images
+    files = sorted((f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(root).parts)), key=_natural_key)
     if not files:
         raise DataFileError(root, f"no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return read_image_files(files, root, image_size, grayscale, resize, limit)
@@ -144,7 +145,17 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     for f in files:
         try:
             with Image.open(f) as im:
-                a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+                if im.mode.startswith("I;16"):  # convert("L") would clip 16-bit values at 255: almost all white
+                    a = np.asarray(im, dtype=np.float32) / 65535.0
+                    a = a if grayscale else np.repeat(a[..., None], 3, axis=-1)
+                elif im.mode in ("I", "F"):
+                    raise DataFileError(f, f"is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image "
+                                        "(no fixed range to scale to [0, 1]): save it as 8- or 16-bit, or pass the "
+                                        "images as a .npy array with their value range")
+                else:
+                    a = np.asarray(im.convert(mode), dtype=np.float32) / 255.0
+        except DataFileError:
+            raise
         except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable files
             raise DataFileError(f, f"cannot be read as an image ({type(e).__name__}: {str(e)[:160]})") from None
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
@@ -172,9 +183,16 @@ def image_set_from_array(images, image_size=None, grayscale: bool = True, resize
         raise AmbientMRIError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got {a.shape}")
     if limit is not None:
         a = a[:limit]
+    if np.iscomplexobj(a) or not (a.dtype == np.uint8 or a.dtype == bool or np.issubdtype(a.dtype, np.floating)):
+        raise AmbientMRIError(f"{source}: images of dtype {a.dtype}: give uint8 in [0, 255] or real floats in "
+                              f"{tuple(value_range)} (other integer types have no agreed range)")
     u = to_unit_range(a, value_range)
     if not np.isfinite(u).all():
         raise AmbientMRIError(f"{source}: images contain NaN or Inf")
+    if u.min() < -0.01 or u.max() > 1.01:  # a little overshoot (interpolation) is fine; 0..255 floats are not
+        lo, hi = value_range
+        raise AmbientMRIError(f"{source}: values span [{a.min():.4g}, {a.max():.4g}], outside the value range "
+                              f"[{lo:g}, {hi:g}]: scale the images to it (or save them as uint8)")
     u = fit_images(_channels(u, grayscale), image_size, resize)
     labs = [str(v) for v in (labels if labels is not None else [""] * len(u))][: len(u)]
     return ImageSet(to_model_scale(u), labs, [f"{i}" for i in range(len(u))], source)

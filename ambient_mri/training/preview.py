@@ -10,6 +10,8 @@ from ..files import save_figure
 from ..model import Denoiser, apply_denoiser
 from .recipe import Recipe
 
+PREVIEW_MAX = 8  # held-out examples shown
+
 
 @torch.no_grad()
 def preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) -> None:
@@ -23,7 +25,7 @@ def preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) 
     from ..corruption import make_operator
     from ..sampling.policy import one_step_sigma
 
-    idx = list(range(n_train, len(data)))
+    idx = list(range(n_train, len(data)))[:PREVIEW_MAX]  # 290 held-out images made a 480 x 69600 PNG, one batch
     if not idx:
         return
     items = [data[i] for i in idx]
@@ -32,7 +34,7 @@ def preview(model: Denoiser, data, n_train: int, r: Recipe, path: Path, device) 
     A = make_operator(r.corruption.operator, batch["mask"], batch.get("maps"))
     zf = A.adjoint(batch["y"])
     rec = apply_denoiser(model, zf, one_step_sigma(model.record), batch["mask"], A)
-    fig, axes = plt.subplots(len(idx), 2, figsize=(6, 3 * len(idx)), squeeze=False)
+    fig, axes = plt.subplots(len(items), 2, figsize=(6, 3 * len(items)), squeeze=False)
     for row, (a, b) in enumerate(zip(zf, rec)):
         for col, (img, title) in enumerate(((a, "input A^H y"), (b, "one-step D"))):
             im = img.abs() if img.is_complex() else img.mean(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -172,12 +173,15 @@ def validate(recipe: Recipe) -> Recipe:
     c, t = recipe.corruption, recipe.training
     from ..corruption import COND_CHANNELS, OPERATORS
 
+    if not recipe.name or recipe.name in (".", "..") or "/" in recipe.name or os.sep in recipe.name:
+        raise RecipeError(f"name: a plain folder name (the run folder is output/name), got {recipe.name!r}")
+
     if c.operator not in OPERATORS:
         raise RecipeError(f"corruption.operator: {c.operator!r} is not one of {', '.join(OPERATORS)}")
     if c.extra_lines is not None and c.delta is not None:
         raise RecipeError("corruption: give extra_lines or delta, not both")
-    if c.delta is not None and not 0 <= c.delta < 1:
-        raise RecipeError(f"corruption.delta: must be in [0, 1), got {c.delta}")
+    if c.delta is not None and not 0 < c.delta < 1:  # 0 would make Ã = A, which the ambient rule below refuses
+        raise RecipeError(f"corruption.delta: must be in (0, 1), got {c.delta}")
     if not 0 <= c.p < 1:
         raise RecipeError(f"corruption.p: must be in [0, 1), got {c.p}")
     if c.sigma_n < 0:
@@ -192,6 +196,12 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
     if t.lr <= 0:
         raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    if t.consistency_weight > 0 and "mask" in c.cond:  # the consistency term runs the network without a mask
+        raise RecipeError("training.consistency_weight cannot be combined with corruption.cond [mask]: the "
+                          "consistency loss evaluates the network on noisy images without a mask channel")
+    if t.consistency_weight > 0 and recipe.data.kind != "prepared" and c.sigma_n == 0:
+        raise RecipeError("training.consistency_weight applies to noisy images (corruption.sigma_n > 0); with "
+                          "sigma_n 0 it does nothing")
     if not 0 <= t.seed <= MAX_SEED:
         raise RecipeError(f"training.seed: must be in [0, {MAX_SEED}], got {t.seed}")
     _validate_ranges(recipe)
@@ -219,7 +229,8 @@ def _validate_ranges(recipe: Recipe) -> None:
     """Numbers the schema's types allow but training cannot use: each refused by its key."""
     n, t, c, d = recipe.network, recipe.training, recipe.corruption, recipe.data
     checks = [
-        ("network.model_channels", n.model_channels, n.model_channels >= 1, ">= 1"),
+        ("network.model_channels", n.model_channels, n.model_channels >= 2 and n.model_channels % 2 == 0,
+         "an even number >= 2 (the noise embedding splits it in halves)"),
         ("network.channel_mult", n.channel_mult, len(n.channel_mult) >= 1 and min(n.channel_mult) >= 1,
          "a non-empty list of integers >= 1"),
         ("network.num_blocks", n.num_blocks, n.num_blocks >= 1, ">= 1"),
@@ -283,6 +294,21 @@ def _validate_images(recipe: Recipe) -> None:
         raise RecipeError("corruption.delta (further pixel dropping) needs corruption.operator pixel")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping: YAML keeps the last silently, and a second
+    `training:` block replaced the whole first one (its steps, batch size and lr included)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"recipe key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML "
+                                  "would keep only the last")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None) -> Recipe:
     """A Recipe from a YAML file, a dict or a Recipe, with ``key=value`` (or dotted ``section.key=value``)
     overrides. Relative ``data.path`` in a file is taken relative to that file."""
@@ -296,9 +322,11 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        except RecipeError as e:  # a key given twice
+            raise RecipeError(f"{path}: {e}") from None
         except UnicodeDecodeError:
             raise RecipeError(f"{path}: not a YAML recipe (not UTF-8 text)") from None
         if not isinstance(values, dict):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..corruption import is_complex
 from ..devices import resolve_device
 from ..errors import AmbientMRIError, DataFileError
-from ..files import ensure_space, make_folder, remove_temps, run_lock, write_text
+from ..files import ensure_space, make_folder, refuse_overwrite, remove_temps, run_lock, write_text
 from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_model
 from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
@@ -294,6 +294,20 @@ def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, 
     log.info("step %d: checkpoint and model written", step)
 
 
+def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
+    """The run folder must not be, hold or lie inside the training data (its checkpoints and preview PNGs would
+    become training examples of the next run, or a failed first run would remove the data), and its recipe.yaml
+    must not be the user's recipe file."""
+    real = Path(os.path.realpath(run_dir))
+    if r.data.path and r.data.kind in ("prepared", "images"):
+        data = Path(os.path.realpath(r.data.path))
+        if real == data or data in real.parents or real in data.parents:
+            raise AmbientMRIError(f"run folder {run_dir} overlaps the training data {r.data.path}: its checkpoints "
+                                  "and previews would join the data (choose another output or name)")
+    if isinstance(recipe, (str, os.PathLike)) and not (run_dir / CHECKPOINT).is_file():
+        refuse_overwrite([recipe], [run_dir / "recipe.yaml"], "output or name")
+
+
 def train(recipe, overrides=None, resume: str | Path | None = None, progress: bool = True,
           dataset=None) -> Path:
     """Train from a recipe (YAML path, dict or Recipe); returns the run directory.
@@ -309,9 +323,12 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     if r.training.batch_size % world:
         raise AmbientMRIError(f"training.batch_size {r.training.batch_size} is not divisible by the {world} "
                               "processes")
-    run_dir = Path(resume) if resume else Path(r.output) / r.name
+    # resolved once: "out/new/.." is out itself, never a new folder to remove on failure (nor a path through a
+    # folder that does not exist yet)
+    run_dir = Path(os.path.realpath(Path(resume) if resume else Path(r.output) / r.name))
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise AmbientMRIError(f"{run_dir}: no {CHECKPOINT} to resume from")
+    check_run_dir(run_dir, r, recipe, resume)
     data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
@@ -368,6 +385,21 @@ def optimise(loss: torch.Tensor, model, opt, t, step: int) -> torch.Tensor:
     return gnorm
 
 
+# Gradients of a non-finite loss are zeroed (``optimise``), so a rare bad batch costs one step; this many in a row
+# (or every step of a shorter run) is a diverged run: P_mean 1e300, sigma_data 1e-300 or lr 100 gave NaN on every or
+# most steps, and the run wrote checkpoints of an untrained model and exited 0.
+MAX_NONFINITE_STEPS = 20
+
+
+def check_divergence(worst: int, steps_this_run: int, step: int) -> None:
+    """Raise once ``worst`` consecutive steps had a non-finite loss (MAX_NONFINITE_STEPS, or all of this call's
+    ``steps_this_run``), before the step's checkpoint is written."""
+    if worst >= min(MAX_NONFINITE_STEPS, max(steps_this_run, 1)):
+        raise AmbientMRIError(f"training diverged: the loss was NaN or Inf on {worst} steps in a row (at step "
+                              f"{step}); this step's checkpoint is not written. Lower training.lr, or check "
+                              "network.sigma_data, training.P_mean / P_std, corruption.sigma_n and the data")
+
+
 def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, world: int, progress: bool) -> None:
     """EDM's loop: per step a global batch (a pure function of seed and step), σ and noise, one loss, AdamW with
     warm-up, EMA; log.jsonl, checkpoints and previews on rank 0."""
@@ -397,6 +429,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     bar = tqdm(total=t.steps, initial=start, disable=not progress or rank != 0, desc=r.name, unit="step")
     tic, step = time.time(), start
     deadline = time.time() + 60 * t.max_minutes if t.max_minutes else None
+    # non-finite losses, counted on the device (no host sync per step): the current run of them and the longest
+    run_bad, worst_bad = torch.zeros((), device=device), torch.zeros((), device=device)
     try:
         for step, batch in enumerate(loader, start=start):
             batch = _to(batch, device)
@@ -412,6 +446,9 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
                 dist.all_reduce(loss_val)
                 loss_val /= world
             bar.update(1)
+            finite = torch.isfinite(loss_val)
+            run_bad = torch.where(finite, torch.zeros_like(run_bad), run_bad + 1)
+            worst_bad = torch.maximum(worst_bad, run_bad)
             if rank == 0 and (done % t.log_every == 0 or done == t.steps):
                 rec = {"step": done, "loss": float(loss_val), "lr": opt.param_groups[0]["lr"],
                        "grad_norm": float(gnorm), "seconds": round(time.time() - tic, 3),
@@ -425,7 +462,10 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
                 flag = torch.tensor(float(out_of_time), device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 out_of_time = bool(flag.item())
-            if rank == 0 and (done % t.checkpoint_every == 0 or done == t.steps or out_of_time):
+            save_now = done % t.checkpoint_every == 0 or done == t.steps or out_of_time  # alike on every rank
+            if save_now or done % t.log_every == 0:
+                check_divergence(int(worst_bad.item()), done - start, done)
+            if rank == 0 and save_now:
                 save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device, data_info)
             if world > 1 and done % t.checkpoint_every == 0:
                 dist.barrier()
