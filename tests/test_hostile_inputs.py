@@ -1001,6 +1001,23 @@ def test_recipe_settings_that_crashed_or_did_nothing_are_refused(tmp_path, over,
         load_recipe(_image_recipe(tmp_path, tmp_path, **over))
 
 
+def test_settings_that_do_not_apply_to_the_data_are_refused(tmp_path):
+    """Image-only keys on prepared MRI data were ignored (corruption.p even recorded in the model), a path given
+    with a built-in set was ignored, and prepared data without a path read the working directory."""
+    from ambient_mri.data.factory import build_training_data
+
+    for over, pattern in (({"corruption": {"operator": "multicoil", "ambient": True, "extra_lines": 2, "p": 0.5}},
+                           "corruption.p: image-data settings"),
+                          ({"data": {"image_size": [16, 16]}}, "data.image_size: image-data settings"),
+                          ({"data": {"kind": "mnist", "path": str(tmp_path)},
+                            "corruption": {"operator": "pixel", "p": 0.5, "ambient": True, "delta": 0.1}},
+                           "data.path: data.kind 'mnist' is a built-in set")):
+        with pytest.raises(am.RecipeError, match=pattern):
+            load_recipe({**tiny_recipe(tmp_path), **over})
+    with pytest.raises(am.RecipeError, match="needs data.path"):
+        build_training_data(load_recipe(tiny_recipe(tmp_path)))
+
+
 def test_a_recipe_key_given_twice_is_refused(tmp_path):
     """YAML keeps the last: a second `training:` block with only lr replaced the whole first one."""
     f = tmp_path / "r.yaml"

@@ -179,7 +179,7 @@ def image_set_from_array(images, image_size=None, grayscale: bool = True, resize
         a = a[:, None]
     elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
         a = a.transpose(0, 3, 1, 2)
-    if a.ndim != 4 or a.shape[0] == 0:
+    if a.ndim != 4 or 0 in a.shape:
         raise AmbientMRIError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got {a.shape}")
     if limit is not None:
         a = a[:limit]

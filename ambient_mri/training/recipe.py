@@ -217,8 +217,8 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_augment(recipe)
     if recipe.data.kind != "prepared":
         _validate_images(recipe)
-    elif c.sigma_n > 0:
-        raise RecipeError("corruption.sigma_n sets the noise of image data; prepared MRI data record their own")
+    else:
+        _validate_prepared(recipe)
     if c.ambient and c.operator != "identity" and c.extra_lines is None and c.delta is None:
         raise RecipeError("an ambient recipe needs corruption.extra_lines or corruption.delta: with Ã = A the "
                           "network never learns what lies outside the acquired samples")
@@ -272,6 +272,20 @@ def _validate_augment(recipe: Recipe) -> None:
                           f"{d.kind!r} images are real-valued: set data.augment.phase: false")
 
 
+def _validate_prepared(recipe: Recipe) -> None:
+    """Prepared MRI data: the image-only keys would be ignored (and some recorded in the model), so each is
+    refused by name."""
+    d, c = recipe.data, recipe.corruption
+    if c.sigma_n > 0:
+        raise RecipeError("corruption.sigma_n sets the noise of image data; prepared MRI data record their own")
+    default = DataConfig()
+    ignored = [f"corruption.{k}" for k, v in (("p", c.p > 0), ("box", c.box is not None)) if v]
+    ignored += [f"data.{k}" for k in ("image_size", "grayscale", "resize") if getattr(d, k) != getattr(default, k)]
+    if ignored:
+        raise RecipeError(f"{', '.join(ignored)}: image-data settings; prepared MRI data (data.kind prepared) take "
+                          "none of them")
+
+
 def _validate_images(recipe: Recipe) -> None:
     """Image data (data.kind images | faces | mnist): pixel or identity operator, sane sizes and masks."""
     d, c = recipe.data, recipe.corruption
@@ -280,6 +294,9 @@ def _validate_images(recipe: Recipe) -> None:
                           f"(clean or noisy images), not {c.operator!r}")
     if d.kind == "images" and not d.path:
         raise RecipeError("data.kind 'images' needs data.path (a folder of images or a .npy file)")
+    if d.kind in ("faces", "mnist") and d.path:
+        raise RecipeError(f"data.path: data.kind {d.kind!r} is a built-in set and reads no path; use data.kind "
+                          "images for your own files")
     if d.image_size is not None and (len(d.image_size) not in (1, 2) or min(d.image_size) < 1):
         raise RecipeError(f"data.image_size: one or two positive integers (H, W), got {d.image_size}")
     if d.resize not in ("crop", "stretch"):
