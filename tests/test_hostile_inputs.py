@@ -628,7 +628,7 @@ def _recipe_file(tmp_path: Path, prepared: Path, **training) -> Path:
     ("training.lr=.nan", "training.lr: must be a finite number"),
     ("training.lr=.inf", "training.lr: must be a finite number"),
     ("network.channel_mult=[]", "network.channel_mult: must be a non-empty list"),
-    ("network.model_channels=0", "network.model_channels: must be >= 1"),
+    ("network.model_channels=0", "network.model_channels: must be an even number >= 2"),
     ("network.attn_levels=[9]", "network.attn_levels: must be levels in 0..1"),
     ("network.dropout=1.5", "network.dropout: must be in [0, 1)"),
     ("training.P_std=0", "training.P_std: must be > 0"),
@@ -974,7 +974,7 @@ def test_the_run_folder_may_not_overlap_the_data_or_write_over_the_recipe(tmp_pa
     for output, name in ((tmp_path, "imgs"), (imgs / "runs", "r1"), (tmp_path / "x", "..")):
         r = _image_recipe(tmp_path, imgs)
         r.update(output=str(output), name=name)
-        with pytest.raises(am.AmbientMRIError, match="overlaps the training data|plain folder name"):
+        with pytest.raises(am.AmbientMRIError, match="overlaps the training data|without '.' or '..' parts"):
             train(r, progress=False)
     assert sorted(p.name for p in imgs.iterdir()) == [f"{i}.png" for i in range(6)]
     import yaml
@@ -1004,18 +1004,19 @@ def test_recipe_settings_that_crashed_or_did_nothing_are_refused(tmp_path, over,
 def test_settings_that_do_not_apply_to_the_data_are_refused(tmp_path):
     """Image-only keys on prepared MRI data were ignored (corruption.p even recorded in the model), a path given
     with a built-in set was ignored, and prepared data without a path read the working directory."""
-    from ambient_mri.data.factory import build_training_data
-
-    for over, pattern in (({"corruption": {"operator": "multicoil", "ambient": True, "extra_lines": 2, "p": 0.5}},
-                           "corruption.p: image-data settings"),
-                          ({"data": {"image_size": [16, 16]}}, "data.image_size: image-data settings"),
-                          ({"data": {"kind": "mnist", "path": str(tmp_path)},
-                            "corruption": {"operator": "pixel", "p": 0.5, "ambient": True, "delta": 0.1}},
-                           "data.path: data.kind 'mnist' is a built-in set")):
-        with pytest.raises(am.RecipeError, match=pattern):
-            load_recipe({**tiny_recipe(tmp_path), **over})
-    with pytest.raises(am.RecipeError, match="needs data.path"):
-        build_training_data(load_recipe(tiny_recipe(tmp_path)))
+    with pytest.raises(am.RecipeError, match="data.path: data.kind 'mnist' is a built-in set"):
+        load_recipe({**tiny_recipe(tmp_path), "data": {"kind": "mnist", "path": str(tmp_path)},
+                     "corruption": {"operator": "pixel", "p": 0.5, "ambient": True, "delta": 0.1}})
+    (tmp_path / "prep").mkdir()
+    path = {"path": str(tmp_path / "prep")}
+    for over, pattern in (({"corruption": {"operator": "multicoil", "ambient": True, "extra_lines": 2, "p": 0.5},
+                            "data": path}, "corruption.p: image-data settings"),
+                          ({"data": {**path, "image_size": [16, 16]}}, "data.image_size: image-data settings"),
+                          ({"corruption": {"operator": "singlecoil"}, "data": path}, "use multicoil, not"),
+                          ({}, "needs data.path")):
+        with pytest.raises(am.RecipeError, match=pattern):  # when training reads the data, before any folder
+            train({**tiny_recipe(tmp_path), **over}, progress=False)
+        assert not (tmp_path / "tiny").exists()
 
 
 def test_a_recipe_key_given_twice_is_refused(tmp_path):

@@ -32,6 +32,12 @@ from ..errors import AmbientMRIError
 _TAG = 7919  # separates the augmentation streams from the other seeded streams of the package
 
 
+# Upper bounds that only keep absurd values from hanging or overflowing (1e8 copies ran for minutes with no word; an
+# elastic smoothness of 1e300 failed inside scipy): far above any useful setting.
+MAX_COPIES = 1000
+MAX_PIXELS = 4096.0
+
+
 @dataclass
 class AugmentConfig:
     """Augmentation settings (the recipe's ``data.augment``; ``build_demo(augment=...)``). Default: off."""
@@ -69,12 +75,13 @@ class AugmentConfig:
         out = []
         checks = [
             ("copies", self.copies, isinstance(self.copies, (int, np.integer)) and not isinstance(self.copies, bool)
-             and self.copies >= 0, "an integer >= 0"),
+             and 0 <= self.copies <= MAX_COPIES, f"an integer in [0, {MAX_COPIES}]"),
             ("rotate", self.rotate, 0 <= self.rotate <= 180, "in [0, 180] degrees"),
             ("scale", self.scale, 0 <= self.scale < 1, "in [0, 1)"),
             ("shift", self.shift, 0 <= self.shift <= 0.5, "in [0, 0.5] (a fraction of the image side)"),
-            ("elastic", self.elastic, self.elastic >= 0, ">= 0 (pixels)"),
-            ("elastic_smoothness", self.elastic_smoothness, self.elastic_smoothness > 0, "> 0 (pixels)"),
+            ("elastic", self.elastic, 0 <= self.elastic <= MAX_PIXELS, f"in [0, {MAX_PIXELS}] (pixels)"),
+            ("elastic_smoothness", self.elastic_smoothness, 0 < self.elastic_smoothness <= MAX_PIXELS,
+             f"in (0, {MAX_PIXELS}] (pixels)"),
             ("gamma", g, len(g) == 2 and all(math.isfinite(v) for v in g) and 0 < g[0] <= g[1],
              "two numbers lo <= hi, both > 0 ([1, 1] = no intensity curve)"),
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import AmbientMRIError, RecipeError
+from ..errors import AmbientMRIError
 from .measurements import WithFurtherCorruption
 
 
@@ -22,8 +22,6 @@ def build_training_data(recipe):
     if d.kind == "prepared":
         from .prepared import PreparedSlices
 
-        if not d.path:  # "" would read the working directory
-            raise RecipeError("data.kind 'prepared' needs data.path (a folder written by `ambient-mri prepare`)")
         base = PreparedSlices(d.path, limit=d.limit)
         return with_further(base, recipe), base.info()
     if d.kind in ("images", "faces", "mnist"):

@@ -173,8 +173,10 @@ def validate(recipe: Recipe) -> Recipe:
     c, t = recipe.corruption, recipe.training
     from ..corruption import COND_CHANNELS, OPERATORS
 
-    if not recipe.name or recipe.name in (".", "..") or "/" in recipe.name or os.sep in recipe.name:
-        raise RecipeError(f"name: a plain folder name (the run folder is output/name), got {recipe.name!r}")
+    parts = recipe.name.replace(os.sep, "/").split("/")
+    if not recipe.name or os.path.isabs(recipe.name) or any(p in ("", ".", "..") for p in parts):
+        raise RecipeError(f"name: folder names below output (the run folder is output/name), without '.' or '..' "
+                          f"parts, got {recipe.name!r}")
 
     if c.operator not in OPERATORS:
         raise RecipeError(f"corruption.operator: {c.operator!r} is not one of {', '.join(OPERATORS)}")
@@ -217,8 +219,8 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_augment(recipe)
     if recipe.data.kind != "prepared":
         _validate_images(recipe)
-    else:
-        _validate_prepared(recipe)
+    elif c.sigma_n > 0:
+        raise RecipeError("corruption.sigma_n sets the noise of image data; prepared MRI data record their own")
     if c.ambient and c.operator != "identity" and c.extra_lines is None and c.delta is None:
         raise RecipeError("an ambient recipe needs corruption.extra_lines or corruption.delta: with Ã = A the "
                           "network never learns what lies outside the acquired samples")
@@ -237,7 +239,7 @@ def _validate_ranges(recipe: Recipe) -> None:
         ("network.attn_levels", n.attn_levels, all(0 <= a < len(n.channel_mult) for a in n.attn_levels),
          f"levels in 0..{len(n.channel_mult) - 1} (one per entry of network.channel_mult)"),
         ("network.dropout", n.dropout, 0 <= n.dropout < 1, "in [0, 1)"),
-        ("network.sigma_data", n.sigma_data, n.sigma_data > 0, "> 0"),
+        ("network.sigma_data", n.sigma_data, 0 < n.sigma_data <= 1e3, "in (0, 1000] (EDM: 0.5)"),
         ("training.P_std", t.P_std, t.P_std > 0, "> 0"),
         ("training.grad_clip", t.grad_clip, t.grad_clip > 0, "> 0"),
         ("training.ema_halflife_images", t.ema_halflife_images, t.ema_halflife_images > 0, "> 0"),
@@ -272,12 +274,16 @@ def _validate_augment(recipe: Recipe) -> None:
                           f"{d.kind!r} images are real-valued: set data.augment.phase: false")
 
 
-def _validate_prepared(recipe: Recipe) -> None:
-    """Prepared MRI data: the image-only keys would be ignored (and some recorded in the model), so each is
-    refused by name."""
+def check_prepared_recipe(recipe: Recipe) -> None:
+    """Before training on prepared MRI data (``build_training_data``; a recipe used only to configure a network
+    keeps the defaults' kind): a folder is needed, the operator must be multicoil, and the image-only keys would be
+    ignored (corruption.p even recorded in the model), so each is refused by name."""
     d, c = recipe.data, recipe.corruption
-    if c.sigma_n > 0:
-        raise RecipeError("corruption.sigma_n sets the noise of image data; prepared MRI data record their own")
+    if not d.path:  # "" would read the working directory
+        raise RecipeError("data.kind 'prepared' needs data.path (a folder written by `ambient-mri prepare`)")
+    if c.operator != "multicoil":  # prepare writes multi-coil k-space and maps only
+        raise RecipeError(f"corruption.operator: prepared MRI data are multi-coil k-space: use multicoil, not "
+                          f"{c.operator!r}")
     default = DataConfig()
     ignored = [f"corruption.{k}" for k, v in (("p", c.p > 0), ("box", c.box is not None)) if v]
     ignored += [f"data.{k}" for k in ("image_size", "grayscale", "resize") if getattr(d, k) != getattr(default, k)]

@@ -33,7 +33,7 @@ from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_m
 from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .preview import preview
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, check_prepared_recipe, load_recipe
 
 log = logging.getLogger("ambient_mri.train")
 CHECKPOINT = "checkpoint.pt"
@@ -329,6 +329,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise AmbientMRIError(f"{run_dir}: no {CHECKPOINT} to resume from")
     check_run_dir(run_dir, r, recipe, resume)
+    if dataset is None and r.data.kind == "prepared":
+        check_prepared_recipe(r)
     data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
