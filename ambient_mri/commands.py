@@ -43,20 +43,21 @@ def _model_digest(path: str | None) -> str | None:
     return h.hexdigest()
 
 
-def recon_settings(args, source: Path, model_digest: str | None) -> str:
+def recon_settings(args, source: Path, model_digest: str | None, spelled_out: bool = True) -> str:
     """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ.
     Defaults are spelled out (a retrospective mask's kind and ACS fraction, a sampler's steps), so that naming a
-    default on the rerun does not redo every volume."""
+    default on the rerun does not redo every volume; ``spelled_out=False`` gives the earlier versions' string (the
+    arguments as given), by which their outputs are still recognised."""
     from .masks import DEFAULT_CENTER_FRACTION
     from .sampling.policy import METHODS as TABLE
 
     keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size", "coils")
     values = {k: getattr(args, k, None) for k in keys}
-    if values["acceleration"] is not None:
+    m = TABLE.get(values["method"])
+    if spelled_out and values["acceleration"] is not None:
         values["mask"] = values["mask"] or "random"
         values["center_fraction"] = values["center_fraction"] or DEFAULT_CENTER_FRACTION
-    m = TABLE.get(values["method"])
-    if m is not None and m.stochastic and values["steps"] is None:
+    if spelled_out and m is not None and m.stochastic and values["steps"] is None:
         values["steps"] = m.mri_steps
     return json.dumps({**values, "model": model_digest, "source": _fingerprint(source)}, sort_keys=True)
 
@@ -150,10 +151,11 @@ def run_reconstruct(args) -> int:
                 for f in bar:
                     target = out / f.name
                     settings = recon_settings(args, f, digest)
+                    earlier = recon_settings(args, f, digest, spelled_out=False)  # an earlier version's output
                     try:
                         if target.exists():
                             _check_not_foreign(target)
-                            if not args.overwrite and finished(target, settings):  # resumable: finished volumes kept
+                            if not args.overwrite and (finished(target, settings) or finished(target, earlier)):
                                 kept += 1
                                 continue
                         reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
@@ -204,14 +206,13 @@ def _volume_png(target_file: Path, recon_file: Path, png: Path) -> None:
     map where the file has them."""
     import h5py
 
-    from .metrics import _volume, center_crop, scored_pair
+    from .metrics import center_crop, scored_pair
 
     gt, rec = scored_pair(target_file, recon_file)
     s = gt.shape[0] // 2
     panels = [("reference", gt[s])]
     with h5py.File(recon_file, "r") as p:
-        extra = {k: p[k] for k in ("zero_filled", "std") if isinstance(p.get(k), h5py.Dataset)}
-        zf, std = (_volume(extra[k][()], k) if k in extra else None for k in ("zero_filled", "std"))
+        zf, std = (_panel(p, k) for k in ("zero_filled", "std"))
         method = p.attrs.get("method", "?")
     fits = [a is not None and a.shape[0] == gt.shape[0] and all(a.shape[i] >= gt.shape[i] for i in (1, 2))
             for a in (zf, std)]
@@ -221,6 +222,22 @@ def _volume_png(target_file: Path, recon_file: Path, png: Path) -> None:
     if fits[1]:
         panels.append(("std over samples", center_crop(std, gt.shape[-2:])[s]))
     save_panels(png, panels, float(gt.max()))
+
+
+def _panel(f, key: str) -> np.ndarray | None:
+    """An optional panel of a reconstruction file (zero_filled, std) as a magnitude volume; None when it is
+    missing or unusable (not a numeric dataset, not finite): the figure is drawn without it."""
+    import h5py
+
+    from .metrics import _volume
+
+    d = f.get(key)
+    if not isinstance(d, h5py.Dataset) or d.dtype.kind not in "biufc":
+        return None
+    try:
+        return _volume(d[()], key)
+    except AmbientMRIError:
+        return None
 
 
 def _finite_or_none(row: dict) -> dict:
@@ -266,19 +283,20 @@ def run_evaluate(args) -> int:
     earlier = _earlier_figures(out)
     bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]
     bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
+    result = {**res, "volumes": [_finite_or_none(r) for r in rows], "mean": _finite_or_none(m), "figures": []}
+    write_text(out / "metrics.csv", buf.getvalue())  # the metrics first: a figure that fails cannot lose them
+    write_json(out / "metrics.json", {**result, "figures": earlier})  # until redrawn, the earlier figures stand
     figures = []
     for r in rows:
         png = f"{Path(r['file']).stem}.png"
         try:
             _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / png)
             figures.append(png)
-        except (AmbientMRIError, OSError, ValueError) as e:  # the metrics stand; the figure is listed as failed
-            bad.append((out / png, f"figure not written ({e})"))
+        except Exception as e:  # noqa: BLE001 - the metrics stand; the figure is listed as failed
+            bad.append((out / png, f"figure not written ({type(e).__name__}: {e})"))
     for name in set(earlier) - set(figures):  # an earlier run's figure of a volume that now fails would mislead
         (out / name).unlink(missing_ok=True)
-    write_text(out / "metrics.csv", buf.getvalue())
-    write_json(out / "metrics.json", {**res, "volumes": [_finite_or_none(r) for r in rows],
-                                      "mean": _finite_or_none(m), "figures": figures})
+    write_json(out / "metrics.json", {**result, "figures": figures})
     print(f"metrics.csv, metrics.json and {len(figures)} PNG(s) in {out}")
     if len(rows) < res["targets"]:
         print(f"warning: the mean is over {len(rows)} of {res['targets']} target volumes", file=sys.stderr)

@@ -1037,10 +1037,12 @@ def test_image_data_that_loaded_silently_wrong(tmp_path):
     from ambient_mri.data.images import image_set_from_array, read_image_folder
 
     a = np.random.default_rng(0).random((4, 8, 8))
-    for bad, pattern in ((np.round(a * 255).astype(np.int64), "dtype int64"), (a.astype(np.complex64), "complex"),
-                         (a * 1000, "outside the value range")):
+    for bad, pattern in ((np.round(a * 255).astype(np.int64), "outside the value range"),
+                         (a.astype(np.complex64), "dtype complex64"), (a * 1000, "outside the value range")):
         with pytest.raises(am.AmbientMRIError, match=pattern):
             image_set_from_array(bad)
+    twelve_bit = np.round(a * 4095).astype(np.uint16)  # with its range given, an integer array is fine
+    assert abs(image_set_from_array(twelve_bit, value_range=(0, 4095)).images.mean() - (2 * a.mean() - 1)) < 1e-3
     folder = _pngs(tmp_path / "imgs", n=2)
     Image.fromarray((np.full((8, 8), 0.25) * 65535).astype(np.uint16)).save(folder / "deep.png")
     (folder / ".ipynb_checkpoints").mkdir()
@@ -1062,3 +1064,54 @@ def test_resume_on_other_images_of_the_same_shape_is_refused(tmp_path):
     r["training"]["steps"] = 4
     with pytest.raises(am.AmbientMRIError, match="content_sha256"):
         train(r, progress=False)
+
+
+def test_review_mends_resume_and_divergence(tmp_path, monkeypatch):
+    """A checkpoint of the previous version has no content_sha256: its resume was refused. One bad batch at the
+    start of a run stopped it as diverged when log_every was small."""
+    import ambient_mri.training.trainer as trainer
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    r = _image_recipe(tmp_path, tmp_path / "a.npy")
+    run_dir = train(r, progress=False)
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    del ck["data"]["content_sha256"]
+    torch.save(ck, run_dir / "checkpoint.pt")
+    r["training"]["steps"] = 3
+    train(r, progress=False)
+    real, calls = trainer.step_loss, []
+
+    def first_nan(*a, **k):
+        calls.append(1)
+        loss = real(*a, **k)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    monkeypatch.setattr(trainer, "step_loss", first_nan)
+    r2 = _image_recipe(tmp_path, tmp_path / "a.npy", training__steps=6)
+    r2["name"] = "one_bad_batch"
+    train(r2, progress=False)
+    assert len(calls) == 6 and (tmp_path / "runs" / "one_bad_batch" / "model.pt").is_file()
+
+
+def test_review_mends_reconstruct_and_evaluate(recon_dirs, tmp_path, capsys):
+    """Outputs of the previous version (settings with the defaults unspelled) were all redone; a figure that
+    failed unexpectedly (a compound zero_filled) lost metrics.csv and metrics.json."""
+    raw, out = recon_dirs
+    from ambient_mri.cli import build_parser
+    from ambient_mri.commands import recon_settings
+
+    args = build_parser().parse_args(["reconstruct", "--input", str(raw), "--output", str(out), *ZF])
+    with h5py.File(out / "vol0.h5", "a") as f:
+        f.attrs["settings"] = recon_settings(args, raw / "vol0.h5", None, spelled_out=False)
+        assert json.loads(f.attrs["settings"])["mask"] is None
+        del f["zero_filled"]
+        f.create_dataset("zero_filled", data=np.zeros((2, 32, 32), [("re", "<f4"), ("im", "<f4")]))
+    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
+    assert code == 0 and "2 already there" in stdout
+    t = tmp_path / "t"
+    t.mkdir()
+    for v in ("vol0.h5", "vol1.h5"):
+        with h5py.File(raw / v, "r") as f:
+            _write(t / v, reconstruction_rss=f["reconstruction_rss"][()])
+    code, _, err = run(["evaluate", "--target", str(t), "--recon", str(out)], capsys)
+    assert code == 0 and (out / "metrics.csv").is_file() and (out / "vol0.png").is_file(), err

@@ -145,8 +145,10 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     for f in files:
         try:
             with Image.open(f) as im:
-                if im.mode.startswith("I;16"):  # convert("L") would clip 16-bit values at 255: almost all white
-                    a = np.asarray(im, dtype=np.float32) / 65535.0
+                deep = np.asarray(im, dtype=np.float64) if im.mode.startswith("I") else None
+                if deep is not None and 0 <= deep.min() and deep.max() <= 65535:
+                    # 16-bit (mode I;16, or I in older Pillow): convert("L") would clip at 255, almost all white
+                    a = (deep / 65535.0).astype(np.float32)
                     a = a if grayscale else np.repeat(a[..., None], 3, axis=-1)
                 elif im.mode in ("I", "F"):
                     raise DataFileError(f, f"is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image "
@@ -183,9 +185,9 @@ def image_set_from_array(images, image_size=None, grayscale: bool = True, resize
         raise AmbientMRIError(f"{source}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), got {a.shape}")
     if limit is not None:
         a = a[:limit]
-    if np.iscomplexobj(a) or not (a.dtype == np.uint8 or a.dtype == bool or np.issubdtype(a.dtype, np.floating)):
-        raise AmbientMRIError(f"{source}: images of dtype {a.dtype}: give uint8 in [0, 255] or real floats in "
-                              f"{tuple(value_range)} (other integer types have no agreed range)")
+    if a.dtype.kind not in "buif":  # complex would lose its imaginary part
+        raise AmbientMRIError(f"{source}: images of dtype {a.dtype}: give real numbers (uint8 in [0, 255], others "
+                              f"in the value range {tuple(value_range)})")
     u = to_unit_range(a, value_range)
     if not np.isfinite(u).all():
         raise AmbientMRIError(f"{source}: images contain NaN or Inf")

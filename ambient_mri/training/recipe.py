@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -322,9 +323,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     `training:` block replaced the whole first one (its steps, batch size and lr included)."""
 
     def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<: *anchor) first, as SafeLoader does
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # SafeLoader's own error names it
+                break
             if key in seen:
                 raise RecipeError(f"recipe key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML "
                                   "would keep only the last")

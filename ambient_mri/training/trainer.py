@@ -133,6 +133,9 @@ def _same(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
 
 
+NEW_DATA_FIELDS = frozenset({"content_sha256"})  # data summary fields older checkpoints lack
+
+
 def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     """Refuse to resume ``ckpt_path`` under a recipe or data that differ from the ones it was trained with, naming
     each changed field. Data may move (their summary, not their place, must match); fields the checkpoint's
@@ -146,8 +149,9 @@ def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     if isinstance(ck.get("data"), dict):
         was, now = ({k: v for k, v in plain_values(d).items() if k not in _DATA_PLACES}
                     for d in (ck["data"], data_info))
+        # a field the checkpoint's version did not record (e.g. content_sha256) is not compared
         changed += [f"the training data's {k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(was.keys() |
-                    now.keys()) if not _same(was.get(k), now.get(k))]
+                    (now.keys() - NEW_DATA_FIELDS)) if not _same(was.get(k), now.get(k))]
     if changed:
         raise ResumeError(ckpt_path, "resuming would continue a different training: " + "; ".join(changed[:6]) +
                             ("; ..." if len(changed) > 6 else "") + ". Resume with the recipe and data that wrote "
@@ -394,8 +398,9 @@ MAX_NONFINITE_STEPS = 20
 
 
 def check_divergence(worst: int, steps_this_run: int, step: int) -> None:
-    """Raise once ``worst`` consecutive steps had a non-finite loss (MAX_NONFINITE_STEPS, or all of this call's
-    ``steps_this_run``), before the step's checkpoint is written."""
+    """Raise once ``worst`` consecutive steps had a non-finite loss: MAX_NONFINITE_STEPS, or all of a shorter call
+    (``steps_this_run``: the steps this call plans, or has done when it stops early), before the step's checkpoint
+    is written."""
     if worst >= min(MAX_NONFINITE_STEPS, max(steps_this_run, 1)):
         raise AmbientMRIError(f"training diverged: the loss was NaN or Inf on {worst} steps in a row (at step "
                               f"{step}); this step's checkpoint is not written. Lower training.lr, or check "
@@ -466,7 +471,7 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
                 out_of_time = bool(flag.item())
             save_now = done % t.checkpoint_every == 0 or done == t.steps or out_of_time  # alike on every rank
             if save_now or done % t.log_every == 0:
-                check_divergence(int(worst_bad.item()), done - start, done)
+                check_divergence(int(worst_bad.item()), (done if out_of_time else t.steps) - start, done)
             if rank == 0 and save_now:
                 save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device, data_info)
             if world > 1 and done % t.checkpoint_every == 0:
