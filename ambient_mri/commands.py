@@ -248,14 +248,20 @@ def _finite_or_none(row: dict) -> dict:
     return out
 
 
-def _earlier_figures(out: Path) -> list[str]:
-    """The PNGs an earlier evaluate recorded writing in ``out`` (its metrics.json's "figures")."""
+def _earlier_figures(out: Path) -> tuple[list[str], set[str]]:
+    """What an earlier evaluate in ``out`` wrote, by its metrics.json: (the figures it records, which this run
+    removes where their volume now fails; every name it may have drawn: those and one per scored volume, as
+    versions before "figures" named them)."""
     try:
         old = json.loads((out / "metrics.json").read_text())
-        names = old.get("figures", []) if isinstance(old, dict) and {"volumes", "mean"} <= set(old) else []
-        return [n for n in names if isinstance(n, str) and Path(n).name == n and n.endswith(".png")]
     except (OSError, ValueError):
-        return []
+        return [], set()
+    if not (isinstance(old, dict) and {"volumes", "mean"} <= set(old)):
+        return [], set()
+    names = [n for n in old.get("figures", []) if isinstance(n, str) and Path(n).name == n and n.endswith(".png")]
+    drawn = {f"{Path(v['file']).stem}.png" for v in old["volumes"] if isinstance(v, dict)
+             and isinstance(v.get("file"), str)}
+    return names, set(names) | drawn
 
 
 def run_evaluate(args) -> int:
@@ -280,7 +286,7 @@ def run_evaluate(args) -> int:
     w = csv.DictWriter(buf, fieldnames=["file", "PSNR", "SSIM", "NMSE"], extrasaction="ignore")
     w.writeheader()
     w.writerows(rows + [{"file": "mean", **m}])
-    earlier = _earlier_figures(out)
+    earlier, ours = _earlier_figures(out)
     bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]
     bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
     result = {**res, "volumes": [_finite_or_none(r) for r in rows], "mean": _finite_or_none(m), "figures": []}
@@ -289,6 +295,9 @@ def run_evaluate(args) -> int:
     figures = []
     for r in rows:
         png = f"{Path(r['file']).stem}.png"
+        if (out / png).exists() and png not in ours:  # someone's file where the figure goes: left alone
+            bad.append((out / png, "exists and was not drawn by evaluate: not overwritten (figure not written)"))
+            continue
         try:
             _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / png)
             figures.append(png)

@@ -569,6 +569,11 @@ def test_evaluate_a_folder_of_hostile_reconstructions(tmp_path, capsys):
         f.attrs["settings"] = json.dumps({"source": {"name": "x.h5"}})
     _write(r / "f.h5", reconstruction=np.abs(gt["f"]) + 0.01)
     (r / "mine.png").write_bytes(b"a user's figure")
+    (r / "f.png").write_bytes(b"a user's figure named like a volume")
+    code, out, err = run(["evaluate", "--target", str(t), "--recon", str(r)], capsys)
+    assert f"{r / 'f.png'}: exists and was not drawn by evaluate" in err
+    assert (r / "f.png").read_bytes() == b"a user's figure named like a volume"
+    (r / "f.png").unlink()
     code, out, err = run(["evaluate", "--target", str(t), "--recon", str(r)], capsys)
     assert code == 1 and f"{r / 'a.h5'}: reconstruction has dtype" in err and f"{r / 'b.h5'}: 'reconstruction' is a " \
         "group" in err and f"{r / 'a.h5'}: {r / 'a.h5'}" not in err
@@ -617,7 +622,7 @@ def prepared(raw, tmp_path) -> Path:
 
 
 def _recipe_file(tmp_path: Path, prepared: Path, **training) -> Path:
-    r = tiny_recipe(tmp_path / "runs", **training)
+    r = tiny_recipe(tmp_path / "runs", **{"batch_size": 2, **training})  # 3 training slices
     r["data"] = {"path": str(prepared), "holdout": 1}
     p = tmp_path / "tiny.yaml"
     p.write_text(json.dumps(r))  # JSON is YAML
@@ -999,6 +1004,14 @@ def test_the_run_folder_may_not_overlap_the_data_or_write_over_the_recipe(tmp_pa
 def test_recipe_settings_that_crashed_or_did_nothing_are_refused(tmp_path, over, pattern):
     with pytest.raises(am.RecipeError, match=pattern):
         load_recipe(_image_recipe(tmp_path, tmp_path, **over))
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
+    """Every batch repeated examples, silently (batch 100 on 6 images)."""
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    with pytest.raises(am.AmbientMRIError, match="batch_size 8 is larger than the 5 training examples"):
+        train(_image_recipe(tmp_path, tmp_path / "a.npy", training__batch_size=8), progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_settings_that_do_not_apply_to_the_data_are_refused(tmp_path):

@@ -338,6 +338,10 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
+    if r.training.batch_size > len(data) - r.data.holdout:  # every batch would repeat examples
+        raise AmbientMRIError(f"training.batch_size {r.training.batch_size} is larger than the "
+                              f"{len(data) - r.data.holdout} training examples (after data.holdout="
+                              f"{r.data.holdout}); lower it or add data")
     if (run_dir / CHECKPOINT).is_file():
         check_resume(run_dir / CHECKPOINT, r, data_info)  # before recipe.yaml is written over
     if world > 1 and not dist.is_initialized():
