@@ -1128,3 +1128,24 @@ def test_review_mends_reconstruct_and_evaluate(recon_dirs, tmp_path, capsys):
             _write(t / v, reconstruction_rss=f["reconstruction_rss"][()])
     code, _, err = run(["evaluate", "--target", str(t), "--recon", str(out)], capsys)
     assert code == 0 and (out / "metrics.csv").is_file() and (out / "vol0.png").is_file(), err
+
+
+def test_out_of_memory_and_invisible_augmentation_are_clear_errors(tmp_path, monkeypatch):
+    """model_channels 100000 or image_size 100000 x 100000 ended in torch's allocator traceback; rotate 1e-300 made
+    copies equal to their originals (one clean image corrupted twice), past the rule that refuses exact repeats."""
+    import ambient_mri.training.trainer as trainer
+    from ambient_mri.data.augment import augment_images
+
+    with pytest.raises(am.AmbientMRIError, match="2 augmented copies equal their original"):
+        augment_images(np.random.default_rng(0).random((2, 8, 8)).astype(np.float32),
+                       {"copies": 1, "rotate": 1e-300}, seed=0)
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 40000000000 bytes.")
+
+    monkeypatch.setattr(trainer, "_loop", oom)
+    with pytest.raises(am.AmbientMRIError, match="out of memory on cpu .* lower training.batch_size"):
+        train(_image_recipe(tmp_path, tmp_path / "a.npy"), progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -212,4 +212,10 @@ def augment_images(images: np.ndarray, settings: AugmentConfig | dict | None, se
         copies.append(np.stack([augment_one(img, k, s, np.random.default_rng((int(seed), _TAG, i, k)))
                                 for i, img in enumerate(planes)]))
     out = np.concatenate(copies)
+    if not np.isfinite(out).all():  # e.g. an elastic field too large for float32 arithmetic
+        raise AmbientMRIError("augment_images: the augmented images contain NaN or Inf; lower the transform sizes")
+    same = [k for k in range(1, s.copies + 1) for i in range(len(planes)) if np.array_equal(copies[k][i], planes[i])]
+    if same:  # transforms too small to change a pixel (rotate 1e-300): a clean image would be corrupted twice
+        raise AmbientMRIError(f"augment_images: {len(same)} augmented copies equal their original image exactly "
+                              "(the transforms are too small to change a pixel); make them larger or set copies: 0")
     return out if x.ndim == 4 else out[:, 0]

@@ -349,7 +349,14 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     with run_folder(run_dir, r, rank):
         if world > 1:
             dist.barrier()
-        _loop(r, data, data_info, run_dir, device, rank, world, progress)
+        try:
+            _loop(r, data, data_info, run_dir, device, rank, world, progress)
+        except RuntimeError as e:  # torch's own out-of-memory errors: one line that says which settings to lower
+            if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+                raise
+            raise AmbientMRIError(f"out of memory on {device} ({str(e).splitlines()[0][:160]}): lower "
+                                  "training.batch_size, network.model_channels / channel_mult or data.image_size"
+                                  ) from None
     if world > 1:
         dist.barrier()
     return run_dir
