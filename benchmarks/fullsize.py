@@ -155,7 +155,9 @@ def child(p: dict) -> dict:
 
     opts = dict(p["opts"])
     if diffusion:
-        opts.update(model=model, steps=p["steps"], device=p["device"], batch_size=1)
+        opts.update(model=model, device=p["device"], batch_size=1)
+        if p["method"] != "one_step":  # one evaluation of D: it takes no steps
+            opts["steps"] = p["steps"]
     runs = []
     for _rep in range(p["repeats"]):
         prep_s.clear(), forward_s.clear(), unet_s.clear()
