@@ -20,6 +20,7 @@ from .files import (
     make_folder,
     refuse_overwrite,
     remove_temps,
+    removed_if_left_empty,
     run_lock,
     save_figure,
     write_json,
@@ -127,7 +128,6 @@ def run_reconstruct(args) -> int:
     files, bad = input_files(args.input)
     single = Path(args.input).is_file()
     refuse_overwrite(files + [f for f, _ in bad], [out] + [out / f.name for f in files])
-    created = not out.exists()
     if args.threads:
         import torch
 
@@ -143,7 +143,7 @@ def run_reconstruct(args) -> int:
         check_multicoil_model(opts["model"])
         digest = _model_digest(args.model)
     done = kept = 0
-    try:
+    with removed_if_left_empty(out):
         with run_lock(out, f"reconstruct {args.input} -> {out}"):
             remove_temps(out)
             # a bar on terminals only (disable=None); closed before an error message is printed
@@ -169,9 +169,6 @@ def run_reconstruct(args) -> int:
                         if single:
                             raise
                         bad.append((f, f"unexpected {type(e).__name__}: {e}"))
-    finally:
-        if created and out.is_dir() and not any(out.iterdir()):  # nothing written: leave no folder behind
-            out.rmdir()
     reasons = {why for _, why in bad}
     if len(bad) == 1 and not done + kept:  # a folder of one volume: as a single file
         raise AmbientMRIError(f"{bad[0][0]}: {bad[0][1]}")

@@ -120,6 +120,20 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
         plt.close(fig)
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
+    """Those of ``folders`` (outermost first) that do not exist yet are removed, innermost first, if they are
+    empty when the block ends, however it ends: a command that writes nothing leaves no folder behind."""
+    created = [Path(d) for d in folders if not Path(d).exists()]
+    try:
+        yield
+    finally:
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+
+
 def remove_temps(folder: str | os.PathLike, pattern: str = ".*.tmp") -> list[Path]:
     """Remove the temporaries a killed run left in ``folder`` (call it holding the folder's ``run_lock``)."""
     folder = Path(folder)

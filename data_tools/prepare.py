@@ -45,7 +45,15 @@ from ambient_mri.data.calibration import apply_compression, prepare_slice, row_c
 from ambient_mri.data.fastmri import FastMRIVolume, read_fastmri
 from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE
 from ambient_mri.errors import AmbientMRIError, DataFileError
-from ambient_mri.files import atomic_path, ensure_space, input_files, refuse_overwrite, remove_temps, run_lock
+from ambient_mri.files import (
+    atomic_path,
+    ensure_space,
+    input_files,
+    refuse_overwrite,
+    remove_temps,
+    removed_if_left_empty,
+    run_lock,
+)
 from ambient_mri.masks import COLUMN_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies
 from ambient_mri.metrics import center_crop
 from ambient_mri.operators import fft2c, ifft2c
@@ -436,9 +444,8 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
     summary.results += [FileResult(str(f), "refused", why) for f, why in unusable]
     jobs = [(str(f), str(output), opts) for f in files]
     bar = tqdm(total=len(jobs), desc=f"prepare {split}", unit="file", disable=not progress)
-    created = [d for d in (output, out_dir, ref_dir) if not d.exists()]
     try:
-        with run_lock(out_dir, f"prepare {split} -> {output}"):
+        with removed_if_left_empty(output, out_dir, ref_dir), run_lock(out_dir, f"prepare {split} -> {output}"):
             for folder in (out_dir, ref_dir):  # what a killed run of this split left half-written
                 remove_temps(folder)
             if workers <= 1 or len(jobs) <= 1:
@@ -454,9 +461,6 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
                         bar.update(1)
     finally:
         bar.close()
-        for d in reversed(created):  # folders this run made and left empty (every file refused): removed
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
     order = {str(f): i for i, f in enumerate(sorted(files + [f for f, _ in unusable]))}
     summary.results.sort(key=lambda r: order.get(r.source, 0))
     summary.seconds = time.time() - tic

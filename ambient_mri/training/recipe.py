@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import math
 import os
-from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -318,23 +317,22 @@ def _validate_images(recipe: Recipe) -> None:
         raise RecipeError("corruption.delta (further pixel dropping) needs corruption.operator pixel")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping: YAML keeps the last silently, and a second
-    `training:` block replaced the whole first one (its steps, batch size and lr included)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            self.flatten_mapping(node)  # merge keys (<<: *anchor) first, as SafeLoader does
+def _check_unique_keys(node) -> None:
+    """Refuse a key given twice in one mapping of a composed YAML document (nodes only; nothing is constructed):
+    safe_load keeps the last silently, and a second `training:` block replaced the whole first one (its steps,
+    batch size and lr included). Merge keys (<<) and non-scalar keys are left to safe_load."""
+    if isinstance(node, yaml.MappingNode):
         seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):  # SafeLoader's own error names it
-                break
-            if key in seen:
-                raise RecipeError(f"recipe key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML "
-                                  "would keep only the last")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise RecipeError(f"recipe key {key_node.value!r} is given twice (line "
+                                      f"{key_node.start_mark.line + 1}); YAML would keep only the last")
+                seen.add(key_node.value)
+            _check_unique_keys(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item)
 
 
 def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None) -> Recipe:
@@ -350,7 +348,9 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found")
         try:
-            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+            text = path.read_text(encoding="utf-8")
+            _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+            values = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
         except RecipeError as e:  # a key given twice
