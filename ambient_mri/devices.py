@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import AmbientMRIError
@@ -24,3 +26,28 @@ def resolve_device(name=None, what: str = "device", local_rank: int = 0) -> torc
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise AmbientMRIError(f"{what} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def available_host_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def ensure_memory(nbytes: float, what: str, lower: str, device: torch.device | str = "cpu") -> None:
+    """Refuse an allocation of about ``nbytes`` on ``device`` that cannot fit in its free memory: on the host, past
+    it Linux's out-of-memory killer ends the process with no message at all. ``lower`` names the settings to lower."""
+    device = torch.device(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_host_memory()
+    if free is not None and nbytes > free:
+        raise AmbientMRIError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB is "
+                              f"free on {device}: lower {lower}")

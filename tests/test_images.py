@@ -247,6 +247,39 @@ def test_bad_image_inputs_name_the_problem(tmp_path):
         im.inpaint(load_model_stub(), np.zeros((8, 8)), np.ones((8, 8)), method="magic")
 
 
+def test_image_sets_too_large_for_memory_are_refused_before_allocating(tmp_path, monkeypatch):
+    import ambient_mri.data.factory as factory
+    import ambient_mri.devices as devices
+
+    folder = tmp_path / "imgs"
+    write_pngs(folder, n=2)
+    assert read_image_folder(folder, image_size=[64, 64]).images.shape == (2, 1, 64, 64)
+    monkeypatch.setattr(devices, "available_host_memory", lambda: 2 * 4 * 2 * 64 * 64 - 1)
+    with pytest.raises(AmbientMRIError, match="2 images of 64 x 64 needs.*GiB.*free on cpu: lower data.image_size"):
+        read_image_folder(folder, image_size=[64, 64])
+    monkeypatch.setattr(devices, "available_host_memory", lambda: 1000)
+    with pytest.raises(AmbientMRIError, match="resizing 2 images to 64 x 64.*data.image_size"):
+        image_set_from_array(np.zeros((2, 8, 8), np.float32), image_size=[64, 64])
+    # torch's own allocation failures while the data are built are one line too, and nothing is written
+    monkeypatch.setattr(devices, "available_host_memory", lambda: None)
+
+    def no_memory(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1600000000 bytes")
+    monkeypatch.setattr(factory, "build_training_data", no_memory)
+    recipe = {"name": "big", "output": str(tmp_path / "runs"),
+              "data": {"kind": "images", "path": str(folder), "holdout": 0},
+              "corruption": {"operator": "pixel"}, "training": {"steps": 1, "batch_size": 1}}
+    with pytest.raises(AmbientMRIError, match="out of memory on cpu.*data.image_size"):
+        trainer.train(recipe, progress=False)
+    assert not (tmp_path / "runs").exists()
+    # a network whose weights, EMA and optimiser state cannot fit is refused before one is allocated
+    monkeypatch.undo()
+    recipe["network"] = {"model_channels": 200_000, "channel_mult": [1], "num_blocks": 1, "attn_levels": []}
+    with pytest.raises(AmbientMRIError, match="network of .* M parameters.*free on cpu: lower network.model_channels"):
+        trainer.train(recipe, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def load_model_stub():
     class Stub:
         info = {"operator": "pixel", "image_shape": [1, 8, 8]}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import ensure_memory
 from ..errors import AmbientMRIError, DataFileError
 from ..files import npy_problem
 
@@ -69,6 +70,8 @@ def fit_images(images: np.ndarray, image_size=None, resize: str = "crop") -> np.
             ww = max(1, round(h * W / H))
             left = (w - ww) // 2
             images = images[..., :, left: left + ww]
+    ensure_memory(4.0 * images.shape[0] * images.shape[1] * (H * W + images.shape[-2] * images.shape[-1]),
+                       f"resizing {images.shape[0]} images to {H} x {W}", "data.image_size")
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     lo, hi = float(t.min()), float(t.max())
     out = torch.nn.functional.interpolate(t, size=(H, W), mode="bicubic", antialias=True, align_corners=False)
@@ -141,6 +144,9 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     files = [Path(f) for f in files][:limit]
     size = _size(image_size)
     mode = "L" if grayscale else "RGB"
+    if size is not None:  # the list of resized images and their stacked copy
+        ensure_memory(2 * 4.0 * len(files) * (1 if grayscale else 3) * size[0] * size[1],
+                           f"{len(files)} images of {size[0]} x {size[1]}", "data.image_size")
     out, shapes = [], {}
     for f in files:
         try:

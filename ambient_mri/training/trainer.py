@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import zipfile
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..corruption import is_complex
-from ..devices import resolve_device
+from ..devices import ensure_memory, resolve_device
 from ..errors import AmbientMRIError, DataFileError
 from ..files import ensure_space, make_folder, refuse_overwrite, remove_temps, run_lock, write_text
 from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_model
@@ -298,6 +299,19 @@ def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, 
     log.info("step %d: checkpoint and model written", step)
 
 
+@contextmanager
+def _out_of_memory_as_error(device: torch.device) -> Iterator[None]:
+    """torch's own out-of-memory errors -> one line that says which settings to lower."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        raise AmbientMRIError(f"out of memory on {device} ({(str(e).splitlines() or [type(e).__name__])[0][:160]}): "
+                              "lower training.batch_size, network.model_channels / channel_mult or data.image_size"
+                              ) from None
+
+
 def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
     """The run folder must not be, hold or lie inside the training data (its checkpoints and preview PNGs would
     become training examples of the next run, or a failed first run would remove the data), and its recipe.yaml
@@ -335,7 +349,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     check_run_dir(run_dir, r, recipe, resume)
     if dataset is None and r.data.kind == "prepared":
         check_prepared_recipe(r)
-    data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
+    with _out_of_memory_as_error(torch.device("cpu")):
+        data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
     if r.training.batch_size > len(data) - r.data.holdout:  # every batch would repeat examples
@@ -349,14 +364,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     with run_folder(run_dir, r, rank):
         if world > 1:
             dist.barrier()
-        try:
+        with _out_of_memory_as_error(device):
             _loop(r, data, data_info, run_dir, device, rank, world, progress)
-        except RuntimeError as e:  # torch's own out-of-memory errors: one line that says which settings to lower
-            if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
-                raise
-            raise AmbientMRIError(f"out of memory on {device} ({str(e).splitlines()[0][:160]}): lower "
-                                  "training.batch_size, network.model_channels / channel_mult or data.image_size"
-                                  ) from None
     if world > 1:
         dist.barrier()
     return run_dir
@@ -425,6 +434,10 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     img_shape = _image_shape(data[0], r.corruption.operator)
     record = training_record(r, data_info, img_shape)
     img_ch = 2 if is_complex(r.corruption.operator) else img_shape[0]
+    with torch.device("meta"):  # counted without allocating: torch would take what it can before failing
+        n_params = sum(p.numel() for p in Denoiser(network_config(r, img_ch, len(record.cond)), record).parameters())
+    ensure_memory(4.0 * 5 * n_params, f"a network of {n_params / 1e6:.0f} M parameters (weights, EMA, gradients "
+                  "and AdamW's two moments)", "network.model_channels, channel_mult or num_blocks", device)
     torch.manual_seed(t.seed)  # same initial weights on every rank and in every rerun
     model = Denoiser(network_config(r, img_ch, len(record.cond)), record).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
