@@ -278,6 +278,13 @@ def check_finite_number(name: str, value, minimum: float | None = None, strict: 
         raise AmbientMRIError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
 
 
+def check_count(name: str, v, low: int = 1, high: int | None = None) -> None:
+    """An integer from the user (numpy integers count, bools and floats do not) in [low, high]."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low or (high is not None and v > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise AmbientMRIError(f"{name} must be an integer {span}, got {v!r}")
+
+
 MAX_SEED = 2**31 - 1   # numpy takes seeds below 2**32; samplers, ranks and workers add offsets to it
 
 

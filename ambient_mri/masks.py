@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import AmbientMRIError
+from .files import check_count
 
 KSPACE_KINDS = ("random", "equispaced", "gaussian1d", "uniform1d", "poisson2d")
 COLUMN_KINDS = tuple(k for k in KSPACE_KINDS if k != "poisson2d")  # what multi-coil files and prepare take
@@ -40,10 +41,13 @@ def seed_from(seed) -> int | tuple[int, ...] | None:
         return None
     if isinstance(seed, str):
         return tuple(map(ord, seed))
-    values = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    parts = [seed] if isinstance(seed, numbers.Integral) else list(seed) if isinstance(seed, (tuple, list)) else None
+    if parts is None or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in parts):
+        raise AmbientMRIError(f"seed must be an integer >= 0, a tuple of them or a file name, got {seed!r}")
+    values = [int(v) for v in parts]
     if min(values, default=0) < 0:
         raise AmbientMRIError(f"seed must be >= 0, got {seed!r}")
-    if isinstance(seed, (int, np.integer)):
+    if isinstance(seed, numbers.Integral):
         return values[0] if values[0] < 2**32 else tuple(_words(values[0]))
     return tuple(w for v in values for w in _words(v))
 
@@ -66,14 +70,25 @@ def center_block(width: int, num_low: int) -> slice:
 def _check(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float) -> tuple[int, int]:
     if kind not in KSPACE_KINDS:
         raise AmbientMRIError(f"unknown mask kind {kind!r}; choose one of {', '.join(KSPACE_KINDS)}")
-    if len(shape) < 1:
-        raise AmbientMRIError(f"mask shape must be (H, W) or (W,), got {tuple(shape)}")
-    if not (isinstance(acceleration, numbers.Real) and math.isfinite(acceleration) and acceleration >= 1):
+    shape = _shape(shape)
+    if isinstance(acceleration, bool) or not (isinstance(acceleration, numbers.Real) and math.isfinite(acceleration)
+                                              and acceleration >= 1):
         raise AmbientMRIError(f"acceleration must be a finite number >= 1, got {acceleration!r}")
-    if not 0 < center_fraction < 1:
-        raise AmbientMRIError(f"center_fraction must be in (0, 1), got {center_fraction}")
-    H = int(shape[-2]) if len(shape) >= 2 else 1
-    return H, int(shape[-1])
+    if isinstance(center_fraction, bool) or not (isinstance(center_fraction, numbers.Real)
+                                                 and 0 < center_fraction < 1):
+        raise AmbientMRIError(f"center_fraction must be in (0, 1), got {center_fraction!r}")
+    H = shape[-2] if len(shape) >= 2 else 1
+    return H, shape[-1]
+
+
+def _shape(shape) -> tuple[int, ...]:
+    """A mask shape from the user: a sequence of positive integers, the last one W."""
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    if not isinstance(shape, (tuple, list)) or not shape or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in shape):
+        raise AmbientMRIError(f"mask shape must be a tuple of positive integers such as (H, W) or (W,), got {shape!r}")
+    return tuple(int(v) for v in shape)
 
 
 def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float = DEFAULT_CENTER_FRACTION,
@@ -91,8 +106,9 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
     """
     H, W = _check(kind, shape, acceleration, center_fraction)
     num_low = num_low_frequencies(W, center_fraction)
+    alone = W / max(num_low, 1)
     too_many = f"the {num_low} ACS lines of center_fraction {center_fraction} already give acceleration " \
-               f"{W / num_low:.3g}, below the {acceleration:g} asked for"
+               f"{alone:.3g}, {'below' if alone < acceleration else 'no more than'} the {acceleration:g} asked for"
     if kind == "equispaced" and num_low * acceleration >= W:  # fastMRI's spacing formula divides by W - that
         raise AmbientMRIError(f"equispaced: {too_many}; lower center_fraction or acceleration")
     if kind == "random" and num_low * acceleration > W:  # kept as fastMRI draws it (parity), but never silently
@@ -111,7 +127,10 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
         calib = (max(num_low_frequencies(H, center_fraction), 1), max(num_low, 1))
         s = seed_from(seed)
         int_seed = int(np.random.RandomState(s).randint(0, 2**31 - 1)) if s is not None else None
-        m = sigpy.mri.poisson((H, W), acceleration, calib=calib, dtype=np.float32, seed=int_seed)
+        try:
+            m = sigpy.mri.poisson((H, W), acceleration, calib=calib, dtype=np.float32, seed=int_seed)
+        except ValueError as e:  # sigpy refuses accelerations its density search cannot reach
+            raise AmbientMRIError(f"poisson2d at acceleration {acceleration:g} on {H} x {W}: {e}") from None
         return np.asarray(m, dtype=np.float32)
     total = int(round(W / acceleration))
     if total < num_low:
@@ -185,9 +204,9 @@ def achieved_acceleration(mask) -> float:
 
 def pixel_mask(shape: Sequence[int], p: float, seed=None) -> np.ndarray:
     """Float32 mask of ``shape`` with each pixel missing (0) independently with probability p in [0, 1)."""
-    if not 0 <= p < 1:
-        raise AmbientMRIError(f"missing-pixel probability p must be in [0, 1), got {p}")
-    return (_rng(seed).uniform(size=tuple(shape)) >= p).astype(np.float32)
+    if isinstance(p, bool) or not (isinstance(p, numbers.Real) and 0 <= p < 1):
+        raise AmbientMRIError(f"missing-pixel probability p must be a number in [0, 1), got {p!r}")
+    return (_rng(seed).uniform(size=_shape(shape)) >= p).astype(np.float32)
 
 
 def _is_column_mask(m: np.ndarray) -> bool:
@@ -201,18 +220,26 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
 
     Column masks (shape (..., 1, W), (W,), or (..., H, W) constant along H): ``extra_lines`` removes that many
     acquired non-ACS columns (A-DPS; fixed count), or ``delta`` drops each acquired non-ACS column with probability
-    δ. The ACS block is never touched: ``acs_lines`` central columns if given, else the contiguous acquired block
-    around the centre. Pixel masks (anything else): ``delta`` drops each kept pixel with probability δ (Daras et
-    al. 2023). A leading batch dimension is handled example by example from one seeded generator.
-    kind: "lines" or "pixels" forces the mode (default: lines when the mask is constant along H).
+    δ. The ACS block is never touched: ``acs_lines`` central columns if given, else a centred block as wide as the
+    contiguous acquired block around the centre (it holds fastMRI's ACS block; a random line next to it may go).
+    Pixel masks (anything else): ``delta`` drops each kept pixel with probability δ (Daras et al. 2023). A leading
+    batch dimension is handled example by example from one seeded generator.
+    kind: "lines" or "pixels" forces the mode (default: lines when the mask is constant along H). Per-slice column
+    masks given as (S, W) look like one pixel mask: pass them as (S, 1, W) or with kind="lines".
     Returns the same type (numpy or torch) and shape as ``mask``.
     """
     if (extra_lines is None) == (delta is None):
         raise AmbientMRIError("further_mask needs exactly one of extra_lines or delta")
-    if delta is not None and not 0 <= delta < 1:
-        raise AmbientMRIError(f"delta must be in [0, 1), got {delta}")
+    if delta is not None and (isinstance(delta, bool) or not (isinstance(delta, numbers.Real) and 0 <= delta < 1)):
+        raise AmbientMRIError(f"delta must be a number in [0, 1), got {delta!r}")
+    if extra_lines is not None:
+        check_count("extra_lines", extra_lines, low=0)
     is_torch = isinstance(mask, torch.Tensor)
     m = np.asarray(mask.detach().cpu() if is_torch else mask, dtype=np.float32)
+    if m.ndim == 0 or m.size == 0:
+        raise AmbientMRIError(f"further_mask needs a mask of shape (W,), (..., 1, W) or (..., H, W), got {m.shape}")
+    if acs_lines is not None:
+        check_count("acs_lines", acs_lines, low=0, high=m.shape[-1])
     rng = _rng(seed)
     if kind not in (None, "lines", "pixels"):
         raise AmbientMRIError(f"further_mask kind must be 'lines' or 'pixels', got {kind!r}")

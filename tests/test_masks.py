@@ -101,3 +101,44 @@ def test_mask_bad_input():
         further_mask(kspace_mask("uniform1d", (1, 64), 4, 0.125, seed=0), extra_lines=20)
     with pytest.raises(am.AmbientMRIError, match="exactly one"):
         further_mask(np.ones((1, 8)))
+
+
+def test_masks_without_acs_lines_follow_fastmri_instead_of_dividing_by_zero():
+    # round(32 * 0.01) = 0 ACS lines: fastMRI still draws a mask; the "too many ACS lines" text divided by zero
+    expected, _ = RandomMaskFunc([0.01], [4])((1, 32, 1), seed=0)
+    assert np.array_equal(kspace_mask("random", (32, 32), 4, 0.01, seed=0)[0], expected.numpy().reshape(32))
+    for kind in ("equispaced", "uniform1d", "gaussian1d"):
+        assert kspace_mask(kind, (32, 32), 4, 0.01, seed=0).sum() == 8
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": 1.5}, "seed must be an integer"),
+    ({"center_fraction": "0.08"}, "center_fraction must be in"),
+    ({"shape": 32}, "mask shape must be a tuple"),
+    ({"shape": (0, 32)}, "mask shape must be a tuple"),
+    ({"acceleration": True}, "acceleration must be a finite number"),
+    ({"kind": "poisson2d", "acceleration": 1e12}, "poisson2d at acceleration 1e\\+12 on 32 x 32"),
+])
+def test_kspace_mask_arguments_are_checked_before_numpy_or_sigpy_sees_them(kwargs, message):
+    args = {"kind": "random", "shape": (32, 32), "acceleration": 4, "center_fraction": 0.08, "seed": 0, **kwargs}
+    with pytest.raises(am.AmbientMRIError, match=message):
+        kspace_mask(**args)
+
+
+def test_further_mask_never_drops_acs_lines_whatever_the_arguments():
+    m = kspace_mask("uniform1d", (32, 32), 2, 0.25, seed=0)   # an 8-line ACS block
+    acs = np.arange(12, 20)   # fastMRI's centre block of 8 of 32 columns
+    assert m[0, acs].all()
+    for acs_lines in (40, -4, 4.5, True):   # a block wider than W, or negative, protected the wrong columns
+        with pytest.raises(am.AmbientMRIError, match="acs_lines must be an integer in \\[0, 32\\]"):
+            further_mask(m, delta=0.99, acs_lines=acs_lines, seed=0)
+    assert further_mask(m, delta=0.99, acs_lines=32, seed=0).sum() == m.sum()
+    assert further_mask(m, delta=0.99, seed=0)[0, acs].all()
+    for extra in (2.7, -1):
+        with pytest.raises(am.AmbientMRIError, match="extra_lines must be an integer >= 0"):
+            further_mask(m, extra_lines=extra, seed=0)
+    for bad in (np.float32(1), np.zeros(0)):
+        with pytest.raises(am.AmbientMRIError, match="further_mask needs a mask of shape"):
+            further_mask(bad, delta=0.5)
+    with pytest.raises(am.AmbientMRIError, match="p must be a number"):
+        am.masks.pixel_mask((4, 4), "0.5")

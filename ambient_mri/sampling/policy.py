@@ -14,14 +14,13 @@ How training shapes sampling:
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
-from ..files import check_finite_number, check_seed
+from ..files import check_count, check_finite_number, check_seed
 from ..masks import further_mask, kspace_mask, seed_from
 from ..operators import MultiCoilMRI, PixelMask
 from ..record import TrainingRecord
@@ -90,11 +89,6 @@ def check_number(name: str, v, low: float = 0.0, strict: bool = False, high: flo
     if v is None:
         raise AmbientMRIError(f"{name} must be a finite number, got None")
     check_finite_number(name, v, low, strict, high)
-
-
-def check_count(name: str, v, low: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-        raise AmbientMRIError(f"{name} must be an integer >= {low}, got {v!r}")
 
 
 def check_options(options: dict) -> None:
