@@ -294,3 +294,33 @@ def test_singlecoil_checks_shapes():
         full(torch.zeros(3, H, W, dtype=torch.complex64))
     with pytest.raises(am.AmbientMRIError, match="does not match mask"):
         full(torch.zeros(W, dtype=torch.complex64))
+
+
+def test_operator_inputs_that_used_to_give_wrong_numbers_or_deep_tracebacks():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(1, 3, 8, 8, dtype=torch.complex64, generator=g)
+    x = torch.randn(1, 8, 8, dtype=torch.complex64, generator=g)
+    # numpy maps are copied: a later numpy write no longer leaves the cached checkerboard copies stale
+    mn = maps.numpy().copy()
+    A = am.MultiCoilMRI(mn, np.ones(8, np.float32))
+    mn *= 2
+    assert torch.allclose(A(x), am.fft2c(maps * x[:, None]), atol=1e-5)
+    # a (B, H, W) pixel mask used to broadcast (B, 1, H, W) images into (B, B, H, W)
+    with pytest.raises(am.AmbientMRIError, match="do not match mask"):
+        am.PixelMask(torch.ones(4, 8, 8))(torch.randn(4, 1, 8, 8))
+    assert am.PixelMask(torch.ones(4, 8, 8))(torch.randn(4, 8, 8)).shape == (4, 8, 8)
+    with pytest.raises(am.AmbientMRIError, match="mask of shape \\(1, 5, 8, 8\\) does not match maps"):
+        am.MultiCoilMRI(maps, torch.ones(1, 5, 8, 8))
+    with pytest.raises(TypeError, match="MultiCoilMRI.forward takes a torch tensor or a numpy array, got list"):
+        A([[1.0]])
+    with pytest.raises(ValueError, match="fft2c transforms the last 2 dimensions"):
+        am.fft2c(torch.zeros(4, dtype=torch.complex64))
+    with pytest.raises(am.AmbientMRIError, match="C, H, W >= 1"):
+        am.MultiCoilMRI(torch.zeros(1, 0, 8, 8, dtype=torch.complex64), torch.ones(8))
+    # empty batches pass through (MKL refuses empty FFTs), big-endian arrays are read
+    empty = torch.zeros(0, 8, 8, dtype=torch.complex64)
+    assert A(empty).shape == (0, 3, 8, 8) and A.adjoint(A(empty)).shape == (0, 8, 8)
+    assert am.ifft2c(np.zeros((0, 4, 4), np.complex64)).shape == (0, 4, 4)
+    big = (np.arange(16).reshape(4, 4) + 1j).astype(">c8")
+    assert np.allclose(am.fft2c(big), am.fft2c(big.astype(np.complex64)))
+    assert am.adjointness_error(A, x, torch.zeros(1, 3, 8, 8, dtype=torch.complex64)) == 0.0

@@ -14,8 +14,11 @@ def _numpy_io(fn):
     """numpy in -> numpy out (on the operator's device in between); tensors pass straight through."""
     @functools.wraps(fn)
     def call(self, x, *args, **kwargs):
-        if not isinstance(x, np.ndarray):
+        if isinstance(x, torch.Tensor):
             return fn(self, x, *args, **kwargs)
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{type(self).__name__}.{fn.__name__} takes a torch tensor or a numpy array, got "
+                            f"{type(x).__name__}")
         buf = next(self.buffers(), None)
         t = torch.from_numpy(np.ascontiguousarray(x)).to(buf.device if buf is not None else "cpu")
         return fn(self, t, *args, **kwargs).detach().cpu().numpy()
@@ -112,4 +115,7 @@ def adjointness_error(A: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> fl
         Ax = A(x)
         lhs = inner(Ax, y)
         rhs = inner(x, A.adjoint(y))
-        return float(torch.abs(lhs - rhs) / (torch.linalg.vector_norm(Ax) * torch.linalg.vector_norm(y)))
+        scale = torch.linalg.vector_norm(Ax) * torch.linalg.vector_norm(y)
+        if scale == 0:  # Ax = 0 or y = 0: both inner products are exactly 0 for any linear A
+            return float(torch.abs(lhs - rhs))
+        return float(torch.abs(lhs - rhs) / scale)

@@ -12,29 +12,38 @@ import torch
 _DIMS = (-2, -1)
 
 
-def _as_complex_tensor(x) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x)), True
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
-    return x, False
+def _as_complex_tensor(x, name: str, ndim: int = 2) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, np.ndarray):  # native byte order: torch refuses big-endian arrays
+        x, was_numpy = torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))), True
+    elif isinstance(x, torch.Tensor):
+        was_numpy = False
+    else:
+        raise TypeError(f"{name} expects a numpy array or torch tensor, got {type(x).__name__}")
+    if not x.is_complex():
+        raise TypeError(f"{name} expects a complex tensor; use torch.view_as_complex for (..., 2) real views")
+    if x.ndim < ndim:
+        raise ValueError(f"{name} transforms the last {ndim} dimensions, got a tensor of shape {tuple(x.shape)}")
+    return x, was_numpy
+
+
+def fftn(t: torch.Tensor, dims=_DIMS, inverse: bool = False) -> torch.Tensor:
+    """torch's orthonormal (inverse) FFT over ``dims``; empty tensors pass through (MKL refuses them)."""
+    if t.numel() == 0:
+        return t.clone()
+    return (torch.fft.ifftn if inverse else torch.fft.fftn)(t, dim=dims, norm="ortho")
 
 
 def fft2c(x):
     """k = F x: (..., H, W) complex image -> (..., H, W) centered k-space (numpy in, numpy out)."""
-    t, was_numpy = _as_complex_tensor(x)
-    if not t.is_complex():
-        raise TypeError("fft2c expects a complex tensor; use torch.view_as_complex for (..., 2) real views")
-    k = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(t, dim=_DIMS), dim=_DIMS, norm="ortho"), dim=_DIMS)
+    t, was_numpy = _as_complex_tensor(x, "fft2c")
+    k = torch.fft.fftshift(fftn(torch.fft.ifftshift(t, dim=_DIMS)), dim=_DIMS)
     return k.numpy() if was_numpy else k
 
 
 def ifft2c(k):
     """x = F^H k: (..., H, W) centered k-space -> (..., H, W) complex image (numpy in, numpy out)."""
-    t, was_numpy = _as_complex_tensor(k)
-    if not t.is_complex():
-        raise TypeError("ifft2c expects a complex tensor; use torch.view_as_complex for (..., 2) real views")
-    x = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(t, dim=_DIMS), dim=_DIMS, norm="ortho"), dim=_DIMS)
+    t, was_numpy = _as_complex_tensor(k, "ifft2c")
+    x = torch.fft.fftshift(fftn(torch.fft.ifftshift(t, dim=_DIMS), inverse=True), dim=_DIMS)
     return x.numpy() if was_numpy else x
 
 
@@ -42,7 +51,6 @@ def fft_rows(x, inverse: bool = False):
     """Centered orthonormal 1-D (inverse) FFT along dim -2 (the readout) of (..., H, W) complex data; numpy in,
     numpy out. With a column mask, ``fft_rows(k, inverse=True)`` is the hybrid space in which every image row is
     its own 1-D problem."""
-    t, was_numpy = _as_complex_tensor(x)
-    fn = torch.fft.ifft if inverse else torch.fft.fft
-    out = torch.fft.fftshift(fn(torch.fft.ifftshift(t, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    t, was_numpy = _as_complex_tensor(x, "fft_rows")
+    out = torch.fft.fftshift(fftn(torch.fft.ifftshift(t, dim=-2), dims=(-2,), inverse=inverse), dim=-2)
     return out.numpy() if was_numpy else out

@@ -16,11 +16,12 @@ use ``fft2c``/``ifft2c``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import AmbientMRIError
 from .base import LinearOperator
-from .fft import fft2c, ifft2c
+from .fft import fft2c, fftn, ifft2c
 
 _DIMS = (-2, -1)
 
@@ -28,8 +29,8 @@ _DIMS = (-2, -1)
 def _tensor(a, name: str) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a
-    try:
-        return torch.as_tensor(a)
+    try:  # a copy: a tensor sharing a numpy array's memory misses later numpy writes in its cached derived copies
+        return torch.as_tensor(np.array(a))
     except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
         raise AmbientMRIError(f"{name}: cannot be turned into a tensor ({e})") from None
 
@@ -54,7 +55,8 @@ def mask_4d(mask, name: str = "mask") -> torch.Tensor:
 
 def _check_broadcast(mask: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
     H, W = shape[-2:]
-    if mask.shape[-1] not in (1, W) or mask.shape[-2] not in (1, H) or mask.shape[0] not in (1, shape[0]):
+    if mask.shape[-1] not in (1, W) or mask.shape[-2] not in (1, H) or mask.shape[0] not in (1, shape[0]) or \
+            mask.shape[1] not in (1, shape[1]):
         raise AmbientMRIError(f"mask of shape {tuple(mask.shape)} does not match {what} of shape {tuple(shape)}")
 
 
@@ -91,9 +93,9 @@ class MultiCoilMRI(LinearOperator):
         maps = _tensor(maps, "maps")
         if maps.ndim == 3:
             maps = maps[None]
-        if maps.ndim != 4 or not maps.is_complex():
+        if maps.ndim != 4 or not maps.is_complex() or 0 in maps.shape[1:]:
             raise AmbientMRIError(
-                f"maps: expected complex (B, C, H, W), got {maps.dtype} of shape {tuple(maps.shape)}"
+                f"maps: expected complex (B, C, H, W) with C, H, W >= 1, got {maps.dtype} of shape {tuple(maps.shape)}"
             )
         mask = mask_4d(mask)
         _check_broadcast(mask, tuple(maps.shape), "maps")
@@ -171,7 +173,7 @@ class MultiCoilMRI(LinearOperator):
         self._check_image(x)
         maps_c, mask_c, cached = self._constants()
         if self._even:
-            k = torch.fft.fftn(maps_c * x[:, None], dim=_DIMS, norm="ortho")
+            k = fftn(maps_c * x[:, None])
         else:
             k = fft2c(maps_c * x[:, None])
         # in place only with constant (cached) factors: autograd then needs neither the FFT output nor the mask's
@@ -181,7 +183,7 @@ class MultiCoilMRI(LinearOperator):
         self._check_kspace(k)
         maps_c_conj, mask_c, cached = self._constants(conj=True)
         u = k * mask_c.to(k.real.dtype)
-        img = torch.fft.ifftn(u, dim=_DIMS, norm="ortho") if self._even else ifft2c(u)
+        img = fftn(u, inverse=True) if self._even else ifft2c(u)
         del u
         return torch.sum(_mul(img, maps_c_conj, cached), dim=1)
 

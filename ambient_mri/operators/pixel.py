@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import AmbientMRIError
 from .base import LinearOperator
 from .mri import _tensor
 
@@ -19,6 +20,10 @@ class PixelMask(LinearOperator):
         self.register_buffer("mask", m, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.mask  # broadcasting must not grow x: a (B, H, W) mask would turn (B, 1, H, W) into (B, B, H, W)
+        if m.ndim > x.ndim or any(a not in (1, b) for a, b in zip(m.shape[::-1], x.shape[::-1])):
+            raise AmbientMRIError(f"images of shape {tuple(x.shape)} do not match mask {tuple(m.shape)} (images "
+                                  "(B, C, H, W), mask broadcastable to them)")
         return self.mask.to(x.real.dtype) * x
 
     adjoint = forward
