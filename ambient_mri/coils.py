@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import AmbientMRIError
+from .files import check_count
 from .masks import calibration_width
 
 MIN_ACS_LINES = 6  # fewer: an error (sigpy's ESPIRiT on a 4-line region returns maps that are zero everywhere)
@@ -46,7 +47,8 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     """ESPIRiT maps from acquired k-space, using only the fully acquired centre columns (ACS).
 
     kspace: (C, H, W) or (S, C, H, W) complex, zeros where not acquired. mask: optional column/2-D mask of
-    the acquisition; k-space outside it is zeroed first so nothing else can leak into calibration.
+    the acquisition ((W,), (1, W), (H, W); with (S, C, H, W) k-space also per slice (S, 1|H, W)); k-space outside
+    it is zeroed first so nothing else can leak into calibration. Each slice is calibrated on its own ACS lines.
     calib_width: default = the symmetric fully acquired centre width (capped at 32). The named options and any
     other ``sigpy_options`` go to ``sigpy.mri.app.EspiritCalib`` (an unknown one is an error naming it; maps only,
     so ``output_eigenvalue`` is refused). Returns maps with the shape and array type of ``kspace``.
@@ -65,10 +67,45 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
         raise AmbientMRIError(f"espirit expects complex (C, H, W) or (S, C, H, W) k-space, got {k.dtype} {k.shape}")
     if not np.isfinite(k).all():
         raise AmbientMRIError("espirit: k-space contains NaN or Inf")
+    for name, v in (("calib_width", calib_width), ("kernel_width", kernel_width)):
+        if v is not None:
+            check_count(f"espirit: {name}", v)
+    batch = k if k.ndim == 4 else k[None]
+    masks = [None] * len(batch)
     if mask is not None:
         m, _ = _to_numpy(mask)
-        k = k * np.broadcast_to(m.astype(np.float32), k.shape[-2:] if m.ndim <= 2 else m.shape)
-    acs = calibration_width(np.abs(k).reshape(-1, k.shape[-1]) > 0 if mask is None else m)
+        m = np.asarray(m, dtype=np.float32)
+        per_slice = m.ndim == 3 and k.ndim == 4  # (S, 1|H, W): each slice its own acquisition
+        shape = (len(batch), *k.shape[-2:]) if per_slice else k.shape[-2:]
+        try:
+            np.broadcast_to(m, shape)
+        except ValueError:
+            raise AmbientMRIError(f"espirit: mask of shape {m.shape} does not fit k-space of shape {k.shape} (give a "
+                                  "column mask (W,) or (1, W), an (H, W) mask, or per slice (S, 1, W))") from None
+        if not np.isfinite(m).all():
+            raise AmbientMRIError("espirit: mask contains NaN or Inf")
+        masks = list(np.broadcast_to(m, shape)) if per_slice else [m] * len(batch)
+    options = dict(thresh=thresh, crop=crop, max_iter=max_iter, show_pbar=show_pbar, **sigpy_options)
+    maps = []
+    for s, (ks, ms) in enumerate(zip(batch, masks)):
+        try:  # the ACS width of each slice: a slice with fewer lines must not be calibrated on empty columns
+            maps.append(_espirit_slice(ks, ms, calib_width, kernel_width, sp.Device(-1 if device is None else device),
+                                       options))
+        except AmbientMRIError as e:
+            raise AmbientMRIError(f"{e} (slice {s})" if k.ndim == 4 else str(e)) from None
+    out = np.stack(maps).astype(k.dtype if k.dtype == np.complex128 else np.complex64)
+    out = out if k.ndim == 4 else out[0]
+    return torch.from_numpy(out) if is_torch else out
+
+
+def _espirit_slice(k: np.ndarray, m: np.ndarray | None, calib_width: int | None, kernel_width: int | None, dev,
+                   options: dict) -> np.ndarray:
+    """``espirit`` of one slice (C, H, W), its mask None or broadcastable to (H, W)."""
+    import sigpy.mri
+
+    if m is not None:
+        k = k * np.broadcast_to(m, k.shape[-2:])
+    acs = calibration_width(np.abs(k).reshape(-1, k.shape[-1]) > 0 if m is None else m)
     if calib_width is None:
         calib_width = min(acs, 32)
     if calib_width < MIN_ACS_LINES:
@@ -80,19 +117,13 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     if calib_width > acs:
         raise AmbientMRIError(f"espirit: calib_width {calib_width} exceeds the {acs} acquired ACS lines")
     kw = kernel_width or default_kernel_width(calib_width)
-    dev = sp.Device(-1 if device is None else device)
-    batch = k if k.ndim == 4 else k[None]
-    maps = np.stack([
-        sigpy.mri.app.EspiritCalib(s, calib_width=calib_width, thresh=thresh, kernel_width=kw, crop=crop,
-                                   max_iter=max_iter, device=dev, show_pbar=show_pbar, **sigpy_options).run()
-        for s in batch
-    ]).astype(k.dtype if k.dtype == np.complex128 else np.complex64)
-    empty = [i for i, mp in enumerate(maps) if not np.any(mp)]
-    if empty:
-        raise AmbientMRIError(f"espirit: the maps of slice(s) {empty} are zero everywhere (no eigenvalue above crop "
-                              f"{crop} from {calib_width} ACS lines): acquire more ACS lines or pass maps explicitly")
-    maps = maps if k.ndim == 4 else maps[0]
-    return torch.from_numpy(maps) if is_torch else maps
+    if kw > calib_width:
+        raise AmbientMRIError(f"espirit: kernel_width {kw} exceeds the calibration width {calib_width}")
+    maps = sigpy.mri.app.EspiritCalib(k, calib_width=calib_width, kernel_width=kw, device=dev, **options).run()
+    if not np.any(maps):
+        raise AmbientMRIError(f"espirit: the maps are zero everywhere (no eigenvalue above crop {options['crop']} "
+                              f"from {calib_width} ACS lines): acquire more ACS lines or pass maps explicitly")
+    return np.asarray(maps)
 
 
 def rss(coil_images, dim: int = -3):

@@ -95,6 +95,27 @@ def test_espirit_bad_input_and_rss():
     torch.testing.assert_close(rss(torch.from_numpy(x)), torch.from_numpy(rss(x)))
 
 
+def test_espirit_calibrates_each_slice_of_a_volume_on_its_own_acs_lines(sim):
+    """The ACS width was measured over all slices together: a slice with fewer lines was calibrated on columns it
+    never acquired."""
+    k = np.asarray(sim.kspace[0], np.complex64)
+    wide, narrow = acs_mask(k.shape[-1], 20), acs_mask(k.shape[-1], 8)
+    vol = np.stack([k * wide, k * narrow])
+    both = espirit(vol)
+    np.testing.assert_allclose(both[1], espirit(k * narrow), atol=1e-5)
+    np.testing.assert_allclose(both[0], espirit(k * wide), atol=1e-5)
+    per_slice = espirit(vol, mask=np.stack([wide, narrow]))   # (S, 1, W)
+    np.testing.assert_allclose(per_slice, both, atol=1e-5)
+    with pytest.raises(am.AmbientMRIError, match=r"calib_width 20 exceeds the 8 acquired ACS lines \(slice 1\)"):
+        espirit(vol, calib_width=20)
+    for kw, msg in (({"mask": np.ones((1, 7), np.float32)}, r"mask of shape \(1, 7\) does not fit"),
+                    ({"mask": np.full((1, k.shape[-1]), np.nan, np.float32)}, "mask contains NaN"),
+                    ({"kernel_width": 12}, "kernel_width 12 exceeds the calibration width 8"),
+                    ({"calib_width": 7.5}, "calib_width must be an integer")):
+        with pytest.raises(am.AmbientMRIError, match=msg):
+            espirit(k * narrow, **kw)
+
+
 def _mni_scan(R: int, acs: int, seed: int = 0):
     """One 64x64 MNI152 slice (the demo's source), 8 birdcage coils, 2x readout oversampling, noise as the demo;
     a fastMRI random column mask whose centre block is exactly ``acs`` lines."""
