@@ -39,8 +39,17 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
     if not np.isin(m, (0, 1)).all():  # a 0.5 or 2 would scale the data it multiplies, silently
         raise AmbientMRIError("mask must contain only 0 (not acquired) and 1 (acquired)")
-    if (m.ndim == 2 and m.shape[0] == H and H != S) or (m.ndim == 3 and m.shape[:2] == (S, H) and H > 1):
-        # (H, W) or per-slice (S, H, W) column masks
+    if m.ndim == 4 and m.shape[1] == 1:  # the operators' (B, 1, H|1, W)
+        m = m[:, 0]
+    if m.ndim > 3:
+        raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W), one row per slice ({S}, W) "
+                              f"or per-slice ({S}, 1|H, W)")
+    if m.ndim == 2 and m.shape[0] == H == S > 1 and not (m == m[:1]).all():
+        raise AmbientMRIError(f"mask of shape {m.shape} is ambiguous: the k-space has {S} slices and {H} rows, so it "
+                              f"may be one (H, W) mask or one row per slice; give per-slice column masks as ({S}, 1, "
+                              f"W), one mask for every slice as (1, H, W)")
+    if (m.ndim == 2 and m.shape[0] == H and H != S) or (m.ndim == 3 and m.shape[0] in (1, S) and m.shape[1] == H > 1):
+        # (H, W), (1, H, W) or per-slice (S, H, W) column masks
         if not (m == m[..., :1, :]).all():
             raise AmbientMRIError("the mask varies along the readout (rows): reconstruct takes Cartesian "
                                   "column (phase-encode) masks only")

@@ -241,6 +241,27 @@ def test_per_slice_masks():
         reconstruct(sim.kspace, per_slice_2d, maps=sim.maps, method="zero_filled")
 
 
+def test_masks_with_as_many_rows_as_slices_are_never_read_one_way_silently():
+    """With S == H a non-Cartesian (H, W) mask used to become one column mask per slice, and (1, H, W) or
+    (1, 1, H, W) masks likewise: now (1, [1,] H, W) is one mask for every slice and a plain (H, W) is refused."""
+    sim, mask = small_scan(S=1)
+    H, W = sim.kspace.shape[-2:]
+    k = np.repeat(sim.kspace, H, axis=0)                              # S == H slices
+    rows = np.stack([kspace_mask("equispaced", (H, W), 2, 0.25, seed=0)[0]] * (H // 2)
+                    + [np.asarray(mask).reshape(W)] * (H - H // 2))   # rows differ
+    with pytest.raises(am.AmbientMRIError, match=f"ambiguous.*give per-slice column masks as \\({H}, 1, W\\)"):
+        reconstruct(k, rows, maps=sim.maps, method="zero_filled")
+    per_slice = reconstruct(k, rows[:, None], maps=sim.maps, method="zero_filled").image
+    assert not np.allclose(per_slice[0], per_slice[-1])
+    for shared in (rows[None], rows[None, None]):                      # one (H, W) mask: varies along rows
+        with pytest.raises(am.AmbientMRIError, match="varies along the readout"):
+            reconstruct(k, shared, maps=sim.maps, method="zero_filled")
+    column = np.broadcast_to(np.asarray(mask).reshape(1, W), (H, W))
+    same = reconstruct(k, column[None, None], maps=sim.maps, method="zero_filled").image
+    np.testing.assert_array_equal(same, reconstruct(k, np.asarray(mask).reshape(W), maps=sim.maps,
+                                                    method="zero_filled").image)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Diffusion methods with a tiny trained model
 # ----------------------------------------------------------------------------------------------------------
