@@ -162,7 +162,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     """Reconstruct accelerated multi-coil MRI. See ../docs/reconstruction.md for every method and its cost.
 
     kspace: (S, C, H, W) or (C, H, W) complex acquired data (zeros off-mask are enforced); mask: (W,), (H, W),
-    (1, H, W), or per slice (S, W) / (S, 1|H, W) (with S == H, (S, W) is ambiguous: use (S, 1, W)). model: a Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
+    (1, H, W), or per slice (S, W) / (S, 1|H, W) (with S == H, (S, W) is ambiguous: use (S, 1, W)). model: a
+    Denoiser or a model-file path (diffusion methods). maps None -> ESPIRiT from the ACS.
     Classical baselines: zero_filled (A^H y), sense (CG-SENSE: up to 100 CG steps on (A^H A + λ I) x = A^H y),
     l1_wavelet (sigpy's, plus an ℓ2 term ``l2=``, default ``baselines.tikhonov_floor``); for both, λ is chosen on
     held-out acquired lines of the scan itself unless ``lam=`` is given (``iters=`` sets the iterations); both warn
