@@ -19,6 +19,7 @@ from .files import (
     input_files,
     make_folder,
     refuse_overwrite,
+    refuse_unless_truncated_h5,
     remove_temps,
     removed_if_left_empty,
     run_lock,
@@ -85,7 +86,8 @@ def _check_not_foreign(out: Path) -> None:
         with h5py.File(out, "r") as f:
             foreign = "reconstruction" not in f
     except OSError:
-        return  # not a whole HDF5 file: a leftover to redo
+        refuse_unless_truncated_h5(out)  # a truncated reconstruction is redone; a text file named .h5 is not ours
+        return
     if foreign:
         raise DataFileError(out, "exists and is not a reconstruction file; it will not be overwritten")
 
@@ -145,7 +147,7 @@ def run_reconstruct(args) -> int:
     done = kept = 0
     with removed_if_left_empty(out):
         with run_lock(out, f"reconstruct {args.input} -> {out}"):
-            remove_temps(out)
+            remove_temps(out, [f.name for f in files])
             # a bar on terminals only (disable=None); closed before an error message is printed
             with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
                 for f in bar:

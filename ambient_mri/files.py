@@ -134,16 +134,36 @@ def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
                     d.rmdir()
 
 
-def remove_temps(folder: str | os.PathLike, pattern: str = ".*.tmp") -> list[Path]:
-    """Remove the temporaries a killed run left in ``folder`` (call it holding the folder's ``run_lock``)."""
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def refuse_unless_truncated_h5(path: str | os.PathLike, option: str = "--output") -> None:
+    """For an output file h5py cannot open: redo it only if it is empty or begins with the HDF5 signature (a
+    truncated HDF5 file, what a damaged earlier output looks like); anything else (a text file, a NIfTI, a
+    user's raw scan named .h5) is someone's data: DataFileError, never overwritten."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return
+    if head and head != HDF5_SIGNATURE:
+        raise DataFileError(path, f"exists and is not an HDF5 file; it will not be overwritten (move it, or use "
+                            f"another {option})")
+
+
+def remove_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporaries (``.NAME.<random>.tmp``) that a killed run left in ``folder`` of the files ``names``
+    (names or glob patterns) this run writes; call it holding the folder's ``run_lock``. Only those: any other
+    ``.*.tmp`` there is someone else's."""
     folder = Path(folder)
     gone = []
     if folder.is_dir():
-        for p in folder.glob(pattern):
-            if p.is_file() and p.name != LOCK_NAME:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    gone.append(p)
+        for name in names:
+            for p in folder.glob(f".{name}.*.tmp"):
+                if p.is_file() and p.name != LOCK_NAME:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        gone.append(p)
     return gone
 
 

@@ -50,6 +50,7 @@ from ambient_mri.files import (
     ensure_space,
     input_files,
     refuse_overwrite,
+    refuse_unless_truncated_h5,
     remove_temps,
     removed_if_left_empty,
     run_lock,
@@ -193,6 +194,7 @@ def _stored_settings(path: Path, kind: str = FORMAT) -> str | None:
                                     "or use another --output)")
             return s.decode() if isinstance(s, bytes) else (None if s is None else str(s))
     except OSError:
+        refuse_unless_truncated_h5(path)
         return None
 
 
@@ -447,7 +449,7 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
     try:
         with removed_if_left_empty(output, out_dir, ref_dir), run_lock(out_dir, f"prepare {split} -> {output}"):
             for folder in (out_dir, ref_dir):  # what a killed run of this split left half-written
-                remove_temps(folder)
+                remove_temps(folder, [f.name for f in files])
             if workers <= 1 or len(jobs) <= 1:
                 with single_threaded_blas():
                     for job in jobs:

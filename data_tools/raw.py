@@ -63,7 +63,15 @@ import h5py
 import numpy as np
 
 from ambient_mri.errors import AmbientMRIError, DataFileError
-from ambient_mri.files import make_folder, refuse_overwrite, remove_temps, run_lock, unusable_reason, write_h5
+from ambient_mri.files import (
+    make_folder,
+    refuse_overwrite,
+    refuse_unless_truncated_h5,
+    remove_temps,
+    run_lock,
+    unusable_reason,
+    write_h5,
+)
 from ambient_mri.masks import acs_width
 
 FORMAT = "ambient_mri.convert/1"
@@ -704,39 +712,27 @@ def _stored_settings(path: Path) -> str | None:
             if not whole or hf["kspace"].ndim != 4 or not np.isfinite(hf["kspace"][-1]).all():
                 return None  # a convert output missing a part: redo it
             return s.decode() if isinstance(s, bytes) else str(s)
-    except (OSError, KeyError, ValueError):
+    except AmbientMRIError:  # a DataFileError is a ValueError: never let the clause below swallow it
+        raise
+    except OSError:
+        refuse_unless_truncated_h5(path)
+        return None
+    except (KeyError, ValueError):
         return None
 
 
-def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> ConvertedFile:
-    tic = time.time()
-    source, out_path = Path(source), Path(out_path)
-    if not source.is_file():
-        raise DataFileError(source, "file not found" if not source.exists() else "not a regular file")
-    fmt = fmt or detect_format(source)
-    settings = settings_json(source, prewhiten)
-    if out_path.exists() and _stored_settings(out_path) == settings:
-        with h5py.File(out_path, "r") as hf:
-            shape = tuple(hf["kspace"].shape)
-            full = "mask" not in hf
-            pw = bool(hf.attrs.get("prewhitened", False))
-            accel = float(hf.attrs.get("acceleration", 1))
-        return ConvertedFile(str(source), "skipped", "already converted with the same settings", str(out_path),
-                             fmt, shape, full, pw, accel, seconds=time.time() - tic)
-    try:
-        scan = _read_ismrmrd(source) if fmt == "ismrmrd" else _read_twix(source)
-        asm = _assemble(source, scan, prewhiten)
-    except AmbientMRIError:
-        raise
-    except MemoryError:
-        raise DataFileError(source, "too large to convert in memory") from None
-    except Exception as err:  # noqa: BLE001 - library internals on a bad file: name the file, never a traceback
-        raise DataFileError(source, f"cannot be converted ({type(err).__name__}: {err})") from None
-
+def _fastmri_content(source: Path, scan, asm, settings: str, fmt: str) -> tuple[dict, dict, bool, float]:
+    """The datasets and attributes of the fastMRI file of an assembled scan, whether it is fully sampled, and its
+    acceleration."""
     mask = asm.acquired
     lines = np.flatnonzero(mask)
+    if not lines.size:
+        raise DataFileError(source, "no phase-encode line holds acquired samples")
     extent = int(lines[-1] - lines[0] + 1)
-    fully = bool(mask[lines[0]:lines[-1] + 1].all())
+    # no gap, through the centre line, and at least half of k-space (partial Fourier down to 4/8): one line, or a
+    # few central lines alone, are an undersampled scan whose "reference" would be a blurred image
+    W = mask.shape[-1]
+    fully = bool(mask[lines[0]:lines[-1] + 1].all()) and lines[0] <= W // 2 <= lines[-1] and 2 * extent >= W
     attrs = {"acquisition": scan.protocol or "unknown",
              "patient_id": hashlib.sha256((scan.patient or source.name).encode()).hexdigest(),
              "convert_settings": settings, "prewhitened": asm.prewhitened, "source_format": fmt}
@@ -750,11 +746,54 @@ def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> 
         attrs["max"] = float(target.max())
         attrs["norm"] = float(np.linalg.norm(target))
     else:
-        accel = scan.acceleration if scan.acceleration and scan.acceleration > 1 else extent / len(lines)
+        # over the partial-Fourier extent, unless the lines cover less than half of k-space
+        accel = scan.acceleration if scan.acceleration and scan.acceleration > 1 else \
+            (extent if 2 * extent >= W else W) / len(lines)
         datasets["mask"] = mask.astype(bool)
         # fastMRI stores the nominal integer factor; without one in the header, the achieved one (2 decimals)
         attrs["acceleration"] = int(round(accel)) if abs(accel - round(accel)) < 1e-6 else round(float(accel), 2)
         attrs["num_low_frequency"] = acs_width(mask)
+    return datasets, attrs, fully, accel
+
+
+def _source_name(settings: str | None) -> str | None:
+    """The source file name recorded in an output's ``convert_settings``, or None."""
+    try:
+        return json.loads(settings)["source"]["name"] if settings else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _convert(source: Path, out_path: Path, prewhiten: bool, fmt: str | None) -> ConvertedFile:
+    tic = time.time()
+    source, out_path = Path(source), Path(out_path)
+    if not source.is_file():
+        raise DataFileError(source, "file not found" if not source.exists() else "not a regular file")
+    fmt = fmt or detect_format(source)
+    settings = settings_json(source, prewhiten)
+    stored = _stored_settings(out_path) if out_path.exists() else None
+    other = _source_name(stored)
+    if other is not None and other != source.name:  # e.g. a.h5 added beside an a.mrd converted earlier
+        raise DataFileError(source, f"its output {out_path} holds the conversion of another file, {other}; it will "
+                            "not be replaced (rename this file, or use another --output)")
+    if stored == settings:
+        with h5py.File(out_path, "r") as hf:
+            shape = tuple(hf["kspace"].shape)
+            full = "mask" not in hf
+            pw = bool(hf.attrs.get("prewhitened", False))
+            accel = float(hf.attrs.get("acceleration", 1))
+        return ConvertedFile(str(source), "skipped", "already converted with the same settings", str(out_path),
+                             fmt, shape, full, pw, accel, seconds=time.time() - tic)
+    try:
+        scan = _read_ismrmrd(source) if fmt == "ismrmrd" else _read_twix(source)
+        asm = _assemble(source, scan, prewhiten)
+        datasets, attrs, fully, accel = _fastmri_content(source, scan, asm, settings, fmt)
+    except AmbientMRIError:
+        raise
+    except MemoryError:
+        raise DataFileError(source, "too large to convert in memory") from None
+    except Exception as err:  # noqa: BLE001 - library internals on a bad file: name the file, never a traceback
+        raise DataFileError(source, f"cannot be converted ({type(err).__name__}: {err})") from None
     write_h5(out_path, datasets, attrs)
     return ConvertedFile(str(source), "converted", "", str(out_path), fmt, tuple(asm.kspace.shape), fully,
                          asm.prewhitened, float(round(accel, 2)), asm.notes, time.time() - tic)
@@ -834,7 +873,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, prewhiten: bool
     summary = ConvertSummary(str(input), str(output))
     make_folder(output)
     with run_lock(output, f"convert {input} -> {output}"):
-        remove_temps(output)
+        remove_temps(output, [o.name for _, o, _ in plan])
         for f, out, why in plan:
             if progress:
                 print(f"converting {f.name} ...", flush=True)
@@ -843,8 +882,8 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, prewhiten: bool
                 continue
             try:
                 summary.results.append(_convert(f, out, prewhiten, None))
-            except DataFileError as err:
-                reason = err.problem if Path(err.path) == f else str(err)
+            except AmbientMRIError as err:  # one file never stops the folder: it is listed
+                reason = err.problem if isinstance(err, DataFileError) and Path(err.path) == f else str(err)
                 summary.results.append(ConvertedFile(str(f), "bad", reason))
     summary.seconds = time.time() - tic
     return summary

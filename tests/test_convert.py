@@ -300,6 +300,59 @@ def test_folder_converts_the_good_files_and_lists_the_bad_one(tmp_path, capsys):
     assert len(redo.converted) == 2
 
 
+def test_files_already_in_the_output_folder_are_never_overwritten_or_deleted(tmp_path):
+    """A user's raw scan, a text file or a foreign HDF5 file named like an output were overwritten (the
+    "not written by convert" refusal was swallowed), every hidden .tmp file there was deleted, and an input added
+    later with the stem of an earlier one replaced that one's output."""
+    raw, out = tmp_path / "raw", tmp_path / "scans"
+    raw.mkdir()
+    out.mkdir()
+    write_ismrmrd(raw / "a.mrd", known_kspace(S=1, seed=2))
+    write_ismrmrd(out / "a.h5", known_kspace(S=1, seed=1))                 # the user's raw scan
+    (out / "b.h5").write_text("my notes")                                   # not HDF5 at all
+    write_ismrmrd(raw / "b.mrd", known_kspace(S=1, seed=3))
+    (out / ".thesis_draft.tmp").write_text("draft")
+    (out / ".c.h5.k1ll3d.tmp").write_bytes(b"half of a killed write")     # this run's own leftover
+    write_ismrmrd(raw / "c.mrd", known_kspace(S=1, seed=4))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".c.h5.k1ll3d.tmp"}
+    summary = convert(raw, out)
+    assert [Path(r.source).name for r in summary.bad] == ["a.mrd", "b.mrd"]
+    assert "not written by convert" in summary.bad[0].reason and "not an HDF5 file" in summary.bad[1].reason
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == [".thesis_draft.tmp", "a.h5", "b.h5", "c.h5"]
+    # an output that is empty, or a truncated HDF5 file, is a damaged earlier output: redone
+    (out / "c.h5").write_bytes((out / "c.h5").read_bytes()[:200])
+    assert len(convert(raw / "c.mrd", out).converted) == 1 and read_fastmri(out / "c.h5").kspace.shape[0] == 1
+    # c.h5 added later beside c.mrd: c.mrd's output is kept, the newcomer listed
+    write_ismrmrd(tmp_path / "c.h5", known_kspace(S=1, seed=5))
+    kept = (out / "c.h5").read_bytes()
+    again = convert(tmp_path / "c.h5", out)
+    assert "holds the conversion of another file, c.mrd" in again.bad[0].reason
+    assert (out / "c.h5").read_bytes() == kept
+
+
+def test_a_few_acquired_lines_are_not_a_fully_sampled_scan_and_bad_readouts_do_not_stop_a_folder(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    k = known_kspace(S=1)
+    write_ismrmrd(raw / "one_line.h5", k, lines=[W // 2])
+    write_ismrmrd(raw / "centre.h5", k, lines=range(W // 2 - 2, W // 2 + 2))
+    write_ismrmrd(raw / "discard.h5", k)
+    with h5py.File(raw / "discard.h5", "r+") as f:   # every sample discarded: an IndexError stopped the folder
+        data = f["dataset"]["data"][:]
+        data["head"]["discard_pre"][:] = 100
+        f["dataset"]["data"][...] = data
+    write_ismrmrd(raw / "zz_good.h5", k)
+    summary = convert(raw, tmp_path / "out")
+    by_name = {Path(r.source).name: r for r in summary.results}
+    assert by_name["one_line.h5"].status == "converted" and not by_name["one_line.h5"].fully_sampled
+    assert not by_name["centre.h5"].fully_sampled and by_name["centre.h5"].acceleration == W / 4
+    assert by_name["zz_good.h5"].fully_sampled
+    assert by_name["discard.h5"].status == "bad" and by_name["discard.h5"].reason
+    with h5py.File(tmp_path / "out" / "centre.h5") as f:
+        assert "reconstruction_rss" not in f and f["mask"][:].sum() == 4
+
+
 def test_output_in_the_input_folder_is_refused_and_nothing_changes(tmp_path, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -261,6 +261,30 @@ def test_a_dead_runs_lock_and_temporaries_are_cleared(raw, tmp_path, capsys):
     assert code == 0 and not temps(out) and not (out / files.LOCK_NAME).exists()
 
 
+def test_reconstruct_and_prepare_leave_other_hidden_temporaries_and_non_hdf5_files_alone(raw, tmp_path, capsys):
+    """Every hidden .*.tmp in the output folder was deleted, and a text file named like an output was taken for a
+    damaged output and overwritten."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".notes.tmp").write_text("draft")
+    (out / "vol0.h5").write_text("my notes")
+    code, _, err = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
+    assert code == 1 and "vol0.h5: exists and is not an HDF5 file; it will not be overwritten" in err
+    assert (out / ".notes.tmp").read_text() == "draft" and (out / "vol0.h5").read_text() == "my notes"
+    assert (out / "vol1.h5").is_file()
+    (out / "vol1.h5").write_bytes(b"")       # an empty output holds nothing to lose: redone
+    code, _, _ = run(["reconstruct", "--input", str(raw / "vol1.h5"), "--output", str(out), *ZF], capsys)
+    assert code == 0 and (out / "vol1.h5").stat().st_size > 0
+    prep = tmp_path / "prep"
+    (prep / "train").mkdir(parents=True)
+    (prep / "train" / ".mine.tmp").write_text("mine")
+    (prep / "train" / "vol0.h5").write_text("my notes")
+    summary = prepare_fastmri(raw, prep, **PREP)
+    assert [Path(r.source).name for r in summary.results if r.status != "prepared"] == ["vol0.h5"]
+    assert (prep / "train" / ".mine.tmp").read_text() == "mine"
+    assert (prep / "train" / "vol0.h5").read_text() == "my notes"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # prepare
 # ----------------------------------------------------------------------------------------------------------------
