@@ -135,7 +135,7 @@ def run_sample(args) -> int:
 
 
 def run_memorization(args) -> int:
-    from .memorization import load_samples, study, summary_table, write_study
+    from .memorization import check_thresholds, load_samples, study, study_folder, summary_table, write_study
 
     dirs = list(args.samples)
     labels = list(args.labels) if args.labels else [Path(d).name or str(d) for d in dirs]
@@ -143,15 +143,19 @@ def run_memorization(args) -> int:
         raise AmbientMRIError(f"{len(labels)} --labels for {len(dirs)} --samples folders")
     if len(set(labels)) != len(labels):
         raise AmbientMRIError(f"--labels must differ, got {labels}")
+    if args.num_pairs < 1:
+        raise AmbientMRIError(f"--num-pairs must be >= 1, got {args.num_pairs}")
+    thresholds = check_thresholds(args.thresholds)
+    # default: the first samples folder, or the folder of a .npy file
+    out = Path(args.output) if args.output else Path(dirs[0]) if not Path(dirs[0]).is_file() else Path(dirs[0]).parent
+    study_folder(out, labels)  # someone's figures refused before any work
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
-    out = Path(args.output) if args.output else Path(dirs[0])
     train = Path(args.train)
     if args.train not in ("faces", "mnist") and train.is_dir() and (
             out.resolve() == train.resolve() or train.resolve() in out.resolve().parents):
         raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
                               "training images of the next study; choose another --output")
-    make_folder(out)
-    result = study(samples, args.train, thresholds=tuple(args.thresholds), center=args.center)
+    result = study(samples, args.train, thresholds=thresholds, center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))
     print(f"written: {paths['json']}, {paths['histogram']}")

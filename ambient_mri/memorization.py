@@ -20,11 +20,14 @@ Figures: ``histogram.png`` (one curve per model, plus the training set against i
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .data.images import ImageSet, from_model_scale, load_images, read_image_files
+from .data.images import ImageSet, from_model_scale, image_set_from_array, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
 from .files import make_folder, npy_problem, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
@@ -35,7 +38,8 @@ SAMPLES_FILE = "samples.npy"
 
 def load_samples(path) -> np.ndarray:
     """Generated samples (N, C, H, W) in [-1, 1]: a folder written by ``ambient-mri sample`` (its samples.npy),
-    a folder of PNG images, or a .npy file."""
+    a folder of PNG images, or a .npy file: floats in [-1, 1] (the model's scale) or uint8 in [0, 255], (N, H, W),
+    (N, C, H, W) or channels-last."""
     p = Path(path)
     if p.is_dir() and (p / SAMPLES_FILE).is_file():
         p = p / SAMPLES_FILE
@@ -46,10 +50,18 @@ def load_samples(path) -> np.ndarray:
             raise DataFileError(p, npy_problem(e)) from None
         if np.iscomplexobj(a):
             raise DataFileError(p, "complex (MRI) samples: the memorisation study compares real images")
-        a = a[:, None] if a.ndim == 3 else a
-        if a.ndim != 4 or len(a) == 0:
-            raise DataFileError(p, f"expected samples (N, C, H, W), got shape {a.shape}")
-        return a.astype(np.float32)
+        if a.dtype != np.uint8 and a.dtype.kind != "f":  # ints and bools have no scale to read them in
+            raise DataFileError(p, f"samples of dtype {a.dtype}: give floats in [-1, 1] (the model's scale, as "
+                                "`ambient-mri sample` writes) or uint8 images in [0, 255]")
+        try:
+            images = image_set_from_array(a, grayscale=False, value_range=(-1.0, 1.0), source=str(p)).images
+        except AmbientMRIError as e:
+            raise DataFileError(p, str(e).removeprefix(f"{p}: ")) from None
+        if a.dtype != np.uint8 and float(a.min()) >= 0:
+            warnings.warn(f"{p}: every sample value is >= 0; they are read in the model's scale [-1, 1] (0 = mid "
+                          "grey), so images in [0, 1] compare wrongly: save those as uint8 or scale them to "
+                          "[-1, 1]", stacklevel=2)
+        return images
     if p.is_dir():
         pngs = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png" and f.stem.startswith("sample"))
         if not pngs:
@@ -81,8 +93,27 @@ def training_images_like(train, samples: np.ndarray, limit: int | None = None) -
     return iset
 
 
-def _shares(v: np.ndarray, thresholds) -> dict[str, float]:
-    return {f"{t:.2f}": float((v > t).mean()) for t in thresholds}
+def threshold_key(t: float) -> str:
+    """0.9 -> "0.90" (the study's keys), 0.995 -> "0.995": never two thresholds under one key."""
+    return f"{t:.2f}" if round(t, 2) == t else f"{t:g}"
+
+
+def check_thresholds(thresholds) -> tuple[float, ...]:
+    """Similarity thresholds: finite, in [-1, 1) (a cosine), all different."""
+    ts = tuple(float(t) for t in thresholds)
+    if not ts or any(not (math.isfinite(t) and -1 <= t < 1) for t in ts) or len(set(ts)) != len(ts):
+        raise AmbientMRIError(f"thresholds must be different numbers in [-1, 1) (cosine similarities), got "
+                              f"{list(thresholds)}")
+    return ts
+
+
+def _shares(v: np.ndarray, thresholds) -> dict[str, float | None]:
+    return {threshold_key(t): float((v > t).mean()) if np.isfinite(v).all() else None for t in thresholds}
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no NaN: SSIM of images under 7 pixels is not defined."""
+    return float(v) if np.isfinite(v) else None
 
 
 def _summary(v: np.ndarray, thresholds) -> dict:
@@ -99,9 +130,12 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
     """
     if not samples:
         raise AmbientMRIError("no samples to study")
+    thresholds = check_thresholds(thresholds)
     first = next(iter(samples.values()))
     tr = training_images_like(train, first)
     X = tr.images
+    if len(X) < 2:  # the copy rule compares each sample's neighbour with that image's nearest *other* image
+        raise AmbientMRIError(f"the training set {tr.source} holds {len(X)} image; the study needs at least 2")
     labels = np.asarray(tr.labels if len(tr.labels) == len(X) else [""] * len(X))
     has_ids = len(set(labels.tolist())) > 1
     t_sim, _ = nearest_neighbours(X, X, k=1, center=center, exclude_self=True)
@@ -125,7 +159,7 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
         ssim = batch_ssim(S, X[j], data_range=2.0) if min(X.shape[-2:]) >= 7 else np.full(len(S), np.nan)
         copy = s1 >= np.maximum(t_nn[j], copy_floor)
         rec = {"num_samples": int(len(S)), **_summary(s1, thresholds),
-               "ssim": {"mean": float(np.nanmean(ssim)), "median": float(np.nanmedian(ssim)),
+               "ssim": {"mean": _finite(np.mean(ssim)), "median": _finite(np.median(ssim)),
                         "share_above": _shares(ssim, thresholds)},
                "copies": float(copy.mean()), "distinct_training_images_copied": int(len(set(j[copy].tolist())))}
         ident = np.zeros(len(S), bool)
@@ -135,7 +169,7 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
             rec["identity_matches"] = float(ident.mean())
             rec["identities_matched"] = int(len(set(labels[j][ident | copy].tolist())))
         rec["novel"] = float((~copy & ~ident).mean())
-        rec["per_sample"] = [{"nearest": int(a), "similarity": round(float(b), 5), "ssim": round(float(c), 5),
+        rec["per_sample"] = [{"nearest": int(a), "similarity": round(float(b), 5), "ssim": _finite(round(float(c), 5)),
                               "label": str(labels[a]), "copy": bool(d), "identity_match": bool(e)}
                              for a, b, c, d, e in zip(j, s1, ssim, copy, ident)]
         out["models"][name] = rec
@@ -194,7 +228,7 @@ def plot_histogram(result: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, m in arr["models"].items():
         r = result["models"][name]
-        share = r["share_above"].get("0.95")
+        share = r["share_above"].get(threshold_key(0.95))
         lab = f"{name} (mean {r['mean']:.3f}" + (f", >0.95: {share:.0%})" if share is not None else ")")
         ax.hist(m["similarity"], bins=bins, histtype="step", density=True, linewidth=1.8, label=lab)
     ax.hist(arr["train_nn"], bins=bins, histtype="step", density=True, linestyle="--", color="gray", linewidth=1.4,
@@ -259,7 +293,8 @@ def plot_neighbours(result: dict, name: str, path, num: int = 8) -> Path:
         img, cmap = _show(arr["train"][m["nearest"][i]])
         axes[1, c].imshow(img, cmap=cmap, vmin=0, vmax=1)
         tag = " copy" if labels[i]["copy"] else (" same id" if labels[i]["identity_match"] else "")
-        axes[1, c].set_title(f"cos {m['similarity'][i]:.3f}\nssim {m['ssim'][i]:.2f}{tag}", fontsize=7)
+        ssim = f"ssim {m['ssim'][i]:.2f}" if np.isfinite(m["ssim"][i]) else "ssim -"
+        axes[1, c].set_title(f"cos {m['similarity'][i]:.3f}\n{ssim}{tag}", fontsize=7)
         for r in range(2):
             axes[r, c].axis("off")
     fig.suptitle(f"{name}: samples (top) and their nearest training images (bottom)", fontsize=9)
@@ -273,9 +308,39 @@ def _safe_name(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label) or "model"
 
 
-def write_study(result: dict, output, num_pairs: int = 8) -> dict:
-    """memorization.json, histogram.png and neighbours_<label>.png in ``output``; returns their paths."""
+STUDY_JSON = "memorization.json"
+
+
+def study_folder(output, labels) -> None:
+    """Check ``output`` before a study is written there: histogram.png, memorization.json or neighbours_*.png that
+    an earlier study did not record writing (its memorization.json lists its figures) are someone's files:
+    refused, nothing touched; and two labels must not share a figure name."""
+    names = [_safe_name(lab) for lab in labels]
+    if len(set(names)) != len(names):
+        raise AmbientMRIError(f"labels {list(labels)} give the same figure name (neighbours_<label>.png with other "
+                              "characters as _): choose labels that differ in letters, digits, - _ .")
     out = Path(output)
+    if not out.is_dir():
+        return
+    ours: set[str] = set()
+    try:
+        meta = json.loads((out / STUDY_JSON).read_text())
+        if isinstance(meta, dict) and {"settings", "models", "figures"} <= set(meta):
+            ours = {STUDY_JSON, *(Path(p).name for p in meta["figures"].values())}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    planned = {STUDY_JSON, "histogram.png", *(f"neighbours_{n}.png" for n in names)}
+    foreign = sorted(n for n in planned if (out / n).exists() and n not in ours)
+    if foreign:
+        raise DataFileError(out, f"holds {', '.join(foreign)}, which no earlier memorization study here recorded "
+                            "writing; they will not be overwritten (choose another --output)")
+
+
+def write_study(result: dict, output, num_pairs: int = 8) -> dict:
+    """memorization.json, histogram.png and neighbours_<label>.png in ``output`` (``study_folder`` checks it
+    first); returns their paths."""
+    out = Path(output)
+    study_folder(out, list(result["models"]))
     make_folder(out)
     paths = {"histogram": str(plot_histogram(result, out / "histogram.png"))}
     for name in result["models"]:
@@ -283,20 +348,21 @@ def write_study(result: dict, output, num_pairs: int = 8) -> dict:
                                                           num_pairs))
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     clean["figures"] = paths
-    write_json(out / "memorization.json", clean)
-    paths["json"] = str(out / "memorization.json")
+    write_json(out / STUDY_JSON, clean)
+    paths["json"] = str(out / STUDY_JSON)
     return paths
 
 
 def summary_table(result: dict) -> str:
     """A plain-text table: one row per model."""
-    th = [f">{t:.2f}" for t in result["settings"]["thresholds"]]
+    th = [f">{threshold_key(t)}" for t in result["settings"]["thresholds"]]
     head = ["model", "N", "mean", *th, "SSIM", "copies", "same-id", "novel"]
     rows = [head]
     tnn = result["train"]["nn_similarity_to_other_training_images"]
     for name, r in result["models"].items():
         rows.append([name, str(r["num_samples"]), f"{r['mean']:.3f}",
-                     *[f"{v:.1%}" for v in r["share_above"].values()], f"{r['ssim']['mean']:.3f}",
+                     *[f"{v:.1%}" for v in r["share_above"].values()],
+                     "-" if r["ssim"]["mean"] is None else f"{r['ssim']['mean']:.3f}",
                      f"{r['copies']:.1%}", f"{r['identity_matches']:.1%}" if "identity_matches" in r else "-",
                      f"{r['novel']:.1%}"])
     rows.append(["train vs train", str(result["train"]["num_images"]), f"{tnn['mean']:.3f}",

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -848,6 +849,57 @@ def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, cap
                         "--output", str(train_dir / "figs")], capsys)
     assert code == 2 and "is inside the --train folder" in err and checksums(train_dir) == before
     assert not (train_dir / "figs").exists()
+
+
+def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_users_figures(tmp_path, capsys):
+    """.npy samples were always read as [-1, 1]: uint8 copies of the training set counted as 0 % copies; the
+    study wrote over a user's histogram.png and memorization.json; bad --num-pairs / --thresholds crashed after
+    the whole study had run."""
+    rng = np.random.default_rng(0)
+    train = (rng.random((12, 16, 16)) * 255).astype(np.uint8)
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "copies.npy", train[:6])                       # uint8 copies of training images
+    code, _, _ = run(["memorization", "--samples", str(tmp_path / "copies.npy"), "--train",
+                      str(tmp_path / "train.npy"), "--output", str(tmp_path / "a")], capsys)
+    res = json.loads((tmp_path / "a" / "memorization.json").read_text())
+    assert code == 0 and res["models"]["copies.npy"]["copies"] == 1.0
+    # the default output of a .npy file is its folder, and a rerun there replaces its own figures
+    user = tmp_path / "user"
+    user.mkdir()
+    np.save(user / "s.npy", train[:6])
+    code, _, _ = run(["memorization", "--samples", str(user / "s.npy"), "--train", str(tmp_path / "train.npy")],
+                     capsys)
+    assert code == 0 and (user / "memorization.json").is_file()
+    assert run(["memorization", "--samples", str(user / "s.npy"), "--train", str(tmp_path / "train.npy")],
+               capsys)[0] == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "histogram.png").write_text("my figure")
+    code, _, err = run(["memorization", "--samples", str(tmp_path / "copies.npy"), "--train",
+                        str(tmp_path / "train.npy"), "--output", str(mine)], capsys)
+    assert code == 2 and "holds histogram.png" in err and (mine / "histogram.png").read_text() == "my figure"
+    assert sorted(p.name for p in mine.iterdir()) == ["histogram.png"]
+    base = ["memorization", "--samples", str(tmp_path / "copies.npy"), "--train", str(tmp_path / "train.npy"),
+            "--output", str(tmp_path / "b")]
+    for extra, msg in ((["--num-pairs", "0"], "--num-pairs must be >= 1"),
+                       (["--thresholds", "0.9", "0.9"], "thresholds must be different numbers in \\[-1, 1\\)"),
+                       (["--thresholds", "nan"], "thresholds must be"), (["--thresholds", "1.5"], "thresholds must"),
+                       (["--samples", str(tmp_path / "copies.npy"), str(tmp_path / "copies.npy"), "--labels", "a/b",
+                         "a_b"], "same figure name")):
+        code, _, err = run(base + extra, capsys)
+        assert code == 2 and re.search(msg, err), (extra, err)
+    assert not (tmp_path / "b").exists()
+    code, out, _ = run(base + ["--thresholds", "0.95", "0.951"], capsys)
+    assert code == 0 and ">0.951" in out
+    np.save(tmp_path / "ints.npy", train.astype(np.int64))
+    code, _, err = run(["memorization", "--samples", str(tmp_path / "ints.npy"), "--train",
+                        str(tmp_path / "train.npy"), "--output", str(tmp_path / "c")], capsys)
+    assert code == 2 and "dtype int64" in err
+    np.save(tmp_path / "unit.npy", train[:6] / 255.0)
+    with pytest.warns(UserWarning, match="every sample value is >= 0"):
+        from ambient_mri.memorization import load_samples
+
+        load_samples(tmp_path / "unit.npy")
 
 
 class _Payload:
