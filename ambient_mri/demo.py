@@ -125,9 +125,9 @@ def _run_demo(args) -> int:
     coils = getattr(args, "coils", 8)
     if getattr(args, "threads", 0) < 0:
         raise AmbientMRIError(f"--threads must be >= 0 (0: chosen for the image size), got {args.threads}")
+    check_build(args.size, coils)  # before the thread benchmark, which runs at --size
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
-    check_build(args.size, coils)
     make_folder(out)
     _claim(out, args.size, coils)
     print(f"The demo trains for up to {args.minutes:g} min; on 2 CPU cores the whole run takes about "

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from ambient_mri.data.augment import AugmentConfig, augment_images
+from ambient_mri.devices import ensure_memory
 from ambient_mri.errors import AmbientMRIError
 
 from .prepare import prepare_fastmri
@@ -95,6 +96,9 @@ def check_build(size: int, coils: int) -> None:
         raise AmbientMRIError(f"--size must be an even number >= 16, got {size}")
     if coils < 2:  # one simulated coil: ESPIRiT maps vanish on a third of the image and training diverges
         raise AmbientMRIError(f"--coils must be >= 2 (the demo simulates a multi-coil scan), got {coils}")
+    # the 40 slices' complex64 k-space, with the maps, images and copies the simulation and prepare hold beside it
+    ensure_memory(4 * 40 * coils * size * size * 8.0, f"the demo data at --size {size} with {coils} coils",
+                  "--size or --coils")
 
 
 def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices: int = 40,

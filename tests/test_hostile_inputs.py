@@ -1225,3 +1225,13 @@ def test_out_of_memory_and_invisible_augmentation_are_clear_errors(tmp_path, mon
     with pytest.raises(am.AmbientMRIError, match="out of memory on cpu .* lower training.batch_size"):
         train(_image_recipe(tmp_path, tmp_path / "a.npy"), progress=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_sizes_are_checked_before_the_thread_benchmark_and_against_memory(tmp_path, capsys):
+    """--size 0 or -4 reached the thread benchmark (a torch traceback); --size 100000 allocated until it failed."""
+    for size, msg in (("0", "--size must be an even number >= 16, got 0"),
+                      ("-4", "--size must be an even number >= 16, got -4"),
+                      ("100000", "the demo data at --size 100000 with 8 coils needs about .* GiB of memory")):
+        code, _, err = run(["demo", "--output", str(tmp_path / "d"), "--size", size], capsys)
+        assert code == 2 and re.search(msg, err), err
+    assert not (tmp_path / "d").exists()
