@@ -84,8 +84,15 @@ def safe_load(path, map_location="cpu", mmap: bool = False) -> dict:
     """torch.load with weights_only=True; a clear error naming the file on anything unreadable. ``mmap``: map the
     tensors instead of reading them (to look at a large checkpoint's small entries)."""
     path = Path(path)
+    if path.is_dir():
+        hint = f" (it holds {path / 'model.pt'})" if (path / "model.pt").is_file() else ""
+        raise DataFileError(path, f"is a folder, not a model file: give the model.pt of a training run{hint}")
     if not path.is_file():
         raise DataFileError(path, "no such file")
+    what = _foreign_kind(path)
+    if what:
+        raise DataFileError(path, f"is {what}, not an ambient_mri model or checkpoint file (torch.save's zip "
+                            "archive): give the model.pt of a training run")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
@@ -96,6 +103,24 @@ def safe_load(path, map_location="cpu", mmap: bool = False) -> dict:
                                 "ambient_mri loads tensors and plain values only and refuses this file") from None
         raise DataFileError(path, f"not a loadable ambient_mri file ({type(e).__name__}: "
                             f"{msg.strip().splitlines()[0][:160] if msg.strip() else 'unreadable'})") from None
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What a file that torch.save did not write looks like (None: it may be torch's zip archive or the legacy
+    pickle format; torch.load then decides)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "empty"
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (data, not a model)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a torch file"
+    return "a text file (a recipe? models are the model.pt a training run writes)"
 
 
 def save_model(model: Denoiser, path, state_dict: dict | None = None) -> None:
@@ -129,6 +154,8 @@ def load_model(path, device=None) -> Denoiser:
         record = TrainingRecord.from_dict(obj["info"])
     except AmbientMRIError as e:
         raise DataFileError(path, str(e)) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # a damaged or hand-edited record
+        raise DataFileError(path, f"its training record (info) cannot be read ({type(e).__name__}: {e})") from None
     try:
         model = Denoiser(obj["config"], record)
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))

@@ -928,6 +928,30 @@ def _denoiser():
                                                "image_shape": [32, 32]})
 
 
+def test_files_that_are_no_model_are_named_for_what_they_are(tmp_path):
+    """A recipe given as the model was said to hold 'pickled Python objects'; a damaged record gave a bare
+    ValueError; an unknown operator was accepted."""
+    from ambient_mri.model import save_model
+
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("kspace", data=np.zeros(3))
+    (tmp_path / "run").mkdir()
+    save_model(_denoiser(), tmp_path / "run" / "model.pt")
+    for path, msg in (("recipe.yaml", "is a text file \\(a recipe"), ("scan.h5", "is an HDF5 file"),
+                      ("run", "is a folder, not a model file.*holds .*model.pt")):
+        with pytest.raises(am.DataFileError, match=msg):
+            am.load_model(tmp_path / path)
+    assert am.load_model(tmp_path / "run" / "model.pt").record.operator == "multicoil"
+    obj = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    for key, value, msg in (("image_shape", "abc", "training record \\(info\\) cannot be read \\(ValueError"),
+                            ("operator", "bogus", "operator 'bogus' is not one of")):
+        bad = {**obj, "info": {**obj["info"], key: value}}
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(am.DataFileError, match=f"bad.pt: .*{msg}"):
+            am.load_model(tmp_path / "bad.pt")
+
+
 def test_a_diverged_model_file_is_refused_by_name(tmp_path):
     """NaN weights (a diverged run) would give an all-NaN reconstruction reported as done."""
     from ambient_mri.model import save_model
