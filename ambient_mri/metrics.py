@@ -28,8 +28,8 @@ def _volume(x, name: str) -> np.ndarray:
         a = np.abs(a)
     if a.ndim == 2:
         a = a[None]
-    if a.ndim != 3:
-        raise AmbientMRIError(f"{name}: expected a volume (S, H, W) or a slice (H, W), got shape {a.shape}")
+    if a.ndim != 3 or 0 in a.shape:
+        raise AmbientMRIError(f"{name}: expected a non-empty volume (S, H, W) or slice (H, W), got shape {a.shape}")
     if not np.isfinite(a).all():
         raise AmbientMRIError(f"{name}: contains NaN or Inf")
     return a.astype(np.float64) if a.dtype == np.float64 else a.astype(np.float32)
@@ -65,6 +65,9 @@ def evaluate_volume(target, recon) -> dict[str, float]:
     if pred.shape[0] != gt.shape[0]:
         raise AmbientMRIError(f"reconstruction has {pred.shape[0]} slices, target has {gt.shape[0]}")
     pred = center_crop(pred, gt.shape[-2:])
+    if not gt.max() > 0:  # an all-zero or negative target gave PSNR -inf, SSIM NaN or a negative SSIM
+        raise AmbientMRIError(f"target has maximum {gt.max():.3g}: PSNR and SSIM take it as the data range, so the "
+                              "target must be a magnitude image with a positive value")
     if min(gt.shape[-2:]) < 7:
         raise AmbientMRIError(f"images of {gt.shape[-2]}x{gt.shape[-1]}: SSIM's 7x7 window needs at least 7x7")
     return {"PSNR": psnr(gt, pred), "SSIM": ssim(gt, pred), "NMSE": nmse(gt, pred)}

@@ -79,3 +79,9 @@ def test_metrics_bad_input(tmp_path):
         am.metrics.evaluate_volume(gt, bad)
     with pytest.raises(am.AmbientMRIError, match="not a directory"):
         am.metrics.evaluate_dirs(tmp_path / "missing", tmp_path)
+    # an all-zero or negative target gave PSNR -inf / SSIM NaN, or a negative SSIM, without a word
+    for target in (np.zeros_like(gt), -np.abs(gt)):
+        with pytest.raises(am.AmbientMRIError, match="target has maximum .*must be a magnitude image"):
+            am.metrics.evaluate_volume(target, pred)
+    with pytest.raises(am.AmbientMRIError, match="non-empty volume"):
+        am.metrics.evaluate_volume(gt[:0], pred[:0])
