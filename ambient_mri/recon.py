@@ -155,6 +155,29 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
     return samples.mean(1), std, nfe * reps  # each sample is its own trajectory (batched, but each costs)
 
 
+# A reconstruction is a redistribution of the acquired energy plus what the prior fills in: its peak stays within a
+# few times the zero-filled image's (at most ~R). Far beyond it, the solve diverged: e.g. maps identical in every coil
+# (no unaliasing) gave a learned method's image a peak 1e9 times the data's, finite and written as a result.
+MAX_PEAK_OVER_ZERO_FILLED = 100.0
+
+
+def check_bounded(img: np.ndarray, y: np.ndarray, method: str) -> None:
+    """Refuse a reconstruction (S, H, W) whose peak exceeds MAX_PEAK_OVER_ZERO_FILLED times the RSS zero-filled
+    image's of its data y (S, C, H, W), slice by slice, or that is not finite."""
+    from .coils import rss
+    from .operators import ifft2c
+
+    zf = rss(ifft2c(y)).reshape(y.shape[0], -1).max(1)
+    peak = np.abs(img).reshape(img.shape[0], -1).max(1)
+    bad = ~np.isfinite(peak) | (peak > MAX_PEAK_OVER_ZERO_FILLED * zf)
+    if bad.any():
+        s = int(np.flatnonzero(bad)[0])
+        raise AmbientMRIError(f"{method}: the reconstruction diverged (slice {s}: peak {peak[s]:.3g}, "
+                              f"{peak[s] / max(zf[s], 1e-30):.3g} times the zero-filled image's): the coil maps "
+                              "cannot unalias these data (maps alike in every coil?); check maps=, or compare with "
+                              "method='zero_filled'")
+
+
 def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps: int | None = None,
                 num_samples: int = 1, seed: int = 0, device=None, batch_size: int | None = None,
                 progress: bool = True, target_size: tuple[int, int] | None = None, coils: int | None = None,
@@ -178,6 +201,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     """
     m = policy.method(method, "mri", opts)
     policy.check_run(m, steps, num_samples, batch_size, seed)
+    dev = resolve_device(device)  # checked for every method: the classical ones run on the CPU, but a wrong name
+    # or a missing GPU is the caller's mistake either way
     if target_size is not None and not (isinstance(target_size, (tuple, list)) and len(target_size) == 2 and all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in target_size)):
         raise AmbientMRIError(f"target_size must be two integers >= 1 (rows, columns), got {target_size!r}")
@@ -192,7 +217,6 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
 
             model = load_model(model)
         rows = model_rows(model, H0, W)  # before the (slow) coil-map estimation
-        dev = resolve_device(device)
     else:  # crop the readout oversampling, but never below the rows asked for
         rows = min(H0, max(W, int(target_size[0]) if target_size else 0)) if H0 >= 2 * W else H0
     if target_size and (int(target_size[0]) > rows or int(target_size[1]) > W):
@@ -229,6 +253,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         n_steps = steps or policy.default_steps(m, model.record)
         img, std, nfe = _diffusion(m, model, k, msk, y, mps, scales, n_steps, num_samples, seed, dev, batch_size,
                                    progress, extra, opts)
+    check_bounded(img, y, method)
     img = (img * scales[:, None, None]).astype(np.complex64)
     tsize = target_size or (min(H, W), W)
     mag = center_crop(np.abs(img), tsize).astype(np.float32)

@@ -267,6 +267,33 @@ def test_masks_with_as_many_rows_as_slices_are_never_read_one_way_silently():
 # ----------------------------------------------------------------------------------------------------------
 
 
+def test_a_diverged_reconstruction_is_an_error_not_a_result(demo, monkeypatch):
+    """Maps alike in every coil cannot unalias: one_step returned a finite image 1e9 times the data's peak, which
+    reconstruct_file would have written as a result."""
+    k, mask, model = demo["kspace"], demo["mask"], demo["model"]
+    flat = np.ones((k.shape[1], 32, k.shape[-1]), np.complex64) / 2
+    with pytest.raises(am.AmbientMRIError, match="one_step: the reconstruction diverged .*times the zero-filled"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reconstruct(k, mask, model=model, maps=flat, method="one_step", device="cpu", progress=False)
+    # the check itself: a bounded image passes, a peak over the limit or a NaN does not
+    from ambient_mri.recon import MAX_PEAK_OVER_ZERO_FILLED, check_bounded
+
+    y = am.fft2c(np.ones((1, 2, 8, 8), np.complex64))
+    zf = np.sqrt(2.0)              # the RSS of two coil images of constant 1
+    check_bounded(np.full((1, 8, 8), 0.9 * MAX_PEAK_OVER_ZERO_FILLED * zf, np.complex64), y, "x")
+    for bad in (1.1 * MAX_PEAK_OVER_ZERO_FILLED * zf, np.nan):
+        with pytest.raises(am.AmbientMRIError, match="x: the reconstruction diverged"):
+            check_bounded(np.full((1, 8, 8), bad, np.complex64), y, "x")
+
+
+def test_the_device_is_checked_for_every_method():
+    sim, mask = small_scan(S=1)
+    for device in ("bogus", "cuda:99"):
+        with pytest.raises(am.AmbientMRIError, match="device"):
+            reconstruct(sim.kspace, mask, maps=sim.maps, method="zero_filled", device=device)
+
+
 @pytest.mark.parametrize("method", DIFFUSION)
 def test_diffusion_methods_shapes_nfe_determinism(demo, method):
     k, mask, model = demo["kspace"], demo["mask"], demo["model"]
