@@ -112,13 +112,17 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
 
 
 def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.is_complex():  # .float() would keep the real part with only torch's warning
+        raise AmbientMRIError(f"{name}: complex values; the image models take real images (and masks) in [-1, 1]")
+    t = t.float()
     if t.ndim == 2:
         t = t[None, None]
     elif t.ndim == 3:
         t = t[None]
-    if t.ndim != 4:
-        raise AmbientMRIError(f"{name}: expected (H, W), (C, H, W) or (B, C, H, W), got shape {tuple(t.shape)}")
+    if t.ndim != 4 or 0 in t.shape:
+        raise AmbientMRIError(f"{name}: expected a non-empty (H, W), (C, H, W) or (B, C, H, W), got shape "
+                              f"{tuple(t.shape)}")
     if channels is not None and t.shape[1] != channels:
         raise AmbientMRIError(f"{name}: has {t.shape[1]} channel(s), the model {channels}")
     if not torch.isfinite(t).all():

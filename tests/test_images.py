@@ -245,6 +245,16 @@ def test_bad_image_inputs_name_the_problem(tmp_path):
         load_recipe({"data": {"kind": "celeba"}})
     with pytest.raises(AmbientMRIError, match="method"):
         im.inpaint(load_model_stub(), np.zeros((8, 8)), np.ones((8, 8)), method="magic")
+    # complex images or masks lost their imaginary part with only torch's warning; empty batches hit torch's max()
+    for image, mask, msg in ((np.zeros((8, 8), np.complex64), np.ones((8, 8)), "image: complex values"),
+                             (np.zeros((8, 8)), np.ones((8, 8), np.complex64), "mask: complex values"),
+                             (np.zeros((0, 1, 8, 8)), np.ones((8, 8)), "image: expected a non-empty")):
+        with pytest.raises(AmbientMRIError, match=msg):
+            im.inpaint(load_model_stub(), image, mask)
+    with pytest.raises(AmbientMRIError, match="mask: must be real"):
+        import ambient_mri as am
+
+        am.PixelMask(torch.ones(1, 1, 8, 8, dtype=torch.complex64))
 
 
 def test_image_sets_too_large_for_memory_are_refused_before_allocating(tmp_path, monkeypatch):

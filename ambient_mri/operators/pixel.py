@@ -15,6 +15,8 @@ class PixelMask(LinearOperator):
     def __init__(self, mask):
         super().__init__()
         m = _tensor(mask, "mask")
+        if m.is_complex():
+            raise AmbientMRIError(f"mask: must be real (1 = kept), got {m.dtype}")
         if not m.is_floating_point():
             m = m.to(torch.float32)
         self.register_buffer("mask", m, persistent=False)
