@@ -11,8 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import ensure_memory
 from .errors import AmbientMRIError, DataFileError
-from .files import atomic_path, check_finite_number, check_seed, make_folder, remove_temps, run_lock, write_json
+from .files import (
+    atomic_path,
+    check_finite_number,
+    check_seed,
+    make_folder,
+    remove_temps,
+    removed_if_left_empty,
+    run_lock,
+    write_json,
+)
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -112,11 +122,15 @@ def run_sample(args) -> int:
     check_finite_number("--sigma-min", args.sigma_min, 0.0, strict=True)
     check_seed(args.seed, "--seed")
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
+    shape = model.record.image_shape
+    if shape:  # all samples are held (and copied once) before samples.npy is written: days of sampling lost else
+        ensure_memory(3 * 8.0 * args.num * int(np.prod(shape)), f"{args.num} samples of {'x'.join(map(str, shape))}",
+                      "--num (or run several sample commands into separate folders)")
     out = Path(args.output)
     sample_folder(out)  # someone's images refused before the folder or its lock is made
     # held from the check to the last image: a second run into this folder would remove this run's temporaries
-    # and images as an earlier run's
-    with run_lock(out, f"sample {args.model} -> {out}"):
+    # and images as an earlier run's; a run refused inside (an MRI model, a bad --sigma-min) leaves no folder
+    with removed_if_left_empty(out), run_lock(out, f"sample {args.model} -> {out}"):
         stale = sample_folder(out)
         tic = time.time()
         x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,

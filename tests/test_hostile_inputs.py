@@ -788,6 +788,16 @@ def _pixel_model(path: Path):
     return net
 
 
+def test_sample_refusals_inside_the_run_leave_no_folder_and_huge_counts_are_refused_first(tmp_path, capsys):
+    _pixel_model(tmp_path / "pix.pt")
+    base = ["sample", "--model", str(tmp_path / "pix.pt"), "--steps", "2", "--no-progress"]
+    code, _, err = run([*base, "--num", "2", "--sigma-min", "1e9", "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "sigma" in err and not (tmp_path / "o").exists()
+    code, _, err = run([*base, "--num", str(10**13), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "samples of 1x8x8 needs about" in err and "lower --num" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
     """A rerun with fewer samples removes the earlier run's images and a killed run's temporaries; sample_*.png
     that no run of the command recorded are someone's: refused before sampling."""
