@@ -306,6 +306,8 @@ def _read_ismrmrd(path: Path) -> _Scan:
                         head = heads[r]
                         yield _ismrmrd_samples(path, block[r - lo], int(head["active_channels"]),
                                                int(head["number_of_samples"]))
+        except AmbientMRIError:  # a DataFileError is a ValueError: already names the file and the problem
+            raise
         except (OSError, ValueError) as err:
             raise DataFileError(path, f"ISMRMRD readout data cannot be read (truncated?): {err}") from None
 
