@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .corruption import cond_channels
+from .corruption import OPERATORS, cond_channels
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
 from .files import atomic_path
@@ -156,6 +156,9 @@ def load_model(path, device=None) -> Denoiser:
         raise DataFileError(path, str(e)) from None
     except (ValueError, TypeError, KeyError, AttributeError) as e:  # a damaged or hand-edited record
         raise DataFileError(path, f"its training record (info) cannot be read ({type(e).__name__}: {e})") from None
+    if record.operator not in OPERATORS:
+        raise DataFileError(path, f"the training record's operator {record.operator!r} is not one of "
+                            f"{', '.join(OPERATORS)}")
     try:
         model = Denoiser(obj["config"], record)
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))
