@@ -157,17 +157,19 @@ def _diffusion(m: policy.Method, model, k, msk, y, maps, scales, steps, num_samp
 
 # A reconstruction is a redistribution of the acquired energy plus what the prior fills in: its peak stays within a
 # few times the zero-filled image's (at most ~R). Far beyond it, the solve diverged: e.g. maps identical in every coil
-# (no unaliasing) gave a learned method's image a peak 1e9 times the data's, finite and written as a result.
+# (no unaliasing) gave a learned method's image a peak 1e9 times the data's, finite and written as a result. The
+# zero-filled image is the maps' least-squares combination of the coil images, in the scale of x whatever the maps'.
 MAX_PEAK_OVER_ZERO_FILLED = 100.0
 
 
-def check_bounded(img: np.ndarray, y: np.ndarray, method: str) -> None:
-    """Refuse a reconstruction (S, H, W) whose peak exceeds MAX_PEAK_OVER_ZERO_FILLED times the RSS zero-filled
-    image's of its data y (S, C, H, W), slice by slice, or that is not finite."""
-    from .coils import rss
+def check_bounded(img: np.ndarray, y: np.ndarray, maps: np.ndarray, method: str) -> None:
+    """Refuse a reconstruction (S, H, W) whose peak exceeds MAX_PEAK_OVER_ZERO_FILLED times that of the
+    zero-filled ``coils.sense_combine`` of its data y (S, C, H, W) with its maps (S, C, H, W), slice by slice, or
+    that is not finite."""
+    from .coils import sense_combine
     from .operators import ifft2c
 
-    zf = rss(ifft2c(y)).reshape(y.shape[0], -1).max(1)
+    zf = np.abs(sense_combine(ifft2c(y), maps)).reshape(y.shape[0], -1).max(1)
     peak = np.abs(img).reshape(img.shape[0], -1).max(1)
     bad = ~np.isfinite(peak) | (peak > MAX_PEAK_OVER_ZERO_FILLED * zf)
     if bad.any():
@@ -253,7 +255,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         n_steps = steps or policy.default_steps(m, model.record)
         img, std, nfe = _diffusion(m, model, k, msk, y, mps, scales, n_steps, num_samples, seed, dev, batch_size,
                                    progress, extra, opts)
-    check_bounded(img, y, method)
+    if method != "zero_filled":
+        check_bounded(img, y, mps, method)
     img = (img * scales[:, None, None]).astype(np.complex64)
     tsize = target_size or (min(H, W), W)
     mag = center_crop(np.abs(img), tsize).astype(np.float32)

@@ -99,8 +99,12 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coil
             mp = maps[s if maps.shape[0] == S else 0] if maps.ndim == 4 else maps
             if mp.shape != full.shape:
                 raise AmbientMRIError(f"maps of shape {mp.shape} do not match the k-space slice {full.shape}")
+            scale = calibration_scale(full * m[s], mp, calibration_columns(m[s]))
+            if not np.isfinite(scale) or scale <= 0:  # as prepare_slice refuses it: the image would be NaN
+                raise AmbientMRIError(f"slice {s}: intensity scale from the ACS lines is {scale:g} (expected > 0): "
+                                      "its ACS columns hold no signal where the maps are nonzero")
             ks.append(full * m[s]), mps.append(mp.astype(np.complex64))
-            scales.append(calibration_scale(full * m[s], mp, calibration_columns(m[s])))
+            scales.append(scale)
     return np.stack(ks), np.stack(mps), np.asarray(scales, np.float32)
 
 

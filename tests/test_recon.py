@@ -267,7 +267,7 @@ def test_masks_with_as_many_rows_as_slices_are_never_read_one_way_silently():
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_a_diverged_reconstruction_is_an_error_not_a_result(demo, monkeypatch):
+def test_a_diverged_reconstruction_is_an_error_not_a_result(demo):
     """Maps alike in every coil cannot unalias: one_step returned a finite image 1e9 times the data's peak, which
     reconstruct_file would have written as a result."""
     k, mask, model = demo["kspace"], demo["mask"], demo["model"]
@@ -280,17 +280,33 @@ def test_a_diverged_reconstruction_is_an_error_not_a_result(demo, monkeypatch):
     from ambient_mri.recon import MAX_PEAK_OVER_ZERO_FILLED, check_bounded
 
     y = am.fft2c(np.ones((1, 2, 8, 8), np.complex64))
-    zf = np.sqrt(2.0)              # the RSS of two coil images of constant 1
-    check_bounded(np.full((1, 8, 8), 0.9 * MAX_PEAK_OVER_ZERO_FILLED * zf, np.complex64), y, "x")
+    maps = np.full((1, 2, 8, 8), np.sqrt(0.5), np.complex64)
+    zf = np.sqrt(2.0)              # the maps' combination of two coil images of constant 1
+    check_bounded(np.full((1, 8, 8), 0.9 * MAX_PEAK_OVER_ZERO_FILLED * zf, np.complex64), y, maps, "x")
     for bad in (1.1 * MAX_PEAK_OVER_ZERO_FILLED * zf, np.nan):
         with pytest.raises(am.AmbientMRIError, match="x: the reconstruction diverged"):
-            check_bounded(np.full((1, 8, 8), bad, np.complex64), y, "x")
+            check_bounded(np.full((1, 8, 8), bad, np.complex64), y, maps, "x")
+
+
+def test_the_divergence_check_does_not_depend_on_the_scale_of_given_maps():
+    """Checked against the zero-filled RSS, maps given in another scale (a prescan in raw units) made legitimate
+    results look diverged, even zero_filled's; an empty slice gave NaN with a message about the maps."""
+    sim, mask = small_scan(S=2)
+    for a in (150.0, 0.005):
+        for method, opts in (("zero_filled", {}), ("sense", {"lam": 1e-6}), ("l1_wavelet", {})):
+            r = reconstruct(sim.kspace, mask, maps=sim.maps * a, method=method, **opts)
+            assert np.isfinite(r.image).all()
+    k = np.array(sim.kspace)
+    k[1] = 0
+    with pytest.raises(am.AmbientMRIError, match="slice 1: intensity scale from the ACS lines is 0"):
+        reconstruct(k, mask, maps=sim.maps, method="sense")
 
 
 def test_the_device_is_checked_for_every_method():
     sim, mask = small_scan(S=1)
-    for device in ("bogus", "cuda:99"):
-        with pytest.raises(am.AmbientMRIError, match="device"):
+    for device, msg in (("bogus", "device 'bogus' is not a device"), ("cuda:99", "device is 'cuda:99' but no CUDA|"
+                                                                                  "'cuda:99': this machine has")):
+        with pytest.raises(am.AmbientMRIError, match=msg):
             reconstruct(sim.kspace, mask, maps=sim.maps, method="zero_filled", device=device)
 
 
