@@ -75,16 +75,17 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     if mask is not None:
         m, _ = _to_numpy(mask)
         m = np.asarray(m, dtype=np.float32)
-        per_slice = m.ndim == 3 and k.ndim == 4  # (S, 1|H, W): each slice its own acquisition
-        shape = (len(batch), *k.shape[-2:]) if per_slice else k.shape[-2:]
-        try:
-            np.broadcast_to(m, shape)
+        if not np.isfinite(m).all():
+            raise AmbientMRIError("espirit: mask contains NaN or Inf")
+        if m.ndim == 3 and k.ndim == 4:  # per slice (S, 1|H, W): each slice its own acquisition
+            m = m[:, None]
+        try:  # anything that broadcasts to the k-space: (W,), (H, W), (C, H, W), (S, 1, 1, W), k != 0, ...
+            full = np.broadcast_to(m, k.shape)
         except ValueError:
             raise AmbientMRIError(f"espirit: mask of shape {m.shape} does not fit k-space of shape {k.shape} (give a "
                                   "column mask (W,) or (1, W), an (H, W) mask, or per slice (S, 1, W))") from None
-        if not np.isfinite(m).all():
-            raise AmbientMRIError("espirit: mask contains NaN or Inf")
-        masks = list(np.broadcast_to(m, shape)) if per_slice else [m] * len(batch)
+        acquired = (full != 0).any(axis=-3).astype(np.float32)   # a sample any coil acquired
+        masks = list(acquired) if k.ndim == 4 else [acquired]
     options = dict(thresh=thresh, crop=crop, max_iter=max_iter, show_pbar=show_pbar, **sigpy_options)
     maps = []
     for s, (ks, ms) in enumerate(zip(batch, masks)):

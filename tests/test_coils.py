@@ -106,6 +106,10 @@ def test_espirit_calibrates_each_slice_of_a_volume_on_its_own_acs_lines(sim):
     np.testing.assert_allclose(both[0], espirit(k * wide), atol=1e-5)
     per_slice = espirit(vol, mask=np.stack([wide, narrow]))   # (S, 1, W)
     np.testing.assert_allclose(per_slice, both, atol=1e-5)
+    # any mask that broadcasts to the k-space, coil axis included, as before: k != 0, (S, 1, 1, W), (1, 1, W)
+    np.testing.assert_allclose(espirit(vol, mask=vol != 0), both, atol=1e-5)
+    np.testing.assert_allclose(espirit(vol, mask=np.stack([wide, narrow])[:, None]), both, atol=1e-5)
+    np.testing.assert_allclose(espirit(k * narrow, mask=narrow[None]), both[1], atol=1e-5)
     with pytest.raises(am.AmbientMRIError, match=r"calib_width 20 exceeds the 8 acquired ACS lines \(slice 1\)"):
         espirit(vol, calib_width=20)
     for kw, msg in (({"mask": np.ones((1, 7), np.float32)}, r"mask of shape \(1, 7\) does not fit"),
