@@ -34,6 +34,7 @@ from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 SAMPLES_FILE = "samples.npy"
+SAMPLE_OVERSHOOT = 1.5  # .npy samples up to this far outside [-1, 1] are clipped with a warning; beyond: refused
 
 
 def load_samples(path) -> np.ndarray:
@@ -53,6 +54,11 @@ def load_samples(path) -> np.ndarray:
         if a.dtype != np.uint8 and a.dtype.kind != "f":  # ints and bools have no scale to read them in
             raise DataFileError(p, f"samples of dtype {a.dtype}: give floats in [-1, 1] (the model's scale, as "
                                 "`ambient-mri sample` writes) or uint8 images in [0, 255]")
+        top = float(np.abs(a).max()) if a.dtype.kind == "f" and a.size and np.isfinite(a).all() else 0.0
+        if 1.0 < top <= SAMPLE_OVERSHOOT:  # an unclamped sampler's last step overshoots a little: clipped
+            warnings.warn(f"{p}: sample values reach {top:.3g}, outside the model scale [-1, 1]; clipped to it",
+                          stacklevel=2)
+            a = np.clip(a, -1.0, 1.0)
         try:
             images = image_set_from_array(a, grayscale=False, value_range=(-1.0, 1.0), source=str(p)).images
         except AmbientMRIError as e:
@@ -342,13 +348,15 @@ def write_study(result: dict, output, num_pairs: int = 8) -> dict:
     out = Path(output)
     study_folder(out, list(result["models"]))
     make_folder(out)
-    paths = {"histogram": str(plot_histogram(result, out / "histogram.png"))}
-    for name in result["models"]:
-        paths[f"neighbours_{name}"] = str(plot_neighbours(result, name, out / f"neighbours_{_safe_name(name)}.png",
-                                                          num_pairs))
+    paths = {"histogram": str(out / "histogram.png"),
+             **{f"neighbours_{name}": str(out / f"neighbours_{_safe_name(name)}.png") for name in result["models"]}}
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     clean["figures"] = paths
+    # the numbers and the figures' names first: a run stopped while drawing leaves figures a rerun may replace
     write_json(out / STUDY_JSON, clean)
+    plot_histogram(result, paths["histogram"])
+    for name in result["models"]:
+        plot_neighbours(result, name, paths[f"neighbours_{name}"], num_pairs)
     paths["json"] = str(out / STUDY_JSON)
     return paths
 

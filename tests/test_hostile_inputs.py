@@ -905,11 +905,30 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
     code, _, err = run(["memorization", "--samples", str(tmp_path / "ints.npy"), "--train",
                         str(tmp_path / "train.npy"), "--output", str(tmp_path / "c")], capsys)
     assert code == 2 and "dtype int64" in err
+    from ambient_mri.memorization import load_samples
+
     np.save(tmp_path / "unit.npy", train[:6] / 255.0)
     with pytest.warns(UserWarning, match="every sample value is >= 0"):
-        from ambient_mri.memorization import load_samples
-
         load_samples(tmp_path / "unit.npy")
+    over = (train[:6] / 127.5 - 1.0) * 1.04          # an unclamped sampler's overshoot: clipped, with a warning
+    np.save(tmp_path / "over.npy", over.astype(np.float32))
+    with pytest.warns(UserWarning, match="reach 1.04, outside the model scale"):
+        assert np.abs(load_samples(tmp_path / "over.npy")).max() == 1.0
+    # a study stopped while drawing its figures does not block the rerun into its folder
+    import ambient_mri.memorization as mem
+
+    result = mem.study({"copies": load_samples(tmp_path / "copies.npy")}, str(tmp_path / "train.npy"))
+    with pytest.MonkeyPatch.context() as mp:
+        def broken(*a, **k):
+            raise RuntimeError("killed while drawing")
+        mp.setattr(mem, "plot_neighbours", broken)
+        with pytest.raises(RuntimeError):
+            mem.write_study(result, tmp_path / "stopped")
+    assert (tmp_path / "stopped" / "histogram.png").is_file()
+    assert mem.write_study(result, tmp_path / "stopped")["json"].endswith("memorization.json")
+    np.save(tmp_path / "far.npy", (over * 100).astype(np.float32))
+    with pytest.raises(am.DataFileError, match="outside the value range"):
+        load_samples(tmp_path / "far.npy")
 
 
 class _Payload:
