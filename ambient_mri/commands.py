@@ -85,8 +85,8 @@ def _check_not_foreign(out: Path) -> None:
     try:
         with h5py.File(out, "r") as f:
             foreign = "reconstruction" not in f
-    except OSError:
-        refuse_unless_truncated_h5(out)  # a truncated reconstruction is redone; a text file named .h5 is not ours
+    except OSError as err:
+        refuse_unless_truncated_h5(out, err)  # a truncated reconstruction is redone; a text file named .h5 is not
         return
     if foreign:
         raise DataFileError(out, "exists and is not a reconstruction file; it will not be overwritten")

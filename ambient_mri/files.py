@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import numbers
 import os
@@ -137,28 +138,31 @@ def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def refuse_unless_truncated_h5(path: str | os.PathLike, option: str = "--output") -> None:
-    """For an output file h5py cannot open: redo it only if it is empty or begins with the HDF5 signature (a
-    truncated HDF5 file, what a damaged earlier output looks like); anything else (a text file, a NIfTI, a
-    user's raw scan named .h5) is someone's data: DataFileError, never overwritten."""
+def refuse_unless_truncated_h5(path: str | os.PathLike, err: OSError, option: str = "--output") -> None:
+    """For an output file h5py could not open (``err``): redo it only if it is empty or begins with the HDF5
+    signature (a truncated HDF5 file, what a damaged earlier output looks like); anything else (a text file, a
+    NIfTI, a user's raw scan named .h5, a file another program holds locked or that cannot be read) is someone's
+    data or cannot be judged: DataFileError, never overwritten."""
+    keep = f"it will not be overwritten (move it, or use another {option})"
+    if "lock" in str(err).lower():  # HDF5 file locking: another program has it open for writing
+        raise DataFileError(path, f"exists and is open in another program (HDF5 file lock); {keep}")
     try:
         with open(path, "rb") as f:
             head = f.read(len(HDF5_SIGNATURE))
-    except OSError:
-        return
+    except OSError as e:
+        raise DataFileError(path, f"exists and cannot be read ({os_reason(e)}); {keep}") from None
     if head and head != HDF5_SIGNATURE:
-        raise DataFileError(path, f"exists and is not an HDF5 file; it will not be overwritten (move it, or use "
-                            f"another {option})")
+        raise DataFileError(path, f"exists and is not an HDF5 file; {keep}")
 
 
-def remove_temps(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Remove the temporaries (``.NAME.<random>.tmp``) that a killed run left in ``folder`` of the files ``names``
-    (names or glob patterns) this run writes; call it holding the folder's ``run_lock``. Only those: any other
-    ``.*.tmp`` there is someone else's."""
+def remove_temps(folder: str | os.PathLike, names: Iterable[str] = (), patterns: Iterable[str] = ()) -> list[Path]:
+    """Remove the temporaries (``.NAME.<random>.tmp``) that a killed run left in ``folder`` of the files this run
+    writes: ``names`` taken literally (``vol[1].h5`` is no pattern), ``patterns`` as globs (``sample_*.png``);
+    call it holding the folder's ``run_lock``. Only those: any other ``.*.tmp`` there is someone else's."""
     folder = Path(folder)
     gone = []
     if folder.is_dir():
-        for name in names:
+        for name in [glob.escape(n) for n in names] + list(patterns):
             for p in folder.glob(f".{name}.*.tmp"):
                 if p.is_file() and p.name != LOCK_NAME:
                     with contextlib.suppress(OSError):

@@ -97,7 +97,7 @@ def write_samples(samples, output, meta: dict | None = None, stale: list[Path] |
     out = Path(output)
     stale = sample_folder(out) if stale is None else stale
     make_folder(out)
-    remove_temps(out, (*_OURS, "sample_*.png"))
+    remove_temps(out, _OURS, ["sample_*.png"])
     for p in stale:
         p.unlink(missing_ok=True)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)

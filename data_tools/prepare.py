@@ -193,8 +193,8 @@ def _stored_settings(path: Path, kind: str = FORMAT) -> str | None:
                 raise DataFileError(path, f"exists and is not a {what}; it will not be overwritten (move it, "
                                     "or use another --output)")
             return s.decode() if isinstance(s, bytes) else (None if s is None else str(s))
-    except OSError:
-        refuse_unless_truncated_h5(path)
+    except OSError as err:
+        refuse_unless_truncated_h5(path, err)
         return None
 
 

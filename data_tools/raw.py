@@ -716,8 +716,8 @@ def _stored_settings(path: Path) -> str | None:
             return s.decode() if isinstance(s, bytes) else str(s)
     except AmbientMRIError:  # a DataFileError is a ValueError: never let the clause below swallow it
         raise
-    except OSError:
-        refuse_unless_truncated_h5(path)
+    except OSError as err:
+        refuse_unless_truncated_h5(path, err)
         return None
     except (KeyError, ValueError):
         return None

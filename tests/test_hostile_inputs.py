@@ -276,6 +276,27 @@ def test_reconstruct_and_prepare_leave_other_hidden_temporaries_and_non_hdf5_fil
     (out / "vol1.h5").write_bytes(b"")       # an empty output holds nothing to lose: redone
     code, _, _ = run(["reconstruct", "--input", str(raw / "vol1.h5"), "--output", str(out), *ZF], capsys)
     assert code == 0 and (out / "vol1.h5").stat().st_size > 0
+    # a user's HDF5 file another program holds open for writing is not "damaged": never replaced
+    (out / "vol1.h5").unlink()
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               f"f = h5py.File({str(out / 'vol1.h5')!r}, 'w'); f.create_dataset('kspace', (4,))\n"
+                               "f.flush(); print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        code, _, err = run(["reconstruct", "--input", str(raw / "vol1.h5"), "--output", str(out), *ZF], capsys)
+        # (where HDF5 file locking is off, the file reads as someone's HDF5 file: refused too)
+        assert code == 2 and ("vol1.h5: exists and is open in another program" in err
+                              or "vol1.h5: exists and is not a reconstruction file" in err)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / "vol1.h5").stat().st_size > 0
+    # temporaries are matched literally: a bracket in a file name is no glob
+    (out / ".vol1.h5.someone.tmp").write_text("not ours")
+    (out / ".vol[1].h5.k1ll3d.tmp").write_text("ours")
+    assert files.remove_temps(out, ["vol[1].h5"]) == [out / ".vol[1].h5.k1ll3d.tmp"]
+    assert (out / ".vol1.h5.someone.tmp").is_file()
     prep = tmp_path / "prep"
     (prep / "train").mkdir(parents=True)
     (prep / "train" / ".mine.tmp").write_text("mine")

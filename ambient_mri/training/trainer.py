@@ -39,7 +39,7 @@ from .recipe import Recipe, check_prepared_recipe, load_recipe
 log = logging.getLogger("ambient_mri.train")
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
-RUN_FILES = (CHECKPOINT, MODEL, "recipe.yaml", "log.jsonl", "preview_*.png")  # what a run writes atomically
+RUN_FILES = (CHECKPOINT, MODEL, "recipe.yaml", "log.jsonl")  # with preview_*.png: what a run writes atomically
 
 
 class StepPlan(Sampler):
@@ -216,7 +216,7 @@ def run_folder(run_dir: Path, r: Recipe, rank: int):
         if rank == 0:
             make_folder(run_dir, "run folder")
             stack.enter_context(run_lock(run_dir, f"train {r.name}"))
-            remove_temps(run_dir, RUN_FILES)
+            remove_temps(run_dir, RUN_FILES, ["preview_*.png"])
             write_text(run_dir / "recipe.yaml", yaml.safe_dump(r.to_dict(), sort_keys=False))
             handler = logging.FileHandler(run_dir / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
