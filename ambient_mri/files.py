@@ -144,7 +144,7 @@ def refuse_unless_truncated_h5(path: str | os.PathLike, err: OSError, option: st
     NIfTI, a user's raw scan named .h5, a file another program holds locked or that cannot be read) is someone's
     data or cannot be judged: DataFileError, never overwritten."""
     keep = f"it will not be overwritten (move it, or use another {option})"
-    if "lock" in str(err).lower():  # HDF5 file locking: another program has it open for writing
+    if "unable to lock file" in str(err).lower():  # HDF5 file locking: another program has it open to write
         raise DataFileError(path, f"exists and is open in another program (HDF5 file lock); {keep}")
     try:
         with open(path, "rb") as f:
