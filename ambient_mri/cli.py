@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _format_warning(plain):
-    """The package's own warnings (ours by category, or raised from its code or data_tools') as one line naming
-    the command (no source line of ours); others as Python has it."""
+    """The package's own warnings (ours by category, or UserWarnings raised from its code or data_tools') as one
+    line naming the command (no source line of ours); others (numpy's RuntimeWarnings, ...) as Python has it."""
     import os
 
     import data_tools
@@ -64,7 +64,8 @@ def _format_warning(plain):
     ours = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], data_tools))
 
     def fmt(message, category, filename, lineno, line=None):
-        if issubclass(category, BelowZeroFilledWarning) or os.path.abspath(filename).startswith(ours):
+        if issubclass(category, BelowZeroFilledWarning) or (issubclass(category, UserWarning) and
+                                                            os.path.abspath(filename).startswith(ours)):
             return f"ambient-mri: warning: {message}\n"
         return plain(message, category, filename, lineno, line)
     return fmt

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .corruption import is_complex
 from .devices import ensure_memory
 from .errors import AmbientMRIError, DataFileError
 from .files import (
@@ -124,7 +125,9 @@ def run_sample(args) -> int:
     model = load_model(args.model, device=args.device)  # before the folder: a bad model leaves nothing behind
     shape = model.record.image_shape
     if shape:  # all samples are held (and copied once) before samples.npy is written: days of sampling lost else
-        ensure_memory(3 * 8.0 * args.num * int(np.prod(shape)), f"{args.num} samples of {'x'.join(map(str, shape))}",
+        itemsize = 8 if is_complex(model.record.operator) else 4
+        ensure_memory(4.0 * itemsize * args.num * int(np.prod(shape)),
+                      f"{args.num} samples of {'x'.join(map(str, shape))}",
                       "--num (or run several sample commands into separate folders)")
     out = Path(args.output)
     sample_folder(out)  # someone's images refused before the folder or its lock is made

@@ -74,7 +74,8 @@ from ambient_mri.files import (
 )
 from ambient_mri.masks import acs_width
 
-FORMAT = "ambient_mri.convert/1"
+# 2: "fully sampled" needs the centre line and half of k-space; outputs of /1 are redone on a rerun
+FORMAT = "ambient_mri.convert/2"
 ISMRMRD_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
 TWIX_SUFFIXES = (".dat",)
 RAW_SUFFIXES = ISMRMRD_SUFFIXES + TWIX_SUFFIXES
