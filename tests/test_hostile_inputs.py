@@ -1124,6 +1124,19 @@ def test_a_diverged_run_stops_without_writing_a_model(tmp_path):
     assert not (tmp_path / "runs").exists()  # a first run's folders go with it
 
 
+def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):
+    """A user who deleted checkpoint.pt to save space (model.pt is what the docs point to) lost the model: a new
+    run with the same name wrote over model.pt and log.jsonl without a word."""
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs")
+    run_dir = train(r, progress=False)
+    (run_dir / "checkpoint.pt").unlink()
+    model = (run_dir / "model.pt").read_bytes()
+    with pytest.raises(am.AmbientMRIError, match="holds a trained model.pt but no checkpoint.pt"):
+        train(r, progress=False)
+    assert (run_dir / "model.pt").read_bytes() == model
+
+
 def test_the_run_folder_may_not_overlap_the_data_or_write_over_the_recipe(tmp_path):
     imgs = _pngs(tmp_path / "imgs")
     for output, name in ((tmp_path, "imgs"), (imgs / "runs", "r1"), (tmp_path / "x", "..")):

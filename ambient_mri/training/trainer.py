@@ -325,6 +325,10 @@ def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
                                   "and previews would join the data (choose another output or name)")
     if isinstance(recipe, (str, os.PathLike)) and not (run_dir / CHECKPOINT).is_file():
         refuse_overwrite([recipe], [run_dir / "recipe.yaml"], "output or name")
+    if (run_dir / MODEL).is_file() and not (run_dir / CHECKPOINT).is_file():
+        # a finished run whose checkpoint was deleted to save space: a fresh start would write over its model
+        raise AmbientMRIError(f"run folder {run_dir} holds a trained {MODEL} but no {CHECKPOINT} to resume from: a "
+                              "new run would write over that model; choose another name or output (or move it)")
 
 
 def train(recipe, overrides=None, resume: str | Path | None = None, progress: bool = True,
