@@ -1124,6 +1124,34 @@ def test_a_diverged_run_stops_without_writing_a_model(tmp_path):
     assert not (tmp_path / "runs").exists()  # a first run's folders go with it
 
 
+class _UnreadableInWorkers(torch.utils.data.Dataset):
+    """A training set whose examples raise the reader's DataFileError in a loader worker (a file truncated
+    mid-run), while the main process still reads them."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            raise am.DataFileError("/data/train/vol3.h5", "slice 3: cannot be read (truncated?)")
+        return self.base[i]
+
+
+def test_a_data_error_in_a_loader_worker_is_one_line_not_a_traceback(tmp_path, capsys):
+    """With DataLoader workers (4 by default on CUDA) a DataFileError came back as torch's 60-line RuntimeError."""
+    from ambient_mri.data.factory import build_training_data
+
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs", training__num_workers=2)
+    data, info = build_training_data(load_recipe(r))
+    with pytest.raises(am.AmbientMRIError) as e:
+        train(r, progress=False, dataset=(_UnreadableInWorkers(data), info))
+    assert str(e.value) == "/data/train/vol3.h5: slice 3: cannot be read (truncated?)"
+
+
 def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):
     """A user who deleted checkpoint.pt to save space (model.pt is what the docs point to) lost the model: a new
     run with the same name wrote over model.pt and log.jsonl without a word."""

@@ -313,6 +313,26 @@ def _out_of_memory_as_error(device: torch.device) -> Iterator[None]:
                               ) from None
 
 
+_OURS = ("AmbientMRIError", "DataFileError", "RecipeError", "ResumeError")
+
+
+@contextmanager
+def _worker_errors_as_ours() -> Iterator[None]:
+    """Our errors raised in a DataLoader worker: torch re-raises them in the main process as the error's type
+    built from its whole traceback text, or as a RuntimeError when the type takes more than one argument
+    (DataFileError): back to the one line the error said."""
+    try:
+        yield
+    except (RuntimeError, AmbientMRIError) as e:
+        text = str(e).strip()
+        first = text.split("\n", 1)[0]
+        if not (first.startswith("Caught ") and " in DataLoader worker process" in first
+                and first.split()[1] in _OURS):
+            raise
+        last = text.splitlines()[-1]
+        raise AmbientMRIError(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
 def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
     """The run folder must not be, hold or lie inside the training data (its checkpoints and preview PNGs would
     become training examples of the next run, or a failed first run would remove the data), and its recipe.yaml
@@ -369,7 +389,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     with run_folder(run_dir, r, rank):
         if world > 1:
             dist.barrier()
-        with _out_of_memory_as_error(device):
+        with _out_of_memory_as_error(device), _worker_errors_as_ours():
             _loop(r, data, data_info, run_dir, device, rank, world, progress)
     if world > 1:
         dist.barrier()
