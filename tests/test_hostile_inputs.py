@@ -675,6 +675,28 @@ def _recipe_file(tmp_path: Path, prepared: Path, **training) -> Path:
     return p
 
 
+def test_a_resume_on_other_data_of_the_same_names_and_shapes_is_refused(raw, tmp_path, capsys):
+    """The prepared data summary held counts, shapes and mask settings only: a resume on other scans prepared under
+    the same names trained one model on two data sets without a word. Moving the data stays allowed."""
+    opts = dict(mask="equispaced", acceleration=3, center_fraction=0.1875, progress=False)  # lines to drop
+    prepare_fastmri(raw, tmp_path / "prep", **opts)
+    recipe = _recipe_file(tmp_path, tmp_path / "prep" / "train", steps=2)
+    code, _, err = run(["train", str(recipe), "--no-progress"], capsys)
+    assert code == 0, err
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "prep" / "train", moved)
+    code, _, err = run(["train", str(recipe), "--set", f"data.path={moved}", "--set", "training.steps=3",
+                        "--no-progress"], capsys)
+    assert code == 0, err
+    other = tmp_path / "other_raw"
+    for i in range(2):   # the same names, shapes and settings; other anatomy
+        make_fastmri_volume(other / f"vol{i}.h5", blobs(2, 32, seed=10 + i), num_coils=4, noise_std=1e-3, seed=i)
+    prepare_fastmri(other, tmp_path / "other_prep", **opts)
+    code, _, err = run(["train", str(recipe), "--set", f"data.path={tmp_path / 'other_prep' / 'train'}", "--set",
+                        "training.steps=4", "--no-progress"], capsys)
+    assert code == 2 and "content_sha256" in err and "different training" in err, err
+
+
 @pytest.mark.parametrize("override,pattern", [
     ("training.lr=.nan", "training.lr: must be a finite number"),
     ("training.lr=.inf", "training.lr: must be a finite number"),

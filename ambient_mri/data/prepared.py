@@ -24,6 +24,8 @@ shared with reconstruction, so a new acquisition is normalised exactly as the tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -78,6 +80,7 @@ def read_prepared_header(path: str | os.PathLike) -> dict:
                 raise DataFileError(path, f"prepared file lacks dataset(s) {missing}")
             attrs = {k: _attr(v) for k, v in hf.attrs.items()}
             shapes = {k: tuple(hf[k].shape) for k in ("kspace", "lines", "mask", "maps", "scale")}
+            scale = np.asarray(hf["scale"][()], np.float64).reshape(-1)
     except OSError as err:
         raise DataFileError(path, f"cannot open as HDF5 (not an HDF5 file, or corrupt): {err}") from err
     S, C, H, L = shapes["kspace"]
@@ -87,7 +90,7 @@ def read_prepared_header(path: str | os.PathLike) -> dict:
         if shapes[key] != shape:
             raise DataFileError(path, f"dataset {key!r} has shape {shapes[key]}, expected {shape} "
                                 f"(kspace {shapes['kspace']}, width {W})")
-    return {"attrs": attrs, "slices": S, "coils": C, "image_shape": (H, W), "stored_lines": L}
+    return {"attrs": attrs, "slices": S, "coils": C, "image_shape": (H, W), "stored_lines": L, "scale": scale}
 
 
 def _summary(values: list):
@@ -211,9 +214,14 @@ class PreparedSlices(Dataset):
         def pick(key):
             return _summary([a.get(key) for a in attrs])
 
+        # which slices of which files: each slice's intensity scale (from its own ACS lines) tells other data of the
+        # same names and shapes apart, so a resume on them is refused; the folder's location does not enter
+        ident = [[Path(self.paths[f]).name, int(s), float(f"{self._headers[f]['scale'][s]:.6g}")]
+                 for f, s in zip(self._file.tolist(), self._slice.tolist())]
         return {
             "kind": "prepared",
             "format": FORMAT,
+            "content_sha256": hashlib.sha256(json.dumps(ident).encode()).hexdigest(),
             "root": str(self.root),
             "files": len(used),
             "slices": len(self),
