@@ -187,6 +187,20 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+def test_processes_that_would_resume_from_different_steps_stop_together(tmp_path):
+    """A node that could not see the run folder started at step 0 beside one resuming at step 2, trained other
+    batches, then both hung in a mismatched collective until gloo's 30-minute timeout."""
+    script = ROOT / "tests" / "scripts" / "train_tiny.py"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "run0"), "2", "2"], check=True, env=env, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518",
+                        str(script), str(tmp_path / "run"), "4", "2"], env={**env, "TRAIN_TINY_PER_RANK": "1"},
+                       capture_output=True, text=True, timeout=240)
+    assert p.returncode != 0
+    assert p.stderr.count("the training processes disagree on where to start (steps 0 to 2)") == 2, p.stderr[-2000:]
+    assert len(losses(tmp_path / "run0" / "tiny")) == 2   # the resumed folder was not trained on
+
+
 def test_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(am.RecipeError, match="stesp"):
         load_recipe({"training": {"stesp": 3}})

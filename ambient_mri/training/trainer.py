@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -452,6 +453,21 @@ def check_divergence(worst: int, steps_this_run: int, step: int) -> None:
                               "network.sigma_data, training.P_mean / P_std, corruption.sigma_n and the data")
 
 
+def check_ranks_agree(start: int, data_info: dict, device) -> None:
+    """Every process must resume from one step on one data set: a node that cannot see the run folder (no shared
+    file system) started at step 0 beside one at step 8, trained on other batches and then hung in a mismatched
+    collective. Compared by one all-reduce, so all processes see the same verdict and stop together."""
+    summary = {k: v for k, v in data_info.items() if k != "root"}  # where a node mounts the data may differ
+    digest = int(hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
+    mine = torch.tensor([start, -start, digest, -digest], dtype=torch.int64, device=device)
+    both = mine.clone()
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)  # max of x and of -x: the range in one call
+    if both[0] != -both[1] or both[2] != -both[3]:
+        raise AmbientMRIError(f"the training processes disagree on where to start (steps {-int(both[1])} to "
+                              f"{int(both[0])}) or on the data: every node must see the same run folder (on a "
+                              "shared file system) and the same training data")
+
+
 def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, world: int, progress: bool) -> None:
     """EDM's loop: per step a global batch (a pure function of seed and step), σ and noise, one loss, AdamW with
     warm-up, EMA; log.jsonl, checkpoints and previews on rank 0."""
@@ -468,6 +484,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     start = restore(run_dir / CHECKPOINT, model, ema, opt) if (run_dir / CHECKPOINT).is_file() else 0
+    if world > 1:
+        check_ranks_agree(start, data_info, device)
     if rank == 0:
         trim_log(run_dir / "log.jsonl", start)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \

@@ -1,5 +1,7 @@
-"""Train the tiny synthetic run: python train_tiny.py OUT STEPS CHECKPOINT_EVERY [SLEEP_PER_STEP]."""
+"""Train the tiny synthetic run: python train_tiny.py OUT STEPS CHECKPOINT_EVERY [SLEEP_PER_STEP].
+TRAIN_TINY_PER_RANK=1: each process writes to OUT<rank> (nodes that do not share the run folder)."""
 
+import os
 import sys
 import time
 
@@ -10,6 +12,8 @@ from helpers import multicoil_measurements, tiny_recipe
 
 out, steps, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+if os.environ.get("TRAIN_TINY_PER_RANK"):
+    out += os.environ.get("RANK", "0")
 recipe = tiny_recipe(out, steps=steps, checkpoint_every=every, batch_size=4)
 base, _ = multicoil_measurements()
 if sleep:
