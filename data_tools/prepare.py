@@ -421,6 +421,28 @@ def _job(args: tuple[str, str, PrepareOptions]) -> FileResult:
         return FileResult(source, "refused", f"unexpected {type(err).__name__}: {err}")
 
 
+def _in_workers(jobs: list, workers: int, bar, fn=None) -> list[FileResult]:
+    """``fn`` (default ``_job``) of every job in spawned worker processes. A worker that dies (the out-of-memory
+    killer, a crash inside HDF5) breaks the pool: multiprocessing.Pool then waited forever for its file; here every
+    file not finished is listed as not prepared, and the rest stand."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    out = []
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        futures = {pool.submit(fn or _job, job): job[0] for job in jobs}
+        for future in as_completed(futures):
+            try:
+                out.append(future.result())
+            except BrokenProcessPool:
+                out.append(FileResult(futures[future], "refused", "not prepared: a worker process died (killed for "
+                                      "memory, or a crash) while this or another file was being prepared; rerun "
+                                      "the command (with fewer --workers) to prepare it"))
+            bar.update(1)
+    return out
+
+
 def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: str = "random",
                     acceleration: float = 4, center_fraction: float = 0.08, split: str = "train",
                     per_slice_mask: bool = False, coils: int | None = None,
@@ -456,11 +478,7 @@ def prepare_fastmri(input: str | os.PathLike, output: str | os.PathLike, mask: s
                         summary.results.append(_job(job))
                         bar.update(1)
             else:
-                ctx = mp.get_context("spawn")
-                with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
-                    for result in pool.imap_unordered(_job, jobs):
-                        summary.results.append(result)
-                        bar.update(1)
+                summary.results += _in_workers(jobs, workers, bar)
     finally:
         bar.close()
     order = {str(f): i for i, f in enumerate(sorted(files + [f for f, _ in unusable]))}

@@ -43,3 +43,18 @@ def tiny_recipe(tmp_path, **training) -> dict:
     return {"name": "tiny", "output": str(tmp_path), "network": dict(TINY_NET),
             "corruption": {"operator": "multicoil", "ambient": True, "extra_lines": 2},
             "training": t}
+
+
+def job_that_dies_on_bad(args):
+    """A prepare job for ``prepare._in_workers`` whose process dies (as the out-of-memory killer ends it) on a
+    source named bad*; other sources are reported prepared."""
+    import os
+    import time
+    from pathlib import Path
+
+    from data_tools.prepare import FileResult
+
+    if Path(args[0]).name.startswith("bad"):
+        os._exit(9)
+    time.sleep(0.2)
+    return FileResult(args[0], "prepared")

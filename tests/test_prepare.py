@@ -378,3 +378,18 @@ def test_noise_std_reads_the_noise_level_from_the_readout_oversampling(std):
         assert abs(noise_std(k[..., cols]) / std - 1) < 0.05
     clean = simulate_coil_kspace(blobs(1, 32, seed=2), num_coils=8, oversample=2, noise_std=0.0, seed=1)[0]
     assert noise_std(clean) < 1e-3 * std
+
+
+def test_a_worker_that_dies_is_listed_instead_of_hanging_the_run():
+    """multiprocessing.Pool waited forever for the file of a worker the out-of-memory killer ended."""
+    from tqdm import tqdm
+
+    from data_tools.prepare import _in_workers
+    from helpers import job_that_dies_on_bad
+
+    jobs = [(f"/data/{name}.h5", "/out", None) for name in ("a", "bad", "c")]
+    with tqdm(total=3, disable=True) as bar:
+        results = _in_workers(jobs, 2, bar, job_that_dies_on_bad)
+    by = {r.source: r for r in results}
+    assert sorted(by) == sorted(j[0] for j in jobs)
+    assert by["/data/bad.h5"].status == "refused" and "a worker process died" in by["/data/bad.h5"].reason
