@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +144,9 @@ def evaluate_file(target_file, recon_file, target_key: str | None = None) -> dic
         raise DataFileError(recon_file, f"{e} (target {Path(target_file).name}: {gt.shape})") from None
 
 
-def made_from(recon_file) -> str | None:
-    """The input file name an ``ambient-mri reconstruct`` output records (settings.source.name); None for files
-    of other tools."""
+def recorded_settings(recon_file) -> dict | None:
+    """The settings an ``ambient-mri reconstruct`` output records (method, mask, R, steps, model digest, source,
+    ...); None for files of other tools."""
     import json
 
     import h5py
@@ -153,10 +155,17 @@ def made_from(recon_file) -> str | None:
         with h5py.File(recon_file, "r") as f:
             s = f.attrs.get("settings")
         s = json.loads(s.decode() if isinstance(s, bytes) else s)
-        name = s.get("source", {}).get("name")
-        return name if isinstance(name, str) else None
+        return s if isinstance(s, dict) else None
     except (OSError, TypeError, ValueError, AttributeError):
         return None
+
+
+def made_from(recon_file) -> str | None:
+    """The input file name an ``ambient-mri reconstruct`` output records (settings.source.name); None for files
+    of other tools."""
+    s = recorded_settings(recon_file) or {}
+    name = s.get("source", {}).get("name") if isinstance(s.get("source"), dict) else None
+    return name if isinstance(name, str) else None
 
 
 def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True) -> dict:
@@ -187,6 +196,8 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
                 str(rec_file), str(e) if isinstance(e, AmbientMRIError) else f"cannot be scored ({e!r})")
             failed.append({"file": tgt_file.name, "path": path, "reason": why})
             continue
+        settings = recorded_settings(rec_file)
+        row["made_with"] = None if settings is None else {k: v for k, v in settings.items() if k != "source"}
         source = made_from(rec_file)
         if source is not None and source != tgt_file.name:  # swapped or renamed outputs score the wrong volume
             row["warning"] = (f"{rec_file} records being made from {source}, not from its target's name "
@@ -200,6 +211,11 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
         raise AmbientMRIError(f"no reconstruction in {recon_dir} could be scored against a target file in "
                               f"{target_dir}" + (f" ({why})" if why else ""))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+    kinds = {json.dumps(r["made_with"], sort_keys=True) for r in rows if r["made_with"] is not None}
+    if len(kinds) > 1:  # e.g. reconstruct runs of two methods or models into one folder
+        warnings.warn(f"the reconstructions in {recon_dir} were made with {len(kinds)} different settings (method, "
+                      "mask, R, steps, model, ...): the mean mixes them; each volume's are in its row's made_with "
+                      "(metrics.json)", stacklevel=2)
     return {"volumes": rows, "mean": mean, "targets": len(targets), "missing": missing, "failed": failed}
 
 

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -535,6 +536,24 @@ def test_prepare_clears_a_killed_runs_temporaries(raw, tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_warns_when_the_mean_mixes_reconstructions_made_differently(recon_dirs, capsys):
+    """Reconstruct runs of other methods or R into one folder were averaged into one mean without a word, and the
+    metrics did not record how each volume was made."""
+    raw, rec = recon_dirs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # one kind of reconstruction: no warning
+        assert run(["evaluate", "--target", str(raw), "--recon", str(rec)], capsys)[0] == 0
+    made = json.loads((rec / "metrics.json").read_text())["volumes"][0]["made_with"]
+    assert made["method"] == "zero_filled" and made["acceleration"] == 4
+    assert run(["reconstruct", "--input", str(raw / "vol1.h5"), "--output", str(rec), "--method", "zero_filled",
+                "--acceleration", "2", "--center-fraction", "0.25"], capsys)[0] == 0
+    with pytest.warns(UserWarning, match="made with 2 different settings .*the mean mixes them"):
+        code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(rec)], capsys)
+    assert code == 0
+    rows = json.loads((rec / "metrics.json").read_text())["volumes"]
+    assert sorted(r["made_with"]["acceleration"] for r in rows) == [2, 4]
 
 
 def test_evaluate_scores_the_good_volumes_and_lists_the_rest(recon_dirs, tmp_path, capsys):
