@@ -92,7 +92,7 @@ def safe_load(path, map_location="cpu", mmap: bool = False) -> dict:
     what = _foreign_kind(path)
     if what:
         raise DataFileError(path, f"is {what}, not an ambient_mri model or checkpoint file (torch.save's zip "
-                            "archive): give the model.pt of a training run")
+                            "archive)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files

@@ -1193,6 +1193,23 @@ def test_a_data_error_in_a_loader_worker_is_one_line_not_a_traceback(tmp_path, c
     assert str(e.value) == "/data/train/vol3.h5: slice 3: cannot be read (truncated?)"
 
 
+def test_a_finished_run_resumed_with_fewer_steps_or_without_its_model(tmp_path):
+    """Fewer steps than done exited 0 and wrote steps: 2 into the run's recipe.yaml beside a 4-step checkpoint; a
+    finished run whose model.pt was removed was 'resumed' without writing it again."""
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs", training__steps=4)
+    run_dir = train(r, progress=False)
+    recipe = (run_dir / "recipe.yaml").read_text()
+    with pytest.raises(am.AmbientMRIError, match="has done 4 steps, more than training.steps 2"):
+        train(_image_recipe(tmp_path, tmp_path / "imgs", training__steps=2), progress=False)
+    assert (run_dir / "recipe.yaml").read_text() == recipe
+    model = (run_dir / "model.pt").read_bytes()
+    (run_dir / "model.pt").unlink()
+    train(r, progress=False)
+    assert am.load_model(run_dir / "model.pt").record.operator == "pixel"
+    assert len((run_dir / "model.pt").read_bytes()) == len(model)
+
+
 def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):
     """A user who deleted checkpoint.pt to save space (model.pt is what the docs point to) lost the model: a new
     run with the same name wrote over model.pt and log.jsonl without a word."""

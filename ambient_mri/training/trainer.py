@@ -155,6 +155,10 @@ def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
         # a field the checkpoint's version did not record (e.g. content_sha256) is not compared
         changed += [f"the training data's {k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(was.keys() |
                     (now.keys() - NEW_DATA_FIELDS)) if not _same(was.get(k), now.get(k))]
+    done = ck.get("step")
+    if isinstance(done, int) and done > r.training.steps:  # recipe.yaml would record fewer steps than were done
+        raise ResumeError(ckpt_path, f"this run has done {done} steps, more than training.steps "
+                          f"{r.training.steps}: raise training.steps to train on (its model.pt is of step {done})")
     if changed:
         raise ResumeError(ckpt_path, "resuming would continue a different training: " + "; ".join(changed[:6]) +
                             ("; ..." if len(changed) > 6 else "") + ". Resume with the recipe and data that wrote "
@@ -488,6 +492,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
         check_ranks_agree(start, data_info, device)
     if rank == 0:
         trim_log(run_dir / "log.jsonl", start)
+        if start >= t.steps and not (run_dir / MODEL).is_file():  # a finished run whose model.pt was removed
+            save_model(ema, run_dir / MODEL)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
     fwd = torch.compile(net) if t.compile else net
