@@ -184,7 +184,8 @@ def run_reconstruct(args) -> int:
 
 
 def save_panels(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -> None:
-    """One row of titled magnitude panels as a PNG (error and std maps in their own colour map)."""
+    """One row of titled magnitude panels as a PNG (error and std maps in their own colour map; error maps at a
+    quarter of the image scale, std maps at their own, which is often 100x smaller and was drawn black)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +194,11 @@ def save_panels(path: Path, panels: list[tuple[str, np.ndarray]], vmax: float) -
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels):
         is_map = title.startswith(("error", "std"))
-        ax.imshow(np.abs(img), cmap="magma" if is_map else "gray", vmin=0, vmax=(vmax / 4 if is_map else vmax))
+        top = vmax / 4 if is_map else vmax
+        if title.startswith("std"):
+            own = float(np.percentile(np.abs(img), 99.5))
+            top, title = (own, f"{title} (0 to {own:.2g})") if own > 0 else (top, title)
+        ax.imshow(np.abs(img), cmap="magma" if is_map else "gray", vmin=0, vmax=top)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -85,3 +85,24 @@ def test_metrics_bad_input(tmp_path):
             am.metrics.evaluate_volume(target, pred)
     with pytest.raises(am.AmbientMRIError, match="non-empty volume"):
         am.metrics.evaluate_volume(gt[:0], pred[:0])
+
+
+def test_std_panels_are_drawn_at_their_own_scale(tmp_path, monkeypatch):
+    """The std map was drawn at a quarter of the image scale: a sampler's std 300x smaller came out black."""
+    import matplotlib.axes
+
+    from ambient_mri.commands import save_panels
+
+    drawn = {}
+    real = matplotlib.axes.Axes.imshow
+
+    def spy(self, img, *a, vmax=None, **k):
+        drawn[len(drawn)] = vmax
+        return real(self, img, *a, vmax=vmax, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    ref = np.ones((8, 8))
+    std = np.full((8, 8), 8e-4)
+    save_panels(tmp_path / "p.png", [("reference", ref), ("error x1", ref / 10), ("std over samples", std)], vmax=1.0)
+    assert drawn == {0: 1.0, 1: 0.25, 2: pytest.approx(8e-4)}
+    assert (tmp_path / "p.png").stat().st_size > 1000
