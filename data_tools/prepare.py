@@ -406,9 +406,22 @@ def single_threaded_blas():
 _WORKER_LIMITS = []
 
 
+def _die_with_parent() -> None:
+    """Linux: end this worker when the process that started it dies. A killed prepare left its workers writing
+    outputs without the folder's lock, racing the rerun that took the lock over."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux or no glibc: the workers outlive a killed parent, as before
+        pass
+
+
 def _init_worker() -> None:
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(1)
     _WORKER_LIMITS.append(single_threaded_blas())  # kept alive for the worker's lifetime
 

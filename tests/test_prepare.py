@@ -393,3 +393,37 @@ def test_a_worker_that_dies_is_listed_instead_of_hanging_the_run():
     by = {r.source: r for r in results}
     assert sorted(by) == sorted(j[0] for j in jobs)
     assert by["/data/bad.h5"].status == "refused" and "a worker process died" in by["/data/bad.h5"].reason
+
+
+def test_prepare_workers_end_when_the_run_is_killed(tmp_path):
+    """Workers of a killed prepare kept writing outputs without the folder's lock, racing the rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    child = ("from data_tools.prepare import _die_with_parent; _die_with_parent(); import time; "
+             "print('ready', flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               f"p = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+                               "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True,
+                              cwd=str(root), env={**os.environ, "PYTHONPATH": str(root)})
+    worker = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "ready"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    def alive(pid: int) -> bool:  # a zombie (dead, not yet reaped by init) counts as dead
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    for _ in range(50):
+        if not alive(worker):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its killed parent")
