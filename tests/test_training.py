@@ -201,6 +201,19 @@ def test_processes_that_would_resume_from_different_steps_stop_together(tmp_path
     assert len(losses(tmp_path / "run0" / "tiny")) == 2   # the resumed folder was not trained on
 
 
+def test_when_one_process_fails_the_others_stop_with_one_line(tmp_path):
+    script = ROOT / "tests" / "scripts" / "train_tiny.py"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           "TRAIN_TINY_FAIL_RANK": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+                        str(script), str(tmp_path / "run"), "6", "6"], env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode != 0 and "this process failed on purpose" in p.stderr
+    # the other process's gloo error (when it reached a collective before torchrun stopped it) is one of our lines
+    if "Connection closed by peer" in p.stderr:
+        assert "AmbientMRIError: another process of this distributed run stopped" in p.stderr, p.stderr[-3000:]
+
+
 def test_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(am.RecipeError, match="stesp"):
         load_recipe({"training": {"stesp": 3}})

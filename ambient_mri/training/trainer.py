@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -318,6 +319,24 @@ def _out_of_memory_as_error(device: torch.device) -> Iterator[None]:
                               ) from None
 
 
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+@contextmanager
+def _peer_failure_as_error(world: int) -> Iterator[None]:
+    """In a distributed run, a collective that fails because another process stopped (its own error is printed
+    above by that process) -> one line here too, not gloo's or NCCL's traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        dist_error = isinstance(e, getattr(dist, "DistError", ())) or any(s in str(e) for s in _PEER_GONE)
+        if world < 2 or not dist_error:
+            raise
+        here = re.sub(r"^\[[^\]]*\]\s*", "", (str(e).strip().splitlines() or [""])[0])[:100]
+        raise AmbientMRIError(f"another process of this distributed run stopped, so this one stops too (its error "
+                              f"is above; here: {here})") from None
+
+
 _OURS = ("AmbientMRIError", "DataFileError", "RecipeError", "ResumeError")
 
 
@@ -394,7 +413,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     with run_folder(run_dir, r, rank):
         if world > 1:
             dist.barrier()
-        with _out_of_memory_as_error(device), _worker_errors_as_ours():
+        with _out_of_memory_as_error(device), _worker_errors_as_ours(), _peer_failure_as_error(world):
             _loop(r, data, data_info, run_dir, device, rank, world, progress)
     if world > 1:
         dist.barrier()

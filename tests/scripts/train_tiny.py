@@ -14,6 +14,18 @@ out, steps, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 if os.environ.get("TRAIN_TINY_PER_RANK"):
     out += os.environ.get("RANK", "0")
+if os.environ.get("TRAIN_TINY_FAIL_RANK") == os.environ.get("RANK", "0"):  # this process fails at its 2nd step
+    from ambient_mri.errors import AmbientMRIError
+
+    calls, loss = [0], trainer.measurement_loss
+
+    def failing(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise AmbientMRIError("this process failed on purpose")
+        return loss(*a, **k)
+
+    trainer.measurement_loss = failing
 recipe = tiny_recipe(out, steps=steps, checkpoint_every=every, batch_size=4)
 base, _ = multicoil_measurements()
 if sleep:
