@@ -388,6 +388,11 @@ def _bad_file(kind: str, tmp_path: Path, k: np.ndarray) -> Path:
         with h5py.File(path, "r") as hf:
             text = hf["ismrmrd_header"][()]
         _header(path, text.replace(b"<center>", b"<center>abc", 1))
+    elif kind == "header_center":   # a centre line beyond the last encoded line gave nonsense padding, ignored
+        with h5py.File(path, "r") as hf:
+            text = hf["ismrmrd_header"][()]
+        start = text.index(b"<center>") + len(b"<center>")
+        _header(path, text[:start] + b"9999" + text[text.index(b"</center>", start):])
     return path
 
 
@@ -410,6 +415,7 @@ BAD_CASES = {
     "header_xml": "not valid xml",
     "header_missing": "lacks",
     "header_value": "not an integer",
+    "header_center": "invalid encoding limits (center 9999",
 }
 
 

@@ -58,7 +58,7 @@ def _parse_header(path: Path, raw) -> dict:
     recon_size = tuple(query(rec + [a]) for a in "xyz")
     center, maximum = query(lims + ["center"]), query(lims + ["maximum"])
     minimum = query(lims + ["minimum"], default=0)
-    if center < 0 or maximum < 0:
+    if center < 0 or maximum < 0 or center > maximum:  # center 9999 of 0..31 gave padding [-9983, -9951], ignored
         raise DataFileError(
             path, f"ismrmrd_header has invalid encoding limits (center {center}, maximum {maximum})"
         )
