@@ -211,11 +211,17 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
         raise AmbientMRIError(f"no reconstruction in {recon_dir} could be scored against a target file in "
                               f"{target_dir}" + (f" ({why})" if why else ""))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-    kinds = {json.dumps(r["made_with"], sort_keys=True) for r in rows if r["made_with"] is not None}
-    if len(kinds) > 1:  # e.g. reconstruct runs of two methods or models into one folder
-        warnings.warn(f"the reconstructions in {recon_dir} were made with {len(kinds)} different settings (method, "
-                      "mask, R, steps, model, ...): the mean mixes them; each volume's are in its row's made_with "
-                      "(metrics.json)", stacklevel=2)
+    # e.g. reconstruct runs of two methods or models into one folder; a setting one file leaves unnamed (an
+    # earlier version's default) and those that do not change what is made (seed, batch size) are not compared
+    differ = {}
+    for key in ("method", "model", "mask", "acceleration", "center_fraction", "steps", "num_samples", "coils"):
+        values = {json.dumps(r["made_with"].get(key)) for r in rows if r["made_with"]} - {"null"}
+        if len(values) > 1:
+            differ[key] = sorted(values)
+    if differ:
+        which = "; ".join(f"{k} {', '.join(v)}" for k, v in differ.items())
+        warnings.warn(f"the reconstructions in {recon_dir} were made with different settings ({which}): the mean "
+                      "mixes them; each volume's are in its row's made_with (metrics.json)", stacklevel=2)
     return {"volumes": rows, "mean": mean, "targets": len(targets), "missing": missing, "failed": failed}
 
 

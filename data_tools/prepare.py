@@ -443,7 +443,8 @@ def _in_workers(jobs: list, workers: int, bar, fn=None) -> list[FileResult]:
 
     out = []
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker)
+    try:
         futures = {pool.submit(fn or _job, job): job[0] for job in jobs}
         for future in as_completed(futures):
             try:
@@ -453,6 +454,14 @@ def _in_workers(jobs: list, workers: int, bar, fn=None) -> list[FileResult]:
                                       "memory, or a crash) while this or another file was being prepared; rerun "
                                       "the command (with fewer --workers) to prepare it"))
             bar.update(1)
+    except BaseException:
+        # Ctrl-C: the executor's own exit would wait for every queued file (its workers survive SIGINT and take the
+        # next job); stop them now, as Pool.terminate did. Their half-written temporaries go on the rerun.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in list(getattr(pool, "_processes", {}).values()):
+            p.terminate()
+        raise
+    pool.shutdown()
     return out
 
 

@@ -58,3 +58,13 @@ def job_that_dies_on_bad(args):
         os._exit(9)
     time.sleep(0.2)
     return FileResult(args[0], "prepared")
+
+
+def job_that_sleeps(args):
+    """A prepare job for ``prepare._in_workers`` that takes a second."""
+    import time
+
+    from data_tools.prepare import FileResult
+
+    time.sleep(1.0)
+    return FileResult(args[0], "prepared")

@@ -319,7 +319,9 @@ def _out_of_memory_as_error(device: torch.device) -> Iterator[None]:
                               ) from None
 
 
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+# what gloo and NCCL say when the process at the other end of a collective is gone
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited",
+              "communicator was aborted")
 
 
 @contextmanager
@@ -329,10 +331,10 @@ def _peer_failure_as_error(world: int) -> Iterator[None]:
     try:
         yield
     except RuntimeError as e:
-        dist_error = isinstance(e, getattr(dist, "DistError", ())) or any(s in str(e) for s in _PEER_GONE)
-        if world < 2 or not dist_error:
+        first = (str(e).strip().splitlines() or [""])[0]
+        if world < 2 or not any(s in first for s in _PEER_GONE):  # its own NCCL errors keep their whole text
             raise
-        here = re.sub(r"^\[[^\]]*\]\s*", "", (str(e).strip().splitlines() or [""])[0])[:100]
+        here = re.sub(r"^\[[^\]]*\]\s*", "", first)[:100]
         raise AmbientMRIError(f"another process of this distributed run stopped, so this one stops too (its error "
                               f"is above; here: {here})") from None
 
@@ -353,8 +355,10 @@ def _worker_errors_as_ours() -> Iterator[None]:
         if not (first.startswith("Caught ") and " in DataLoader worker process" in first
                 and first.split()[1] in _OURS):
             raise
-        last = text.splitlines()[-1]
-        raise AmbientMRIError(last.split(": ", 1)[1] if ": " in last else last) from None
+        lines = text.splitlines()  # the error's own text: from the last "ambient_mri.errors.X: " line to the end
+        i = max((j for j, line in enumerate(lines) if line.startswith("ambient_mri.")), default=len(lines) - 1)
+        head = lines[i].split(": ", 1)[1] if ": " in lines[i] else lines[i]
+        raise AmbientMRIError("\n".join([head, *lines[i + 1:]])) from None
 
 
 def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
@@ -480,7 +484,7 @@ def check_ranks_agree(start: int, data_info: dict, device) -> None:
     """Every process must resume from one step on one data set: a node that cannot see the run folder (no shared
     file system) started at step 0 beside one at step 8, trained on other batches and then hung in a mismatched
     collective. Compared by one all-reduce, so all processes see the same verdict and stop together."""
-    summary = {k: v for k, v in data_info.items() if k != "root"}  # where a node mounts the data may differ
+    summary = {k: v for k, v in data_info.items() if k not in _DATA_PLACES}  # where a node keeps them may differ
     digest = int(hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
     mine = torch.tensor([start, -start, digest, -digest], dtype=torch.int64, device=device)
     both = mine.clone()
