@@ -80,8 +80,22 @@ def _claim(out: Path, size: int, coils: int) -> None:
     elif any(out.iterdir()) and not (out / "data" / "demo.json").is_file():
         raise AmbientMRIError(f"{out} is not empty and holds no demo: the demo would write over its files; use a "
                               "new --output folder")
+    elif not _demo_results(out / "results.json"):  # an older demo's folder (no marker): results.json is ours too
+        raise AmbientMRIError(f"{out / 'results.json'} is not a demo's table: the demo would write over it; use a "
+                              "new --output folder")
     _check_settings(out / "data", size, coils)
     write_json(marker, {"size": size, "coils": coils})
+
+
+def _demo_results(path: Path) -> bool:
+    """Whether ``path`` is absent or a results.json a demo wrote ({"run": ..., "results": {...}})."""
+    if not path.exists():
+        return True
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(table, dict) and {"run", "results"} <= set(table) and isinstance(table["results"], dict)
 
 
 def _check_settings(root: Path, size: int, coils: int) -> None:

@@ -239,6 +239,14 @@ def test_demo_claims_only_its_own_folders(tmp_path, capsys):
     assert code == 2 and "is not empty and holds no demo" in err
     assert (theirs / "results.json").read_text() == '{"my": "precious results"}'
     assert sorted(p.name for p in theirs.rglob("*")) == ["data", "my_scan.h5", "raw", "results.json", "train"]
+    # an older demo's folder (its data record, no marker) whose results.json is someone else's table
+    legacy = tmp_path / "legacy"
+    (legacy / "data").mkdir(parents=True)
+    (legacy / "data" / "demo.json").write_text('{"image_size": [16, 16], "coils": 2}')
+    (legacy / "results.json").write_text('{"my": "results"}')
+    code, err = demo("--output", str(legacy), "--size", "16", "--coils", "2")
+    assert code == 2 and "results.json is not a demo's table" in err
+    assert (legacy / "results.json").read_text() == '{"my": "results"}'
     started = tmp_path / "started"  # a demo killed while building its data: only the marker tells its settings
     started.mkdir()
     (started / ".ambient_mri_demo").write_text('{"size": 32, "coils": 8}')
