@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .devices import check_threads
 from .errors import AmbientMRIError, DataFileError
 from .files import (
     check_finite_number,
@@ -79,17 +80,19 @@ def finished(out: Path, settings: str) -> bool:
 
 
 def _check_not_foreign(out: Path) -> None:
-    """An existing readable HDF5 file without a reconstruction is someone's data: never overwrite it."""
+    """An existing readable HDF5 file that is not a reconstruction this package wrote is someone's data (e.g. a
+    fastMRI submission file of the same name, holding only 'reconstruction'): never overwrite it."""
     import h5py
 
     try:
-        with h5py.File(out, "r") as f:
-            foreign = "reconstruction" not in f
+        with h5py.File(out, "r") as f:  # ours: a reconstruction with the method (and settings) reconstruct records
+            foreign = "reconstruction" not in f or not ({"settings", "method"} & set(f.attrs))
     except OSError as err:
         refuse_unless_truncated_h5(out, err)  # a truncated reconstruction is redone; a text file named .h5 is not
         return
     if foreign:
-        raise DataFileError(out, "exists and is not a reconstruction file; it will not be overwritten")
+        raise DataFileError(out, "exists and is not a reconstruction file ambient-mri wrote; it will not be "
+                            "overwritten")
 
 
 def _report_bad(bad: list[tuple[Path, str]], what: str) -> None:
@@ -108,6 +111,7 @@ def run_reconstruct(args) -> int:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise AmbientMRIError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    check_threads(args.threads)
     check_seed(args.seed, "--seed")
     check_finite_number("--acceleration", args.acceleration, 1.0)
     check_finite_number("--center-fraction", args.center_fraction, 0.0, strict=True)
