@@ -106,6 +106,9 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
     """
     H, W = _check(kind, shape, acceleration, center_fraction)
     num_low = num_low_frequencies(W, center_fraction)
+    if num_low >= W:  # fastMRI divides by the columns left outside the ACS block
+        raise AmbientMRIError(f"center_fraction {center_fraction} makes all {W} columns ACS lines: nothing is left "
+                              "to undersample; lower center_fraction")
     alone = W / max(num_low, 1)
     too_many = f"the {num_low} ACS lines of center_fraction {center_fraction} already give acceleration " \
                f"{alone:.3g}, {'below' if alone < acceleration else 'no more than'} the {acceleration:g} asked for"
