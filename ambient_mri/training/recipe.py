@@ -174,9 +174,12 @@ def validate(recipe: Recipe) -> Recipe:
     from ..corruption import COND_CHANNELS, OPERATORS
 
     parts = recipe.name.replace(os.sep, "/").split("/")
-    if not recipe.name or os.path.isabs(recipe.name) or any(p in ("", ".", "..") for p in parts):
+    if not recipe.name or os.path.isabs(recipe.name) or any(p.strip() in ("", ".", "..") for p in parts):
         raise RecipeError(f"name: folder names below output (the run folder is output/name), without '.' or '..' "
                           f"parts, got {recipe.name!r}")
+    if any(len(p.encode()) > 255 for p in parts):  # the file system's limit per folder name
+        longest = max(len(p.encode()) for p in parts)
+        raise RecipeError(f"name: each folder name may hold at most 255 bytes, got {longest}")
 
     if c.operator not in OPERATORS:
         raise RecipeError(f"corruption.operator: {c.operator!r} is not one of {', '.join(OPERATORS)}")
@@ -363,15 +366,26 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         base_dir = path.parent
         values.setdefault("name", path.stem)
     values = copy.deepcopy(values)  # overrides must not change the caller's dict (nor its nested data.augment)
+    if overrides is not None and (isinstance(overrides, (str, bytes)) or not isinstance(overrides, (dict, list, tuple))
+                                  or (not isinstance(overrides, dict) and not all(isinstance(o, str)
+                                                                                  for o in overrides))
+                                  or (isinstance(overrides, dict) and not all(isinstance(k, str) for k in overrides))):
+        raise RecipeError(f"overrides: a list of 'key=value' strings or a dict of 'key': value, got {overrides!r}")
     items = overrides.items() if isinstance(overrides, dict) else [_parse_override(o) for o in overrides or []]
     for path_, value in items:
         keys = path_.split(".") if isinstance(path_, str) else path_
         if isinstance(path_, str) and len(keys) == 1:
             keys, _ = _parse_override(f"{path_}=0")
         node = values
-        for k in keys[:-1]:
+        for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
-        node[keys[-1]] = value
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {'.'.join(keys)}: {'.'.join(keys[:i + 1])} is a value, not a section")
+        old = node.get(keys[-1])
+        if isinstance(old, dict) and isinstance(value, dict):  # training={steps: 2} changes steps, not the rest
+            old.update(value)
+        else:
+            node[keys[-1]] = value
     r = validate(_build(Recipe, values, ""))
     if base_dir is not None and r.data.path and not Path(r.data.path).is_absolute():
         candidate = base_dir / r.data.path
