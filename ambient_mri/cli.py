@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .devices import check_threads
 from .errors import AmbientMRIError
 
 
@@ -13,8 +14,7 @@ def _train(args) -> int:
 
     from .training.trainer import train
 
-    if args.threads < 0:
-        raise AmbientMRIError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
 

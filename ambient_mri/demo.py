@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import check_threads
 from .errors import AmbientMRIError
 from .files import check_finite_number, make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
@@ -137,8 +138,7 @@ def _run_demo(args) -> int:
     if args.adps_steps < 1:
         raise AmbientMRIError(f"--adps-steps must be >= 1, got {args.adps_steps}")
     coils = getattr(args, "coils", 8)
-    if getattr(args, "threads", 0) < 0:
-        raise AmbientMRIError(f"--threads must be >= 0 (0: chosen for the image size), got {args.threads}")
+    check_threads(getattr(args, "threads", 0))
     check_build(args.size, coils)  # before the thread benchmark, which runs at --size
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)

@@ -28,6 +28,15 @@ def resolve_device(name=None, what: str = "device", local_rank: int = 0) -> torc
     return dev
 
 
+def check_threads(n: int | None, option: str = "--threads") -> None:
+    """A torch CPU thread count from the user: None or 0 (torch's default) up to 4 threads per core (at least 256);
+    100000 made torch fail to map a shared library or segfault."""
+    top = max(256, 4 * (os.cpu_count() or 1))
+    if n is not None and not 0 <= n <= top:
+        raise AmbientMRIError(f"{option} must be in 0..{top} (0: torch's default; this machine has "
+                              f"{os.cpu_count()} cores), got {n}")
+
+
 def available_host_memory() -> int | None:
     """Bytes the kernel says can be allocated without swapping (MemAvailable), or None where unknown."""
     try:

@@ -69,7 +69,14 @@ def test_evaluate_names_an_unreadable_target(tmp_path):
 
 def test_negative_threads_and_bad_device_on_the_command_line(tmp_path, capsys):
     assert main(["train", "recipes/demo_mni_r4.yaml", "--threads", "-1"]) == 2
-    assert "--threads must be >= 0" in capsys.readouterr().err
+    assert "--threads must be in 0.." in capsys.readouterr().err
+    # 100000 threads segfaulted train and made reconstruct fail to map a shared library
+    for argv in (["train", "recipes/demo_mni_r4.yaml"], ["demo", "--output", str(tmp_path / "d")],
+                 ["reconstruct", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o2"), "--method",
+                  "zero_filled", "--acceleration", "4"]):
+        assert main([*argv, "--threads", "100000"]) == 2
+        assert "--threads must be in 0.." in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o2").exists()
     model = tmp_path / "m.pt"
     torch.save(torch.zeros(1), model)
     assert main(["sample", "--model", str(model), "--num", "1", "--output", str(tmp_path / "o"),
