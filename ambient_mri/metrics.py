@@ -97,7 +97,11 @@ def _target_key(target_file: Path) -> str:
 
     try:
         with h5py.File(target_file, "r") as f:
-            for key in ("reconstruction_rss", "reconstruction_esc"):
+            # fastMRI scores single-coil scans against the ESC target, multi-coil ones against RSS
+            single = "kspace" in f and getattr(f["kspace"], "ndim", 4) == 3
+            order = ("reconstruction_esc", "reconstruction_rss") if single else ("reconstruction_rss",
+                                                                                  "reconstruction_esc")
+            for key in order:
                 if key in f:
                     return key
             raise DataFileError(target_file, "has no reference (reconstruction_rss or reconstruction_esc; fastMRI's "

@@ -106,3 +106,23 @@ def test_std_panels_are_drawn_at_their_own_scale(tmp_path, monkeypatch):
     save_panels(tmp_path / "p.png", [("reference", ref), ("error x1", ref / 10), ("std over samples", std)], vmax=1.0)
     assert drawn == {0: 1.0, 1: 0.25, 2: pytest.approx(8e-4)}
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_single_coil_targets_are_scored_against_esc_as_fastmri_does(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    esc = rng.random((2, 16, 16)).astype(np.float32) + 0.5
+    for name, kspace in (("single.h5", np.zeros((2, 32, 16), np.complex64)),
+                         ("multi.h5", np.zeros((2, 4, 32, 16), np.complex64))):
+        (tmp_path / "t").mkdir(exist_ok=True)
+        (tmp_path / "r").mkdir(exist_ok=True)
+        with h5py.File(tmp_path / "t" / name, "w") as f:
+            f["kspace"] = kspace
+            f["reconstruction_esc"] = esc
+            f["reconstruction_rss"] = 2 * esc
+        with h5py.File(tmp_path / "r" / name, "w") as f:
+            f["reconstruction"] = esc
+    rows = {r["file"]: r for r in am.metrics.evaluate_dirs(tmp_path / "t", tmp_path / "r")["volumes"]}
+    assert rows["single.h5"]["PSNR"] == np.inf or rows["single.h5"]["NMSE"] == 0.0
+    assert rows["multi.h5"]["NMSE"] == pytest.approx(0.25)
