@@ -1419,3 +1419,34 @@ def test_demo_sizes_are_checked_before_the_thread_benchmark_and_against_memory(t
         code, _, err = run(["demo", "--output", str(tmp_path / "d"), "--size", size], capsys)
         assert code == 2 and re.search(msg, err), err
     assert not (tmp_path / "d").exists()
+
+
+def test_overrides_and_names_that_gave_tracebacks_or_reset_a_section(tmp_path):
+    """training={steps: 2} replaced the whole section (lr back to its default); overrides through a value, of the
+    wrong type, or a 300-character name gave TypeErrors and OSErrors."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
+    r = load_recipe(recipe, ["training={steps: 2}"])
+    assert r.training.steps == 2 and r.training.lr == 1e-3
+    for overrides, msg in ((["training.steps.x=1"], "training.steps is a value, not a section"),
+                           (["name.x=1"], "name is a value, not a section"), ([5], "a list of 'key=value' strings"),
+                           ("steps=2", "a list of 'key=value' strings"), ({5: 2}, "a list of 'key=value' strings"),
+                           ([f"name={'x' * 300}"], "at most 255 bytes"), (["name=' '"], "without '.' or '..'")):
+        with pytest.raises(am.RecipeError, match=msg):
+            load_recipe(recipe, overrides)
+
+
+def test_a_center_fraction_that_leaves_nothing_to_undersample_is_refused():
+    with pytest.raises(am.AmbientMRIError, match="makes all 16 columns ACS lines"):
+        kspace_mask("random", (16, 16), 2, 0.999, seed=0)
+
+
+def test_reconstruct_never_overwrites_a_reconstruction_file_it_did_not_write(raw, tmp_path, capsys):
+    """A fastMRI submission file of the same name (only a 'reconstruction' dataset) was replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with h5py.File(out / "vol0.h5", "w") as f:
+        f["reconstruction"] = np.full((2, 32, 32), 7.0, np.float32)
+    code, _, err = run(["reconstruct", "--input", str(raw / "vol0.h5"), "--output", str(out), *ZF], capsys)
+    assert code == 2 and "is not a reconstruction file ambient-mri wrote" in err
+    with h5py.File(out / "vol0.h5", "r") as f:
+        assert set(f) == {"reconstruction"} and float(f["reconstruction"][0, 0, 0]) == 7.0
