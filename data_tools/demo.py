@@ -44,6 +44,7 @@ import numpy as np
 from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.devices import ensure_memory
 from ambient_mri.errors import AmbientMRIError
+from ambient_mri.files import write_json
 
 from .prepare import prepare_fastmri
 from .simulate import make_fastmri_volume
@@ -128,6 +129,7 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     augmented = {raw_train / f"demo_train_aug{k}_{v:02d}.h5": (k, train_ids[j: j + VOLUME_SLICES])
                  for k in range(1, aug.copies + 1) for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
     aug_record = {**dataclasses.asdict(aug), "seed": AUGMENT_SEED}
+    _check_record(out / "demo.json", size, coils, noise_std, train_ids, val_ids)
     _check_augmented(raw_train, augmented, aug_record)
     foreign = sorted(p for d in (raw_train, raw_val) for p in d.glob("*.h5")
                      if p not in volumes and p not in augmented and not p.name.startswith("demo_train_aug"))
@@ -167,8 +169,30 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
         "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
         "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
     }
-    (out / "demo.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out / "demo.json", record)
     return paths
+
+
+def _check_record(path: Path, size: int, coils: int, noise_std: float, train_ids, val_ids) -> None:
+    """A demo.json already in the output must be a demo's, built with these settings: the volumes it lists are
+    kept as they are, so other --size/--coils/--slices would mix two demos (and the record would lie), and a
+    user's demo.json would be written over. Fields an older record lacks are not compared."""
+    if not path.exists():
+        return
+    try:
+        have = json.loads(path.read_text())
+        built = {"size": int(have["image_size"][0]), "coils": int(have["coils"])}
+        for key in ("noise_std", "train_slices", "val_slices"):
+            if key in have:
+                built[key] = have[key] if key != "noise_std" else float(have[key])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        raise AmbientMRIError(f"{path}: not a demo record; it would be written over: use another --output") from None
+    want = {"size": size, "coils": coils, "noise_std": float(noise_std), "train_slices": list(train_ids),
+            "val_slices": list(val_ids)}
+    differ = [k for k in built if built[k] != want[k]]
+    if differ:
+        raise AmbientMRIError(f"{path.parent} holds a demo built with other settings ({', '.join(differ)}: "
+                              f"{', '.join(str(built[k]) for k in differ)[:120]}); use another --output for these")
 
 
 def is_complete(path: Path) -> bool:

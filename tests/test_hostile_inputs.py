@@ -1450,3 +1450,24 @@ def test_reconstruct_never_overwrites_a_reconstruction_file_it_did_not_write(raw
     assert code == 2 and "is not a reconstruction file ambient-mri wrote" in err
     with h5py.File(out / "vol0.h5", "r") as f:
         assert set(f) == {"reconstruction"} and float(f["reconstruction"][0, 0, 0]) == 7.0
+
+
+def test_prepare_demo_never_mixes_two_demos_nor_writes_over_a_users_record(tmp_path, capsys):
+    """A rerun with other --coils kept the old volumes beside new ones and wrote a record of the new settings; a
+    user's demo.json in the output was written over."""
+    out = tmp_path / "d"
+    assert run(["prepare", "demo", "--output", str(out), "--size", "16", "--coils", "2", "--slices", "6"],
+               capsys)[0] == 0
+    record = (out / "demo.json").read_text()
+    code, _, err = run(["prepare", "demo", "--output", str(out), "--size", "16", "--coils", "4", "--slices", "6"],
+                       capsys)
+    assert code == 2 and "holds a demo built with other settings (coils: 2)" in err
+    assert (out / "demo.json").read_text() == record
+    assert run(["prepare", "demo", "--output", str(out), "--size", "16", "--coils", "2", "--slices", "6"],
+               capsys)[0] == 0   # the same settings: a rerun
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "demo.json").write_text('{"mine": "precious"}')
+    code, _, err = run(["prepare", "demo", "--output", str(mine), "--size", "16", "--coils", "2", "--slices", "6"],
+                       capsys)
+    assert code == 2 and "not a demo record" in err and (mine / "demo.json").read_text() == '{"mine": "precious"}'
