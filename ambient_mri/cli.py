@@ -59,9 +59,9 @@ def _format_warning(plain):
 
     import data_tools
 
-    from .errors import BelowZeroFilledWarning
+    from .errors import _PACKAGE, BelowZeroFilledWarning
 
-    ours = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules[__package__], data_tools))
+    ours = (_PACKAGE, os.path.dirname(os.path.abspath(data_tools.__file__)) + os.sep)
 
     def fmt(message, category, filename, lineno, line=None):
         if issubclass(category, BelowZeroFilledWarning) or (issubclass(category, UserWarning) and

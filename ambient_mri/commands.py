@@ -65,8 +65,8 @@ def recon_settings(args, source: Path, model_digest: str | None, spelled_out: bo
     return json.dumps({**values, "model": model_digest, "source": _fingerprint(source)}, sort_keys=True)
 
 
-def finished(out: Path, settings: str) -> bool:
-    """An output counts as done only when it is a whole reconstruction file made with these settings."""
+def finished(out: Path, accepted: set[str]) -> bool:
+    """An output counts as done only when it is a whole reconstruction file made with one of these settings."""
     import h5py
 
     try:
@@ -74,8 +74,8 @@ def finished(out: Path, settings: str) -> bool:
             rec = f["reconstruction"]
             stored = f.attrs.get("settings")
             stored = stored.decode() if isinstance(stored, bytes) else stored
-            return stored == settings and rec.ndim == 3 and bool(np.isfinite(rec[()]).all())
-    except (OSError, KeyError, ValueError):
+            return stored in accepted and rec.ndim == 3 and bool(np.isfinite(rec[()]).all())
+    except (OSError, KeyError, ValueError, TypeError):
         return False
 
 
@@ -161,7 +161,7 @@ def run_reconstruct(args) -> int:
                     try:
                         if target.exists():
                             _check_not_foreign(target)
-                            if not args.overwrite and (finished(target, settings) or finished(target, earlier)):
+                            if not args.overwrite and finished(target, {settings, earlier}):
                                 kept += 1
                                 continue
                         reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,

@@ -164,14 +164,6 @@ def recorded_settings(recon_file) -> dict | None:
         return None
 
 
-def made_from(recon_file) -> str | None:
-    """The input file name an ``ambient-mri reconstruct`` output records (settings.source.name); None for files
-    of other tools."""
-    s = recorded_settings(recon_file) or {}
-    name = s.get("source", {}).get("name") if isinstance(s.get("source"), dict) else None
-    return name if isinstance(name, str) else None
-
-
 def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True) -> dict:
     """Evaluate every reconstruction in ``recon_dir`` against the same-named file in ``target_dir``
     (``evaluate_file``). target_key: default ``reconstruction_rss`` (``reconstruction_esc`` when a file has no rss).
@@ -202,7 +194,8 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
             continue
         settings = recorded_settings(rec_file)
         row["made_with"] = None if settings is None else {k: v for k, v in settings.items() if k != "source"}
-        source = made_from(rec_file)
+        src = (settings or {}).get("source")
+        source = src.get("name") if isinstance(src, dict) and isinstance(src.get("name"), str) else None
         if source is not None and source != tgt_file.name:  # swapped or renamed outputs score the wrong volume
             row["warning"] = (f"{rec_file} records being made from {source}, not from its target's name "
                               f"{tgt_file.name}")

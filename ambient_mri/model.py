@@ -16,7 +16,7 @@ from torch import nn
 from .corruption import OPERATORS, cond_channels
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
-from .files import atomic_path
+from .files import HDF5_SIGNATURE, atomic_path
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
 from .operators import LinearOperator
 from .record import TrainingRecord
@@ -114,7 +114,7 @@ def _foreign_kind(path: Path) -> str | None:
         return "empty"
     if head.startswith((b"PK\x03\x04", b"\x80")):
         return None
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+    if head.startswith(HDF5_SIGNATURE):
         return "an HDF5 file (data, not a model)"
     try:
         head.decode("utf-8")

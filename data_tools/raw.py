@@ -64,6 +64,7 @@ import numpy as np
 
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.files import (
+    HDF5_SIGNATURE,
     make_folder,
     refuse_overwrite,
     refuse_unless_truncated_h5,
@@ -79,7 +80,6 @@ FORMAT = "ambient_mri.convert/2"
 ISMRMRD_SUFFIXES = (".h5", ".hdf5", ".mrd", ".ismrmrd")
 TWIX_SUFFIXES = (".dat",)
 RAW_SUFFIXES = ISMRMRD_SUFFIXES + TWIX_SUFFIXES
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 REFUSED_COUNTERS = ("repetition", "contrast", "phase", "set")
 _CHUNK = 1024  # ISMRMRD readouts read per HDF5 call
 

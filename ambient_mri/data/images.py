@@ -70,8 +70,6 @@ def fit_images(images: np.ndarray, image_size=None, resize: str = "crop") -> np.
             ww = max(1, round(h * W / H))
             left = (w - ww) // 2
             images = images[..., :, left: left + ww]
-    ensure_memory(4.0 * images.shape[0] * images.shape[1] * (H * W + images.shape[-2] * images.shape[-1]),
-                       f"resizing {images.shape[0]} images to {H} x {W}", "data.image_size")
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     lo, hi = float(t.min()), float(t.max())
     out = torch.nn.functional.interpolate(t, size=(H, W), mode="bicubic", antialias=True, align_corners=False)
@@ -146,7 +144,7 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     mode = "L" if grayscale else "RGB"
     if size is not None:  # the list of resized images and their stacked copy
         ensure_memory(2 * 4.0 * len(files) * (1 if grayscale else 3) * size[0] * size[1],
-                           f"{len(files)} images of {size[0]} x {size[1]}", "data.image_size")
+                      f"{len(files)} images of {size[0]} x {size[1]}", "data.image_size")
     out, shapes = [], {}
     for f in files:
         try:
@@ -201,6 +199,10 @@ def image_set_from_array(images, image_size=None, grayscale: bool = True, resize
         lo, hi = value_range
         raise AmbientMRIError(f"{source}: values span [{a.min():.4g}, {a.max():.4g}], outside the value range "
                               f"[{lo:g}, {hi:g}]: scale the images to it (or save them as uint8)")
+    size = _size(image_size)
+    if size is not None:  # once for the set (read_image_files checks its own before fitting file by file)
+        ensure_memory(4.0 * u.shape[0] * u.shape[1] * (size[0] * size[1] + u.shape[-2] * u.shape[-1]),
+                      f"resizing {u.shape[0]} images to {size[0]} x {size[1]}", "data.image_size")
     u = fit_images(_channels(u, grayscale), image_size, resize)
     labs = [str(v) for v in (labels if labels is not None else [""] * len(u))][: len(u)]
     return ImageSet(to_model_scale(u), labs, [f"{i}" for i in range(len(u))], source)

@@ -366,10 +366,13 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         base_dir = path.parent
         values.setdefault("name", path.stem)
     values = copy.deepcopy(values)  # overrides must not change the caller's dict (nor its nested data.augment)
-    if overrides is not None and (isinstance(overrides, (str, bytes)) or not isinstance(overrides, (dict, list, tuple))
-                                  or (not isinstance(overrides, dict) and not all(isinstance(o, str)
-                                                                                  for o in overrides))
-                                  or (isinstance(overrides, dict) and not all(isinstance(k, str) for k in overrides))):
+    if isinstance(overrides, dict):
+        well_formed = all(isinstance(k, str) for k in overrides)
+    elif isinstance(overrides, (list, tuple)):
+        well_formed = all(isinstance(o, str) for o in overrides)
+    else:
+        well_formed = overrides is None
+    if not well_formed:
         raise RecipeError(f"overrides: a list of 'key=value' strings or a dict of 'key': value, got {overrides!r}")
     items = overrides.items() if isinstance(overrides, dict) else [_parse_override(o) for o in overrides or []]
     for path_, value in items:
