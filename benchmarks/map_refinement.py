@@ -13,13 +13,16 @@ Sets (8 ACS lines unless said; data_tools.simulate: 2x readout oversampling, smo
                   threshold that also triggers the refinement, so it is not blind to that threshold
     regular       lambda_rules' volumes (brains with background, the twix phantom): the refinement should not fire
                   where ESPIRiT's maps explain the data; CG-SENSE only
+    fresh         sources built after scan.MAX_MAP_MISFIT moved to 12 and the held-out check of refined maps was
+                  added (``fresh_cases``: a Siemens abdomen, two dipy diffusion series, nibabel's T1 crop; 4-16
+                  coils, 6-8 ACS lines, R = 2-8), never looked at before: write with --out ..._fresh.json
 
 With ``--model`` the model's ``fast`` sampler (seed 0, default steps) joins every case of its image size (64 x 64
 for quality_mri's models) outside the regular set (where nothing is refined): the learned methods get the same maps
 check and refinement. Prints a table and writes
 benchmarks/results/map_refinement.json (about 14-17 minutes on 2 cores, with --model too).
 
-    python benchmarks/map_refinement.py [--sets calibration wide mr_small regular] [--model PATH] [--out PATH]
+    python benchmarks/map_refinement.py [--sets calibration wide mr_small regular fresh] [--model PATH] [--out PATH]
     python benchmarks/map_refinement.py --alternations 6 12 24 48 96   # how many alternations: ..._alternations.json
     python benchmarks/map_refinement.py --timing   # seconds and CG-SENSE PSNR at fastMRI's brain size (minutes):
                                                    # results/map_refinement_timing.json
@@ -86,6 +89,28 @@ def mr_small_cases():
     k, t = noise_warning.simulated(pydicom_mr_small(), 4, 0.005, 3)
     for R in (2, 3, 4):
         yield "pydicom_mr_small_64_c4", "mr_small (other source)", k, t, R, 8, (R, 11), True
+
+
+def fresh_cases():
+    """Held out from scan.MAX_MAP_MISFIT's last move and every other rule (data_tools.other_sets, "fresh"): another
+    anatomy (pydicom's Siemens abdomen, the body spanning the phase-encode direction) at 64 with 6 ACS lines and at
+    128 with 16 coils, two dipy diffusion series (a noisy DWI with 12 coils and 6 ACS lines, a b0), and nibabel's T1
+    crop of the brain's centre that fills the field of view."""
+    import noise_warning
+
+    from data_tools import other_sets as o
+
+    specs = [("abdomen_64_c8", lambda: o.pydicom_abdomen((64, 64)), 8, 0.005, (2, 3, 4), 6),
+             ("abdomen_128_c16", lambda: o.pydicom_abdomen((128, 128)), 16, 0.003, (4, 6, 8), 8),
+             ("dipy_dwi_64_c12", o.dipy_dwi_slices, 12, 0.01, (4, 6, 8), 6),
+             ("dipy_aniso_64_c4", o.dipy_aniso_slices, 4, 0.005, (2, 3), 8),
+             ("dipy_aniso_64_c8", o.dipy_aniso_slices, 8, 0.005, (4, 6), 8),
+             ("nibabel_t1_crop_64_c4", o.nibabel_anatomical_slices, 4, 0.005, (2, 3), 8),
+             ("nibabel_t1_crop_64_c8", o.nibabel_anatomical_slices, 8, 0.005, (3, 4, 6), 8)]
+    for name, images, coils, sigma, Rs, acs in specs:
+        k, t = noise_warning.simulated(images(), coils, sigma, 4)
+        for R in Rs:
+            yield name, "fresh (held out)", k, t, R, acs, (R, 13), True
 
 
 def regular_cases():
@@ -261,8 +286,8 @@ def alternations(counts: list[int]) -> list[dict]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sets = ["calibration", "wide", "mr_small", "regular"]
-    p.add_argument("--sets", nargs="+", default=sets, choices=sets)
+    sets = ["calibration", "wide", "mr_small", "regular", "fresh"]
+    p.add_argument("--sets", nargs="+", default=sets[:-1], choices=sets)
     p.add_argument("--model", default=None, help="a model file: its `fast` sampler joins the cases of its image size")
     p.add_argument("--timing", action="store_true", help="only the cost and CG-SENSE's PSNR at fastMRI's brain size "
                                                          "(minutes), to "
@@ -290,16 +315,16 @@ def main(argv=None) -> dict:
                      path=args.model, steps=training_steps(args.model))
     tic = time.perf_counter()
     makers = {"calibration": calibration_cases, "wide": wide_cases, "mr_small": mr_small_cases,
-              "regular": regular_cases}
+              "regular": regular_cases, "fresh": fresh_cases}
     rows = []
     print(f"{'case':26s} {'R':>2s} {'ZF':>6s} {'misfit':>13s} | {'SENSE':>6s} {'before':>6s} {'true':>6s} | "
           f"{'L1':>6s} {'before':>6s} {'true':>6s} | {'fast':>6s} {'before':>6s} {'true':>6s}  warnings now")
     for name in args.sets:
-        if name == "mr_small":
+        if name in ("mr_small", "fresh"):
             try:
                 import pydicom  # noqa: F401
             except ImportError as err:
-                print(f"skipping mr_small: {err} (the bench extra)")
+                print(f"skipping {name}: {err} (the bench extra)")
                 continue
         methods = ["sense"] if name == "regular" else ["sense", "l1_wavelet"]
         for case in makers[name]():

@@ -181,3 +181,50 @@ def pydicom_mr_small() -> np.ndarray:
     from pydicom.data import get_testdata_file
 
     return _unit(pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array[None].astype(np.float32), (64, 64))
+
+
+# Four sources held out from every threshold and rule of ``reconstruct`` (benchmarks/map_refinement.py's "fresh"
+# set, built after scan.MAX_MAP_MISFIT was last moved): another anatomy (a Siemens abdomen, pydicom), two diffusion
+# series of other subjects (dipy) and a T1 crop of the brain's centre that fills its field of view (nibabel).
+
+
+def _central_axial(vol: np.ndarray, num_slices: int, size: tuple[int, int]) -> np.ndarray:
+    """``num_slices`` central planes of an (x, y, z) volume, anterior at the top (as ``dipy_b0_slices``), max 1."""
+    z = vol.shape[2] // 2 - num_slices // 2
+    planes = np.moveaxis(vol[:, :, z:z + num_slices], -1, 0)
+    return _unit(np.flip(np.swapaxes(planes, 1, 2), axis=1), size)
+
+
+def pydicom_abdomen(size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """pydicom's ``examples_overlay.dcm``: an axial abdominal MR slice (Siemens, 300 x 484, the body spans the
+    columns) as a one-slice stack (1, H, W), zero-padded to ``size``'s aspect, max 1."""
+    pydicom = optional_module("pydicom")
+    from pydicom.data import get_testdata_file
+
+    return _unit(pydicom.dcmread(get_testdata_file("examples_overlay.dcm")).pixel_array[None].astype(np.float32), size)
+
+
+def dipy_dwi_slices(num_slices: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """The ``num_slices`` central axial slices of dipy's ``test_piesno.nii.gz`` (a noisy diffusion-weighted brain,
+    96 x 96 x 14), max 1."""
+    nib = optional_module("nibabel")
+    return _central_axial(np.asarray(nib.load(str(dipy_file("test_piesno.nii.gz"))).dataobj, np.float32),
+                          num_slices, size)
+
+
+def dipy_aniso_slices(num_slices: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """The ``num_slices`` central axial slices of dipy's ``aniso_vox.nii.gz`` (a b0 brain, 58 x 58 x 24, 4 x 4 x 5
+    mm), max 1."""
+    nib = optional_module("nibabel")
+    return _central_axial(np.asarray(nib.load(str(dipy_file("aniso_vox.nii.gz"))).dataobj, np.float32),
+                          num_slices, size)
+
+
+def nibabel_anatomical_slices(num_slices: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """The ``num_slices`` central axial slices of nibabel's ``anatomical.nii`` (a real T1, a 33 x 41 x 25 crop of
+    the brain's centre at 2 mm: tissue fills the field of view), max 1."""
+    nib = optional_module("nibabel")
+    from nibabel.testing import data_path
+
+    vol = np.asarray(nib.load(str(Path(data_path) / "anatomical.nii")).dataobj, np.float32)
+    return _central_axial(np.clip(vol, 0.0, None), num_slices, size)
