@@ -211,8 +211,8 @@ def warn_if_noise_dominated(snr: float | None, method: str) -> None:
 # true maps leave ~1). First 16, between the calibration volume's largest misfit with SENSE above zero-filled
 # (10.2) and the smallest with it below (24.7, pydicom's MR_small) in benchmarks/lambda_rules.py; the held-out
 # "wide" set of benchmarks/noise_warning.py then had CG-SENSE 0.64 dB below zero-filled, unwarned, at 14.9 (its
-# refined maps give 32.2 dB there, zero-filled 24.0), so it is 12, near the geometric mean of 10.2 and 14.9. The wide set is no
-# longer held out for it; map_refinement.py's "fresh" set, built after the move, is.
+# refined maps give 32.2 dB there, zero-filled 24.0), so it is 12, near the geometric mean of 10.2 and 14.9. The
+# wide set is no longer held out for it; map_refinement.py's "fresh" set, built after the move, is.
 MAX_MAP_MISFIT = 12.0
 # ... and the misfit beyond the noise must also be this share of the acquired energy: without noise any map error
 # is many times the noise (noise-free simulations: 1e11 times, at shares of 5e-5 to 1.3e-4 with maps good enough for
