@@ -112,18 +112,12 @@ def validation_errors(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarra
     each group in turn is held out, the slice is solved from the rest with every λ, and each λ is scored by how
     well its solutions predict the held-out k-space over all groups and slices. None when no non-ACS line was
     acquired."""
-    from .operators import fft2c
-
     grid = SENSE_GRID if method == "sense" else L1_GRID
     iters = iters if method == "sense" else L1_VALIDATION_ITERS
     rows = []  # (slice, kept mask, held mask)
     for s in central_slices(y.shape[0], VALIDATION_SLICES[method]):
         for held in _folds(m[s], FOLDS, (seed, int(s)), every):
-            keep = np.array(m[s], np.float32)
-            keep[held] = 0
-            out = np.zeros_like(keep)
-            out[held] = 1
-            rows.append((int(s), keep, out))
+            rows.append((int(s), *_keep_and_held(m[s], held)))
     if not rows:
         return None
     idx = np.array([r[0] for r in rows])
@@ -133,11 +127,60 @@ def validation_errors(method: str, y: np.ndarray, maps: np.ndarray, m: np.ndarra
         yy, mp = row_subset(yy, mp)
 
     def error(lam: float) -> float:
-        x = _solve_batch(method, yy, mp, keep, lam, iters, l2)
-        pred = fft2c(torch.from_numpy(mp * x[:, None])).numpy()
-        return float(np.linalg.norm((pred - yy) * held[:, None, None, :]))
+        return float(np.sqrt(_prediction_errors(yy, mp, _solve_batch(method, yy, mp, keep, lam, iters, l2),
+                                                held).sum()))
 
     return np.array([error(lam) for lam in grid])
+
+
+def _keep_and_held(mask: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A column mask (W,) and the columns held out of it -> (what is kept, what is held out) as float32 masks."""
+    keep = np.array(mask, np.float32)
+    keep[held] = 0
+    out = np.zeros_like(keep)
+    out[held] = 1
+    return keep, out
+
+
+def _prediction_errors(y: np.ndarray, maps: np.ndarray, x: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """Per slice, the squared error with which images x (N, H, W) seen through ``maps`` predict y (N, C, H, W) on the
+    held-out columns (N, W) -> (N,)."""
+    from .operators import fft2c
+
+    pred = fft2c(torch.from_numpy(maps * x[:, None])).numpy()
+    return (np.abs((pred - y) * held[:, None, None, :]) ** 2).sum((1, 2, 3))
+
+
+REFINE_FOLDS = 2   # held-out groups (of FOLDS) that judge refined maps: each costs a refinement
+
+
+def heldout_map_errors(y: np.ndarray, maps: np.ndarray, m: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """For ``slices`` of a scan, how well CG-SENSE (λ ``coils.REFINE_LAMBDA``) with ``maps`` and with maps refined
+    without them (``coils.refine_maps``) predicts acquired non-ACS lines held out (the first ``REFINE_FOLDS`` of
+    ``_folds``' groups in turn, seeded by the slice's index in the scan) -> (2, len(slices)) squared errors summed
+    over the folds: row 0 ``maps``, row 1 refined; 0 where no line can be held out. y (S, C, H, W) normalised,
+    maps alike, m (S, W). A better fit of the lines the maps were refined on is no proof: on nibabel's 12-coil EPI at
+    R = 6 refined maps fitted the acquired lines better (misfit 4.3 -> 2.9) and lost 15 dB on 3 of 4 slices, whose
+    refined maps predicted held-out lines 8-19x worse; where refining gained 3-10 dB they predicted them 6-50x
+    better (docs/reconstruction.md)."""
+    from .coils import REFINE_LAMBDA, refine_maps
+
+    idx = np.asarray(slices, dtype=int)
+    yy, mp, mm = y[idx], maps[idx], m[idx]
+    err = np.zeros((2, idx.size))
+    for f in range(REFINE_FOLDS):
+        keep, held = mm.astype(np.float32), np.zeros(mm.shape, np.float32)
+        for j, s in enumerate(idx):
+            groups = _folds(mm[j], FOLDS, (0, int(s)))
+            if f < len(groups):
+                keep[j], held[j] = _keep_and_held(mm[j], groups[f])
+        if not held.any():
+            break
+        yk, kt = yy * keep[:, None, None, :], torch.from_numpy(keep)
+        for i, maps_i in enumerate((mp, refine_maps(torch.from_numpy(yk), torch.from_numpy(mp), kt).numpy())):
+            x = _cg_sense(torch.from_numpy(yk), torch.from_numpy(maps_i), kt, REFINE_LAMBDA, SENSE_ITERS).numpy()
+            err[i] += _prediction_errors(yy, maps_i, x, held)
+    return err
 
 
 def tolerance_pick(errs, tol: float = CV_TOLERANCE) -> int:

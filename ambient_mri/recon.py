@@ -42,7 +42,6 @@ from .scan import (
 )
 
 METHODS = policy.MRI_METHODS
-REFINE_FOLDS = 2   # held-out groups (of baselines.FOLDS) that judge refined maps: each costs a refinement
 CLASSICAL = baselines.METHODS
 DIFFUSION = tuple(m for m in METHODS if m not in CLASSICAL)
 
@@ -69,48 +68,20 @@ def _maps_fail(fit: np.ndarray) -> bool:
     return any(maps_misfit(t, REFINE_SLICE_MISFIT) for t in [baselines.misfit_of(fit), *baselines.slice_misfits(fit)])
 
 
-def _heldout_errors(y: np.ndarray, maps: np.ndarray, msk: np.ndarray) -> np.ndarray:
-    """Per slice, how well CG-SENSE with ``maps`` and with maps refined without them predicts acquired non-ACS lines
-    held out (the first ``REFINE_FOLDS`` of ``baselines._folds``' groups in turn) -> (2, S) squared errors summed
-    over the folds: row 0 ``maps``, row 1 refined; 0 where no line can be held out. A better fit of the lines the
-    maps were refined on is no proof: on nibabel's 12-coil EPI at R = 6 and 8 refined maps fitted the acquired lines
-    better (misfit 4.3 -> 2.9) and lost 13 dB, where they predicted held-out lines 11-27x worse; where refining
-    gained 3-10 dB they predicted them 6-50x better (docs/reconstruction.md)."""
-    from .coils import REFINE_LAMBDA, refine_maps
-    from .operators import fft2c
-
-    S = y.shape[0]
-    err = np.zeros((2, S))
-    for f in range(REFINE_FOLDS):
-        keep, held = msk.astype(np.float32), np.zeros(msk.shape, np.float32)
-        for s in range(S):
-            groups = baselines._folds(msk[s], baselines.FOLDS, (0, s))
-            if f < len(groups):
-                keep[s, groups[f]], held[s, groups[f]] = 0, 1
-        if not held.any():
-            break
-        yk, kt, mp = torch.from_numpy(y * keep[:, None, None, :]), torch.from_numpy(keep), torch.from_numpy(maps)
-        for i, mm in enumerate((mp, refine_maps(yk, mp, kt))):
-            x = baselines._cg_sense(yk, mm, kt, REFINE_LAMBDA, baselines.SENSE_ITERS)
-            miss = (fft2c(mm * x[:, None]).numpy() - y) * held[:, None, None, :]
-            err[i] += (np.abs(miss) ** 2).sum((1, 2, 3))
-    return err
-
-
 def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, central_fit: np.ndarray,
              extra: dict) -> tuple[np.ndarray, tuple[float, float] | None, tuple]:
     """ESPIRiT's maps leave the central slices' data unexplained (``central_fit``: their ``baselines.map_fit``):
     per slice, where its own misfit exceeds ``scan.REFINE_SLICE_MISFIT`` (half the warning's), the maps of
     ``coils.refine_maps``, kept where they explain more and, where ESPIRiT's misfit is under the warning's
-    threshold, refined without some acquired lines predict those lines better (``_heldout_errors``; such a slice
-    with no line to hold out keeps ESPIRiT's). A slice whose maps fit
+    threshold, refined without some acquired lines predict those lines better (``baselines.heldout_map_errors``;
+    such a slice with no line to hold out keeps ESPIRiT's). A slice whose maps fit
     keeps them: refining maps that explain the data was mixed on brains with background (−1.2 to +0.6 dB,
     docs/reconstruction.md). -> maps, the
     central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
     exceeds the thresholds, else the central slices'; True / False: those maps are refined ones / refining them did
     not help; None: not tried). ``extra``: ``maps_refined``, ``maps_refined_slices``, ``map_misfit_espirit``,
-    ``map_misfit_slices`` (with the maps used), ``maps_heldout_ratio`` (per slice tried: refined over ESPIRiT's
-    held-out error; None above the warning's threshold or where nothing could be held out)."""
+    ``map_misfit_slices`` (with the maps used), ``maps_heldout_ratio`` (per slice, (S,): refined over ESPIRiT's
+    held-out error where that judged; else None)."""
     from .coils import REFINE_DEGREE, refine_maps
 
     S, C = y.shape[:2]
@@ -123,26 +94,32 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
     per_slice = baselines.slice_misfits(fit)
     bad = np.array([s for s in range(S) if maps_misfit(per_slice[s], REFINE_SLICE_MISFIT)], dtype=int)
     kept: list[int] = []
+    ratio: list[float | None] = [None] * S
     if bad.size:
         new = refine_maps(torch.from_numpy(y[bad]), torch.from_numpy(maps[bad]), torch.from_numpy(msk[bad])).numpy()
         after = baselines.map_fit(y[bad], new, msk[bad], noise[bad], fitted=C * REFINE_DEGREE ** 2,
                                   slices=np.arange(bad.size))
-        # held-out lines judge only where ESPIRiT's misfit is under the warning's: above it they rejected maps
-        # that gained 4.9 dB (T1 crop, 8 coils, R 4, 17 outer lines: refined from fewer lines, the maps fit worse)
-        weak = np.array([not maps_misfit(per_slice[s]) for s in bad])
-        err = np.zeros((2, bad.size))
-        if weak.any():
-            err[:, weak] = _heldout_errors(y[bad[weak]], maps[bad[weak]], msk[bad[weak]])
-        extra["maps_heldout_ratio"] = [float(r / e) if w and e > 0 else None for w, (e, r) in zip(weak, err.T)]
-        keep = [j for j, t in enumerate(baselines.slice_misfits(after))
-                if t is not None and t[0] < per_slice[bad[j]][0] and (not weak[j] or err[1, j] < err[0, j])]
+        fits = [j for j, t in enumerate(baselines.slice_misfits(after))
+                if t is not None and t[0] < per_slice[bad[j]][0]]
+        # held-out lines judge only where ESPIRiT's misfit is under the warning's: above it they rejected maps that
+        # gained 4.9 dB (T1 crop, 8 coils, R 4, 17 outer lines: refined from fewer lines, the maps predict worse)
+        judged = [j for j in fits if not maps_misfit(per_slice[bad[j]])]
+        keep = [j for j in fits if j not in judged]
+        if judged:
+            err = baselines.heldout_map_errors(y, maps, msk, bad[judged])
+            for i, j in enumerate(judged):
+                ratio[bad[j]] = float(err[1, i] / err[0, i]) if err[0, i] > 0 else None
+                if err[1, i] < err[0, i]:
+                    keep.append(j)
+            keep.sort()
         if keep:
             maps = maps.copy()
             maps[bad[keep]], fit[:, bad[keep]] = new[keep], after[:, keep]
             kept = [int(s) for s in bad[keep]]
             per_slice = baselines.slice_misfits(fit)
     extra.update(map_misfit_espirit=baselines.misfit_of(central_fit)[0], maps_refined=bool(kept),
-                 maps_refined_slices=kept, map_misfit_slices=[None if t is None else t[0] for t in per_slice])
+                 maps_refined_slices=kept, map_misfit_slices=[None if t is None else t[0] for t in per_slice],
+                 maps_heldout_ratio=ratio)
     worst = max((s for s in range(S) if maps_misfit(per_slice[s])), default=None, key=lambda s: per_slice[s][0])
     central_misfit = baselines.misfit_of(fit[:, central])
     if worst is not None:
@@ -236,8 +213,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     when the coils cannot unalias, when the lines outside the ACS block are mostly noise (``extra["outer_line_snr"]``),
     and when no line can be held out. Every method but zero_filled checks that the maps explain the data
     (``extra["map_misfit"]``, ``extra["map_unexplained"]``; readout-oversampled scans): where ESPIRiT's maps do not,
-    they are refined per slice from every acquired line (``coils.refine_maps``, ``extra["maps_refined_slices"]``),
-    and if the maps used still do not, it warns; a learned method warns too when no image row allows the check.
+    they are refined per slice from every acquired line (``coils.refine_maps``, ``extra["maps_refined_slices"]``;
+    under the warning's threshold only where maps refined without some lines predict those lines better,
+    ``extra["maps_heldout_ratio"]``), and if the maps used still do not, it warns; a learned method warns too when
+    no image row allows the check.
     target_size: magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress
     each slice to K virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per
     slice falls with K.

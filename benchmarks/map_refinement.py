@@ -15,7 +15,7 @@ Sets (8 ACS lines unless said; data_tools.simulate: 2x readout oversampling, smo
                   where ESPIRiT's maps explain the data; CG-SENSE only
     fresh         sources built after scan.MAX_MAP_MISFIT moved to 12 and the held-out check of refined maps was
                   added (``fresh_cases``: a Siemens abdomen, two dipy diffusion series, nibabel's T1 crop; 4-16
-                  coils, 6-8 ACS lines, R = 2-8), never looked at before: write with --out ..._fresh.json
+                  coils, 6-8 ACS lines, R = 2-8), never looked at before: written to results/map_refinement_fresh.json
 
 With ``--model`` the model's ``fast`` sampler (seed 0, default steps) joins every case of its image size (64 x 64
 for quality_mri's models) outside the regular set (where nothing is refined): the learned methods get the same maps
@@ -149,6 +149,7 @@ def run_case(name, set_name, k_full, target, R, acs, seed, simulated, methods) -
         row[f"{method}_warnings"] = kinds
         row["maps_refined"] = refined
         row["maps_refined_slices"] = extra.get("maps_refined_slices", [])
+        row["maps_heldout_ratio"] = extra.get("maps_heldout_ratio")
         row["map_misfit"] = extra.get("map_misfit")
         row["map_misfit_espirit"] = extra.get("map_misfit_espirit", extra.get("map_misfit"))
         if refined:  # what reconstruct gave before: ESPIRiT's maps, given so that nothing refines them
@@ -308,7 +309,8 @@ def main(argv=None) -> dict:
         tic = time.perf_counter()
         record = {"benchmark": "map_refinement (timing)", "machine": machine_info("cpu"), "timing": timing()}
         return write_record(record, Path(args.out or results / "map_refinement_timing.json"), tic)
-    args.out = args.out or str(results / "map_refinement.json")
+    name = "map_refinement_fresh.json" if "fresh" in args.sets else "map_refinement.json"
+    args.out = args.out or str(results / name)
     if args.model:
         model = am.load_model(args.model)
         MODEL.update(model=model, rows=model.record.image_shape[-2], widths=tuple(model.record.widths),
