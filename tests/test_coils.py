@@ -351,14 +351,16 @@ def test_pooled_misfit_with_no_failing_slice_refines_nothing_and_warns_plainly()
     assert extra["maps_refined"] is False and extra["maps_refined_slices"] == []
 
 
-@pytest.mark.parametrize("noise, over", [(0.005, 4), (0.006, 1), (0.007, 0)])
-def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over):
+@pytest.mark.parametrize("noise, over, warned", [(0.005, 4, True), (0.006, 1, False), (0.007, 0, False)])
+def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over, warned):
     """An official-layout phantom volume filling the field of view (R 2, 8 ACS lines, fastMRI's random mask seeded by
     the file name); ``over``: how many slices' ESPIRiT misfits exceed the warning's threshold. At σ 0.005 one slice
     failed the threshold of 16 and three sat at 13-15, and refining only the first left CG-SENSE below zero-filled,
     unwarned (1.4 dB); at 0.006 (misfits 9.6-12.4) and 0.007 (7.3-9.4) nothing was refined and it was 2 dB below,
     unwarned. Every slice above scan.REFINE_SLICE_MISFIT is refined (those under the warning's threshold judged by
-    held-out lines), and CG-SENSE lands above zero-filled, near the true maps (33.0 dB at 0.005)."""
+    held-out lines), and CG-SENSE lands above zero-filled, near the true maps (33.0 dB at 0.005). ``warned``: whether
+    ESPIRiT's maps, given, get the maps warning (given maps are judged on the two central slices pooled: at 0.006
+    under the threshold, and at 0.007 every slice is)."""
     from ambient_mri import baselines
     from ambient_mri.data import read_fastmri
     from ambient_mri.scan import MAX_MAP_MISFIT, REFINE_SLICE_MISFIT, check_inputs, prepare_scan, scan_noise_std
@@ -384,7 +386,10 @@ def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over):
         warnings.simplefilter("error", am.BelowZeroFilledWarning)
         res = am.reconstruct(k * mask, mask, method="sense", progress=False)
         zf = am.reconstruct(k * mask, mask, method="zero_filled", progress=False)
-    given = am.reconstruct(k * mask, mask, maps=esp, method="sense", progress=False)
+    with warnings.catch_warnings(record=True) as caught:   # ESPIRiT's maps given: nothing refines them
+        warnings.simplefilter("always")
+        given = am.reconstruct(k * mask, mask, maps=esp, method="sense", progress=False)
+    assert any("maps do not explain" in str(w.message) for w in caught) == warned
     assert res.extra["maps_refined_slices"] == [0, 1, 2, 3], res.extra
     judged = [r for r in res.extra["maps_heldout_ratio"] if r is not None]   # slices under the warning's threshold
     assert len(judged) == 4 - over and all(r < 0.5 for r in judged), res.extra
