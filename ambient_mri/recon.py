@@ -74,9 +74,8 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
     per slice, where its own misfit exceeds ``scan.REFINE_SLICE_MISFIT`` (half the warning's), the maps of
     ``coils.refine_maps``, kept where they explain more and, where ESPIRiT's misfit is under the warning's
     threshold, refined without some acquired lines predict those lines better (``baselines.heldout_map_errors``;
-    such a slice with no line to hold out keeps ESPIRiT's). A slice whose maps fit
-    keeps them: refining maps that explain the data was mixed on brains with background (−1.2 to +0.6 dB,
-    docs/reconstruction.md). -> maps, the
+    such a slice with no line to hold out keeps ESPIRiT's). A slice whose maps fit keeps them: refining maps that
+    explain the data was mixed on brains with background (−1.2 to +0.6 dB, docs/reconstruction.md). -> maps, the
     central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
     exceeds the thresholds, else the central slices'; True / False: those maps are refined ones / refining them did
     not help; None: not tried). ``extra``: ``maps_refined``, ``maps_refined_slices``, ``map_misfit_espirit``,
