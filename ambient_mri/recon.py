@@ -26,6 +26,8 @@ from .metrics import center_crop
 from .operators import MultiCoilMRI
 from .sampling import policy
 from .scan import (
+    REFINE_CLEAR_MISFIT,
+    REFINE_CLEAR_RATIO,
     REFINE_SLICE_MISFIT,
     check_inputs,
     maps_misfit,
@@ -71,10 +73,11 @@ def _maps_fail(fit: np.ndarray) -> bool:
 def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray, central_fit: np.ndarray,
              extra: dict) -> tuple[np.ndarray, tuple[float, float] | None, tuple]:
     """ESPIRiT's maps leave the central slices' data unexplained (``central_fit``: their ``baselines.map_fit``):
-    per slice, where its own misfit exceeds ``scan.REFINE_SLICE_MISFIT`` (half the warning's), the maps of
+    per slice, where its own misfit exceeds ``scan.REFINE_SLICE_MISFIT`` (twice the noise), the maps of
     ``coils.refine_maps``, kept where they explain more and, where ESPIRiT's misfit is under the warning's
     threshold, refined without some acquired lines predict those lines better (``baselines.heldout_map_errors``;
-    such a slice with no line to hold out keeps ESPIRiT's). A slice whose maps fit keeps them: refining maps that
+    clearly better, by ``scan.REFINE_CLEAR_RATIO``, under ``scan.REFINE_CLEAR_MISFIT``; such a slice with no line to
+    hold out keeps ESPIRiT's). A slice whose maps fit keeps them: refining maps that
     explain the data was mixed on brains with background (−1.2 to +0.6 dB, docs/reconstruction.md). -> maps, the
     central slices' misfit with them, and what the maps warning judges: (the worst slice's misfit if one still
     exceeds the thresholds, else the central slices'; True / False: those maps are refined ones / refining them did
@@ -108,7 +111,8 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
             err = baselines.heldout_map_errors(y, maps, msk, bad[judged])
             for i, j in enumerate(judged):
                 ratio[bad[j]] = float(err[1, i] / err[0, i]) if err[0, i] > 0 else None
-                if err[1, i] < err[0, i]:
+                need = REFINE_CLEAR_RATIO if per_slice[bad[j]][0] <= REFINE_CLEAR_MISFIT else 1.0
+                if ratio[bad[j]] is not None and ratio[bad[j]] < need:
                     keep.append(j)
             keep.sort()
         if keep:

@@ -351,22 +351,12 @@ def test_pooled_misfit_with_no_failing_slice_refines_nothing_and_warns_plainly()
     assert extra["maps_refined"] is False and extra["maps_refined_slices"] == []
 
 
-@pytest.mark.parametrize("noise, over, warned", [(0.005, 4, True), (0.006, 1, False), (0.007, 0, False)])
-def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over, warned):
-    """An official-layout phantom volume filling the field of view (R 2, 8 ACS lines, fastMRI's random mask seeded by
-    the file name); ``over``: how many slices' ESPIRiT misfits exceed the warning's threshold. At σ 0.005 one slice
-    failed the threshold of 16 and three sat at 13-15, and refining only the first left CG-SENSE below zero-filled,
-    unwarned (1.4 dB); at 0.006 (misfits 9.6-12.4) and 0.007 (7.3-9.4) nothing was refined and it was 2 dB below,
-    unwarned. Every slice above scan.REFINE_SLICE_MISFIT is refined (those under the warning's threshold judged by
-    held-out lines), and CG-SENSE lands above zero-filled, near the true maps (33.0 dB at 0.005). ``warned``: whether
-    ESPIRiT's maps, given, get the maps warning (given maps are judged on the two central slices pooled: at 0.006
-    under the threshold, and at 0.007 every slice is)."""
-    from ambient_mri import baselines
+def fill_phantom(tmp_path, noise: float, size: int = 32):
+    """The official-layout 4-slice phantom filling the field of view (4 coils, 2x readout oversampling, noise σ) and
+    fastMRI's random mask at R 2 with 8 ACS lines seeded by its file name -> k-space, mask (W,), target."""
     from ambient_mri.data import read_fastmri
-    from ambient_mri.scan import MAX_MAP_MISFIT, REFINE_SLICE_MISFIT, check_inputs, prepare_scan, scan_noise_std
     from data_tools.simulate import make_fastmri_volume
 
-    size = 32
     yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
     b = blobs(4, size, seed=0)
     fill = [b[i] + 0.5 + 0.2 * np.cos(3 * xx + 1) * np.sin(2 * yy) for i in range(4)]
@@ -374,14 +364,33 @@ def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over, warned):
                         oversample=2, noise_std=noise)
     vol = read_fastmri(tmp_path / "fill.h5")
     k = np.asarray(vol.kspace)
-    mask = kspace_mask("random", k.shape[-2:], 2, 0.25, seed="fill.h5")[0]
-    target = np.asarray(vol.target)
+    return k, kspace_mask("random", k.shape[-2:], 2, 0.25, seed="fill.h5")[0], np.asarray(vol.target)
+
+
+@pytest.mark.parametrize("noise, over, warned, gain", [(0.005, 4, True, 2), (0.006, 1, False, 2),
+                                                      (0.007, 0, False, 2), (0.012, 0, False, 1)])
+def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over, warned, gain):
+    """An official-layout phantom volume filling the field of view (R 2, 8 ACS lines, fastMRI's random mask seeded by
+    the file name); ``over``: how many slices' ESPIRiT misfits exceed the warning's threshold. At σ 0.005 one slice
+    failed the threshold of 16 and three sat at 13-15, and refining only the first left CG-SENSE below zero-filled,
+    unwarned (1.4 dB); at 0.006 (misfits 9.6-12.4) and 0.007 (7.3-9.4) nothing was refined and it was 2 dB below,
+    unwarned; at 0.012 the misfits fell under the bar of 6 (the misfit is measured against the noise) and CG-SENSE
+    was 2.3 dB below, unwarned. Every slice above scan.REFINE_SLICE_MISFIT is refined (those under the warning's
+    threshold judged by held-out lines), and CG-SENSE lands ``gain`` dB above zero-filled (33.0 dB at 0.005, near
+    the true maps). ``warned``: whether ESPIRiT's maps, given, get the maps warning (given maps are judged on the two
+    central slices pooled: at 0.006 under the threshold, and at 0.007 every slice is)."""
+    from ambient_mri import baselines
+    from ambient_mri.scan import MAX_MAP_MISFIT, REFINE_SLICE_MISFIT, check_inputs, prepare_scan, scan_noise_std
+
+    size = 32
+    k, mask, target = fill_phantom(tmp_path, noise, size)
     kk, m = check_inputs(k * mask, mask)
     ks, esp, scales = prepare_scan(kk, m, size)
     fit = baselines.map_fit(ks / scales[:, None, None, None], esp, m, scan_noise_std(kk, m) / scales,
                             slices=np.arange(4))
     misfits = [t[0] for t in baselines.slice_misfits(fit)]
     assert min(misfits) > REFINE_SLICE_MISFIT and sum(v > MAX_MAP_MISFIT for v in misfits) == over, misfits
+    assert noise < 0.01 or max(misfits) < 6, misfits   # the case the bar of 6 missed
     with warnings.catch_warnings():
         warnings.simplefilter("error", am.BelowZeroFilledWarning)
         res = am.reconstruct(k * mask, mask, method="sense", progress=False)
@@ -392,15 +401,36 @@ def test_slices_of_a_failing_volume_are_refined(tmp_path, noise, over, warned):
     assert any("maps do not explain" in str(w.message) for w in caught) == warned
     assert res.extra["maps_refined_slices"] == [0, 1, 2, 3], res.extra
     judged = [r for r in res.extra["maps_heldout_ratio"] if r is not None]   # slices under the warning's threshold
-    assert len(judged) == 4 - over and all(r < 0.5 for r in judged), res.extra
+    assert len(judged) == 4 - over and all(r < 0.6 for r in judged), res.extra
     psnr = {n: evaluate_volume(target, r.magnitude)["PSNR"] for n, r in (("given", given), ("auto", res), ("zf", zf))}
-    assert psnr["auto"] > psnr["zf"] + 2 > psnr["given"] + 2, psnr
+    assert psnr["auto"] > psnr["zf"] + gain and psnr["zf"] > psnr["given"], psnr
 
 
-def test_refined_maps_that_predict_held_out_lines_worse_are_not_kept(monkeypatch):
+@pytest.mark.parametrize("noise, kept", [(0.012, False), (0.007, True)])
+def test_under_a_misfit_of_6_refined_maps_must_predict_held_out_lines_clearly_better(tmp_path, monkeypatch, noise,
+                                                                                      kept):
+    """On the demo's training brains refined maps of slices with misfits 2-6 predicted held-out lines 0.77-1.55x as
+    well as ESPIRiT's and refining moved CG-SENSE by -1.0 to +2.6 dB (benchmarks/heldout_ratio.py): under a misfit
+    of 6 (the phantom at σ 0.012: every slice) a ratio of 0.8 keeps ESPIRiT's maps; between 6 and 12 (σ 0.007) it
+    keeps the refined ones."""
+    from ambient_mri import baselines
+    from ambient_mri.scan import REFINE_CLEAR_MISFIT
+
+    def ratio_08(y, maps, m, slices):
+        return np.stack([np.ones(len(slices)), np.full(len(slices), 0.8)])
+
+    monkeypatch.setattr(baselines, "heldout_map_errors", ratio_08)
+    k, mask, _ = fill_phantom(tmp_path, noise)
+    res = am.reconstruct(k * mask, mask, method="sense", lam=1e-3, progress=False)
+    assert res.extra["maps_heldout_ratio"] == [pytest.approx(0.8)] * 4, res.extra
+    assert res.extra["maps_refined_slices"] == ([0, 1, 2, 3] if kept else []), res.extra
+    assert kept or max(res.extra["map_misfit_slices"]) < REFINE_CLEAR_MISFIT, res.extra
+
+
+def test_refined_maps_that_predict_held_out_lines_worse_are_not_kept():
     """nibabel's EPI subject (12 coils, R 6, 6 ACS lines; benchmarks/lambda_rules.py's volume): maps refined from
     every acquired line fit those lines better (misfit 4.3 -> 2.9), yet CG-SENSE with them lost 13 dB. Its slices'
-    misfits (3.6-5.4) do not reach the refinement's bar, so the bar is lowered here to make it try. Per slice, CG-SENSE
+    misfits (3.6-5.4) were under the refinement's bar of 6; at 2 they are all tried. Per slice, CG-SENSE
     with maps refined from every line: slice 0 +0.2 dB, slices 1-3 -15 dB. Refined without some acquired lines,
     slice 0's maps predict those lines better than ESPIRiT's and slices 1-3's 8-19x worse: only slice 0's are kept."""
     from ambient_mri import baselines
@@ -413,7 +443,6 @@ def test_refined_maps_that_predict_held_out_lines_worse_are_not_kept(monkeypatch
     k, m = check_inputs(sim.kspace * mask, mask)
     ks, esp, scales = prepare_scan(k, m, 64)
     y, noise = ks / scales[:, None, None, None], scan_noise_std(k, m) / scales
-    monkeypatch.setattr("ambient_mri.recon.REFINE_SLICE_MISFIT", 2.0)
     extra: dict = {}
     maps, _, (judged, refined) = _refined(y, esp, m, noise, baselines.map_fit(y, esp, m, noise), extra)
     assert extra["maps_refined_slices"] == [0] and np.array_equal(maps[1:], esp[1:]), extra
