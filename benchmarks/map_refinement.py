@@ -16,13 +16,17 @@ Sets (8 ACS lines unless said; data_tools.simulate: 2x readout oversampling, smo
     fresh         sources built after scan.MAX_MAP_MISFIT moved to 12 and the held-out check of refined maps was
                   added (``fresh_cases``: a Siemens abdomen, two dipy diffusion series, nibabel's T1 crop; 4-16
                   coils, 6-8 ACS lines, R = 2-8), never looked at before: written to results/map_refinement_fresh.json
+    fresh2        sources built before scan.REFINE_SLICE_MISFIT moved to 2 and the clear-win rule was set, judged
+                  with them only after (``fresh2_cases``: a neck angiogram's crops, a Philips phantom scan; 4-16
+                  coils, 6-8 ACS lines, R = 2-8): written to results/map_refinement_fresh2.json
 
 With ``--model`` the model's ``fast`` sampler (seed 0, default steps) joins every case of its image size (64 x 64
 for quality_mri's models) outside the regular set (where nothing is refined): the learned methods get the same maps
 check and refinement. Prints a table and writes
 benchmarks/results/map_refinement.json (about 14-17 minutes on 2 cores, with --model too).
 
-    python benchmarks/map_refinement.py [--sets calibration wide mr_small regular fresh] [--model PATH] [--out PATH]
+    python benchmarks/map_refinement.py [--sets calibration wide mr_small regular fresh fresh2] [--model PATH]
+                                        [--refine-bar 6] [--out PATH]
     python benchmarks/map_refinement.py --alternations 6 12 24 48 96   # how many alternations: ..._alternations.json
     python benchmarks/map_refinement.py --timing   # seconds and CG-SENSE PSNR at fastMRI's brain size (minutes):
                                                    # results/map_refinement_timing.json
@@ -111,6 +115,24 @@ def fresh_cases():
         k, t = noise_warning.simulated(images(), coils, sigma, 4)
         for R in Rs:
             yield name, "fresh (held out)", k, t, R, acs, (R, 13), True
+
+
+def fresh2_cases():
+    """Held out from scan.REFINE_SLICE_MISFIT's move to 2 (data_tools.other_sets, "fresh2"): crops of a neck
+    angiogram (soft tissue fills the field of view), one of them noisy (σ 0.02), and a Philips EPI phantom scan."""
+    import noise_warning
+
+    from data_tools import other_sets as o
+
+    specs = [("neck_mip_64_c4", o.nibabel_neck_mip_crops, 4, 0.005, (2, 3), 8),
+             ("neck_mip_64_c8", o.nibabel_neck_mip_crops, 8, 0.01, (3, 4, 6), 6),
+             ("neck_mip_64_c12", o.nibabel_neck_mip_crops, 12, 0.02, (4, 6), 8),
+             ("philips_phantom_64_c8", o.nibabel_philips_phantom_slices, 8, 0.005, (4, 6, 8), 6),
+             ("philips_phantom_64_c16", o.nibabel_philips_phantom_slices, 16, 0.01, (4, 8), 8)]
+    for name, images, coils, sigma, Rs, acs in specs:
+        k, t = noise_warning.simulated(images(), coils, sigma, 5)
+        for R in Rs:
+            yield name, "fresh2 (held out)", k, t, R, acs, (R, 17), True
 
 
 def regular_cases():
@@ -287,8 +309,8 @@ def alternations(counts: list[int]) -> list[dict]:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sets = ["calibration", "wide", "mr_small", "regular", "fresh"]
-    p.add_argument("--sets", nargs="+", default=sets[:-1], choices=sets)
+    sets = ["calibration", "wide", "mr_small", "regular", "fresh", "fresh2"]
+    p.add_argument("--sets", nargs="+", default=sets[:-2], choices=sets)
     p.add_argument("--model", default=None, help="a model file: its `fast` sampler joins the cases of its image size")
     p.add_argument("--timing", action="store_true", help="only the cost and CG-SENSE's PSNR at fastMRI's brain size "
                                                          "(minutes), to "
@@ -296,8 +318,14 @@ def main(argv=None) -> dict:
     p.add_argument("--alternations", nargs="+", type=int, default=None, metavar="N",
                    help="only CG-SENSE (λ 1e-3) with maps refined by N alternations, on the calibration crops and at "
                         "fastMRI's size, to results/map_refinement_alternations.json")
+    p.add_argument("--refine-bar", type=float, default=None, metavar="MISFIT",
+                   help="run with scan.REFINE_SLICE_MISFIT set to MISFIT (6: the bar before it moved to 2)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    from ambient_mri import recon
+
+    if args.refine_bar is not None:
+        recon.REFINE_SLICE_MISFIT = args.refine_bar
     results = ROOT / "benchmarks" / "results"
     if args.alternations:
         tic = time.perf_counter()
@@ -309,7 +337,7 @@ def main(argv=None) -> dict:
         tic = time.perf_counter()
         record = {"benchmark": "map_refinement (timing)", "machine": machine_info("cpu"), "timing": timing()}
         return write_record(record, Path(args.out or results / "map_refinement_timing.json"), tic)
-    name = "map_refinement_fresh.json" if "fresh" in args.sets else "map_refinement.json"
+    name = next((f"map_refinement_{n}.json" for n in ("fresh2", "fresh") if n in args.sets), "map_refinement.json")
     args.out = args.out or str(results / name)
     if args.model:
         model = am.load_model(args.model)
@@ -317,12 +345,12 @@ def main(argv=None) -> dict:
                      path=args.model, steps=training_steps(args.model))
     tic = time.perf_counter()
     makers = {"calibration": calibration_cases, "wide": wide_cases, "mr_small": mr_small_cases,
-              "regular": regular_cases, "fresh": fresh_cases}
+              "regular": regular_cases, "fresh": fresh_cases, "fresh2": fresh2_cases}
     rows = []
     print(f"{'case':26s} {'R':>2s} {'ZF':>6s} {'misfit':>13s} | {'SENSE':>6s} {'before':>6s} {'true':>6s} | "
           f"{'L1':>6s} {'before':>6s} {'true':>6s} | {'fast':>6s} {'before':>6s} {'true':>6s}  warnings now")
     for name in args.sets:
-        if name in ("mr_small", "fresh"):
+        if name in ("mr_small", "fresh", "fresh2"):
             try:
                 import pydicom  # noqa: F401
             except ImportError as err:
@@ -343,6 +371,7 @@ def main(argv=None) -> dict:
                   flush=True)
     record = {"benchmark": "map_refinement", "machine": machine_info("cpu"),
               "settings": {"sets": args.sets, "refine_degree": REFINE_DEGREE, "refine_iters": REFINE_ITERS,
+                           "refine_slice_misfit": recon.REFINE_SLICE_MISFIT,
                            "max_map_misfit": MAX_MAP_MISFIT, "min_map_unexplained": MIN_MAP_UNEXPLAINED,
                            "model": MODEL.get("path"), "model_training_steps": MODEL.get("steps")},
               "summary": summary(rows, ["sense", "l1_wavelet", "fast"]), "rows": rows}

@@ -228,3 +228,29 @@ def nibabel_anatomical_slices(num_slices: int = 4, size: tuple[int, int] = (64, 
 
     vol = np.asarray(nib.load(str(Path(data_path) / "anatomical.nii")).dataobj, np.float32)
     return _central_axial(np.clip(vol, 0.0, None), num_slices, size)
+
+
+# Two sources held out from the refinement bar's move to 2 (map_refinement.py's "fresh2" set): a neck angiogram
+# (a Siemens MIP, vessels over soft tissue that fills the field of view) and a Philips EPI phantom scan (nibabel).
+
+
+def nibabel_neck_mip_crops(num_slices: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """``num_slices`` 72 x 72 crops along the tissue strip (rows 156-227, columns 20-300) of nibabel's
+    ``slicethickness_empty_string.dcm`` (a Siemens MR angiogram MIP of the neck, 384 x 384), max 1."""
+    pydicom = optional_module("pydicom")
+    nib = optional_module("nibabel")
+    img = pydicom.dcmread(Path(nib.__file__).parent / "nicom" / "tests" / "data" /
+                          "slicethickness_empty_string.dcm").pixel_array.astype(np.float32)
+    starts = np.linspace(20, 300 - 72, num_slices).astype(int)
+    return _unit(np.stack([img[156:228, c:c + 72] for c in starts]), size)
+
+
+def nibabel_philips_phantom_slices(num_slices: int = 4, size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """``num_slices`` central slices of the first dynamic of nibabel's ``phantom_EPI_asc_CLEAR_2_1.PAR`` (a Philips
+    EPI of a round phantom, 64 x 64 x 9, with its ghosts), max 1."""
+    nib = optional_module("nibabel")
+    from nibabel.testing import data_path
+
+    vol = np.asarray(nib.load(str(Path(data_path) / "phantom_EPI_asc_CLEAR_2_1.PAR")).dataobj, np.float32)[..., 0]
+    z = vol.shape[2] // 2 - num_slices // 2
+    return _unit(np.moveaxis(vol[:, :, z:z + num_slices], -1, 0), size)
