@@ -33,12 +33,12 @@ class RecipeError(AmbientMRIError):
 
 
 class BelowZeroFilledWarning(UserWarning):
-    """A reconstruction that may be worse than zero-filled; ``reason`` says why (all but the two "maps" reasons are
-    given to the linear methods sense and l1_wavelet only; "maps" to every method but zero_filled):
-    "underdetermined" (too few samples per unknown pixel), "noise" (the lines outside the ACS block are mostly
-    noise), "unchecked_lambda" (no line to hold out, the default λ used), "strong_lambda" (L1's held-out lines
-    chose a strong λ), "maps" (the coil maps do not explain the acquired data) or "maps_unchecked" (learned
-    methods: no image row has enough samples to check the maps). One category, so
+    """A reconstruction that may be worse than zero-filled; ``reason`` says why. To the linear methods sense and
+    l1_wavelet only: "underdetermined" (too few samples per unknown pixel), "noise" (the lines outside the ACS block
+    are mostly noise), "unchecked_lambda" (no line to hold out, the default λ used), "strong_lambda" (L1's held-out
+    lines chose a strong λ); to every method but zero_filled: "maps" (the coil maps do not explain the acquired
+    data), "maps_support" (the maps are zero where the image is bright); to the learned methods: "maps_unchecked"
+    (no image row has enough samples to check the maps). One category, so
     ``warnings.filterwarnings(..., category=BelowZeroFilledWarning)`` or ``pytest.warns`` can select them."""
 
     def __init__(self, message: str, reason: str):

@@ -36,9 +36,11 @@ from .scan import (
     prepare_scan,
     samples_per_unknown,
     scan_noise_std,
+    support_bright_share,
     warn_if_maps_misfit,
     warn_if_maps_unchecked,
     warn_if_noise_dominated,
+    warn_if_support_cuts,
     warn_if_underdetermined,
     zero_filled_rss,
 )
@@ -236,7 +238,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     they are refined per slice from every acquired line (``coils.refine_maps``, ``extra["maps_refined_slices"]``;
     under the warning's threshold only where maps refined without some lines predict those lines better,
     ``extra["maps_heldout_ratio"]``), and if the maps used still do not (in any slice, or in the central slices
-    pooled), it warns; a learned method warns too when no image row allows the check.
+    pooled), it warns; a learned method warns too when no image row allows the check. Every method but zero_filled
+    warns when the maps are zero where the zero-filled image is bright (``extra["maps_support_bright"]``).
     target_size: magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress
     each slice to K virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per
     slice falls with K.
@@ -288,6 +291,9 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         warn_if_maps_misfit(*judged, method=method)
         if misfit is None and m.diffusion and bool((noise > 0).any()):
             warn_if_maps_unchecked(method, int(ks.shape[1]))
+    if method != "zero_filled":
+        extra["maps_support_bright"] = support_bright_share(y, mps)
+        warn_if_support_cuts(extra["maps_support_bright"], method)
     if method in ("sense", "l1_wavelet"):
         warn_if_underdetermined(extra["samples_per_unknown"], method, int(ks.shape[1]))
         if noise is not None:
