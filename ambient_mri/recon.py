@@ -282,7 +282,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         judged = (misfit, None)
         if maps is None and _maps_fail(fit):
             mps, misfit, judged = _refined(y, mps, msk, sigma, fit, extra)
-        elif maps is not None and S > fit.shape[1]:   # given maps are judged slice by slice too: pooled with
+        elif maps is not None:   # given maps are judged slice by slice too: pooled with
             # slices they fit, one they do not was missed (phantom, σ 0.006: one slice at 12.4, the pair under 12)
             per_slice = baselines.slice_misfits(_every_slice_fit(y, mps, msk, sigma, fit))
             extra["map_misfit_slices"] = [None if t is None else t[0] for t in per_slice]

@@ -233,8 +233,8 @@ REFINE_SLICE_MISFIT = 2.0
 # Under this misfit the refined maps must predict the held-out lines clearly better, by REFINE_CLEAR_RATIO: slices of
 # the phantom whose ESPIRiT maps are wrong had ratios 0.04-0.58 (refining gained 3.9-14.9 dB), slices of the demo's
 # training brains with misfits 2-9 had 0.77-1.55, where refining moved CG-SENSE by -1.0 to +2.6 dB: there the ratio
-# does not tell, and ESPIRiT's maps stay (benchmarks/heldout_ratio.py). Between this
-# and MAX_MAP_MISFIT any better prediction keeps them, as before the bar moved.
+# does not tell, and ESPIRiT's maps stay (benchmarks/heldout_ratio.py). Between this and MAX_MAP_MISFIT any better
+# prediction keeps them, as before the bar moved.
 REFINE_CLEAR_MISFIT = 6.0
 REFINE_CLEAR_RATIO = 0.7
 
@@ -288,10 +288,13 @@ def support_bright_share(y: np.ndarray, maps: np.ndarray) -> list[float | None]:
     y (S, C, H, W) k-space, zero off the mask; maps (S, C, H, W)."""
     from .operators import ifft2c
 
-    energy = (np.abs(ifft2c(torch.from_numpy(np.ascontiguousarray(y))).numpy()) ** 2).sum(1)       # (S, H, W)
-    inside = (np.abs(maps) ** 2).sum(1) > 0
-    return [float((e[~i] > BRIGHT * e[i].mean()).sum() / i.sum()) if i.any() else None
-            for e, i in zip(energy, inside)]
+    out: list[float | None] = []
+    for ys, ms in zip(y, maps):   # a slice at a time: a whole fastMRI volume's coil images would be 200+ MB more
+        energy = (np.abs(ifft2c(torch.from_numpy(np.ascontiguousarray(ys))).numpy()) ** 2).sum(0)   # (H, W)
+        inside = (np.abs(ms) ** 2).sum(0) > 0
+        out.append(float((energy[~inside] > BRIGHT * energy[inside].mean()).sum() / inside.sum())
+                   if inside.any() else None)
+    return out
 
 
 def warn_if_support_cuts(share: list[float | None], method: str) -> None:
