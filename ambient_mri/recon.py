@@ -140,12 +140,13 @@ def _refined(y: np.ndarray, maps: np.ndarray, msk: np.ndarray, noise: np.ndarray
 
 def _judged(per_slice: list, central_misfit: tuple[float, float] | None, kept: list[int],
             refined: bool | None) -> tuple:
-    """What the maps warning judges: the worst slice's misfit (and whether its maps are refined ones) if a slice
-    fails the threshold alone, else the central slices' pooled misfit and ``refined``."""
+    """What the maps warning judges: the worst slice's misfit (and whether its maps are refined ones; None where
+    ``refined`` is None: nothing was tried, e.g. maps given) if a slice fails the threshold alone, else the central
+    slices' pooled misfit and ``refined``."""
     worst = max((s for s in range(len(per_slice)) if maps_misfit(per_slice[s])), default=None,
                 key=lambda s: per_slice[s][0])
     if worst is not None:
-        return per_slice[worst], worst in kept
+        return per_slice[worst], (worst in kept) if refined is not None else None
     return central_misfit, refined
 
 
@@ -237,9 +238,10 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     (``extra["map_misfit"]``, ``extra["map_unexplained"]``; readout-oversampled scans): where ESPIRiT's maps do not,
     they are refined per slice from every acquired line (``coils.refine_maps``, ``extra["maps_refined_slices"]``;
     under the warning's threshold only where maps refined without some lines predict those lines better,
-    ``extra["maps_heldout_ratio"]``), and if the maps used still do not (in any slice, or in the central slices
-    pooled), it warns; a learned method warns too when no image row allows the check. Every method but zero_filled
-    warns when the maps are zero where the zero-filled image is bright (``extra["maps_support_bright"]``).
+    ``extra["maps_heldout_ratio"]``), and if the maps used still do not (in any slice where maps are given or the
+    refinement was tried, else in the central slices), it warns; a learned method warns too when no image row
+    allows the check. Every method but zero_filled warns when the maps are zero where the zero-filled image is
+    bright (``extra["maps_support_bright"]``).
     target_size: magnitude crop, default (min(H, W), W) — fastMRI's 320x320 for 640x320 k-space. coils: compress
     each slice to K virtual coils (SVD of its ACS columns, as ``prepare --coils``) before everything else: cost per
     slice falls with K.
@@ -282,7 +284,7 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
         judged = (misfit, None)
         if maps is None and _maps_fail(fit):
             mps, misfit, judged = _refined(y, mps, msk, sigma, fit, extra)
-        elif maps is not None:   # given maps are judged slice by slice too: pooled with
+        elif maps is not None and misfit is not None:   # given maps are judged slice by slice too: pooled with
             # slices they fit, one they do not was missed (phantom, σ 0.006: one slice at 12.4, the pair under 12)
             per_slice = baselines.slice_misfits(_every_slice_fit(y, mps, msk, sigma, fit))
             extra["map_misfit_slices"] = [None if t is None else t[0] for t in per_slice]
