@@ -151,36 +151,56 @@ def _prediction_errors(y: np.ndarray, maps: np.ndarray, x: np.ndarray, held: np.
     return (np.abs((pred - y) * held[:, None, None, :]) ** 2).sum((1, 2, 3))
 
 
-REFINE_FOLDS = 2   # held-out groups (of FOLDS) that judge refined maps: each costs a refinement
+REFINE_FOLDS = 2   # held-out groups (of FOLDS) that judge refined maps or a learned prior: each costs a solve
 
 
-def heldout_map_errors(y: np.ndarray, maps: np.ndarray, m: np.ndarray, slices: np.ndarray) -> np.ndarray:
-    """For ``slices`` of a scan, how well CG-SENSE (λ ``coils.REFINE_LAMBDA``) with ``maps`` and with maps refined
-    without them (``coils.refine_maps``) predicts acquired non-ACS lines held out (the first ``REFINE_FOLDS`` of
-    ``_folds``' groups in turn, seeded by the slice's index in the scan) -> (2, len(slices)) squared errors summed
-    over the folds: row 0 ``maps``, row 1 refined; 0 where no line can be held out. y (S, C, H, W) normalised,
-    maps alike, m (S, W). A better fit of the lines the maps were refined on is no proof: on nibabel's 12-coil EPI at
-    R = 6 refined maps fitted the acquired lines better (misfit 4.3 -> 2.9) and lost 15 dB on 3 of 4 slices, whose
-    refined maps predicted held-out lines 8-19x worse; where refining gained 3-10 dB they predicted them 6-50x
-    better (docs/reconstruction.md)."""
-    from .coils import REFINE_LAMBDA, refine_maps
-
+def heldout_errors(solvers: dict, y: np.ndarray, maps: np.ndarray, m: np.ndarray, slices: np.ndarray,
+                   seed=0, folds: int = REFINE_FOLDS) -> dict:
+    """For ``slices`` of a scan, how well each solver predicts acquired non-ACS lines it did not see: the first
+    ``folds`` of ``_folds``' groups (seeded by (``seed``, the slice's index in the scan)) are held out in turn and
+    ``solvers[name](y_kept (N, C, H, W), maps (N, C, H, W), kept column masks (N, W))`` -> (images (N, H, W), the
+    maps that see them) predicts them. -> {name: (N,) squared errors summed over the folds, "zero": (N,) the
+    held-out energy, what a zero-filled image predicts}; 0 where no line can be held out. y normalised, maps
+    alike, m (S, W)."""
     idx = np.asarray(slices, dtype=int)
     yy, mp, mm = y[idx], maps[idx], m[idx]
-    err = np.zeros((2, idx.size))
-    for f in range(REFINE_FOLDS):
+    err = {name: np.zeros(idx.size) for name in (*solvers, "zero")}
+    for f in range(folds):
         keep, held = mm.astype(np.float32), np.zeros(mm.shape, np.float32)
         for j, s in enumerate(idx):
-            groups = _folds(mm[j], FOLDS, (0, int(s)))
+            groups = _folds(mm[j], FOLDS, (seed, int(s)))
             if f < len(groups):
                 keep[j], held[j] = _keep_and_held(mm[j], groups[f])
         if not held.any():
             break
-        yk, kt = yy * keep[:, None, None, :], torch.from_numpy(keep)
-        for i, maps_i in enumerate((mp, refine_maps(torch.from_numpy(yk), torch.from_numpy(mp), kt).numpy())):
-            x = _cg_sense(torch.from_numpy(yk), torch.from_numpy(maps_i), kt, REFINE_LAMBDA, SENSE_ITERS).numpy()
-            err[i] += _prediction_errors(yy, maps_i, x, held)
+        yk = yy * keep[:, None, None, :]
+        err["zero"] += (np.abs(yy * held[:, None, None, :]) ** 2).sum((1, 2, 3))
+        for name, solve in solvers.items():
+            x, maps_x = solve(yk, mp, keep)
+            err[name] += _prediction_errors(yy, maps_x, x, held)
     return err
+
+
+def heldout_map_errors(y: np.ndarray, maps: np.ndarray, m: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """For ``slices`` of a scan, how well CG-SENSE (λ ``coils.REFINE_LAMBDA``) with ``maps`` and with maps refined
+    without them (``coils.refine_maps``) predicts acquired non-ACS lines held out (``heldout_errors``, seed 0)
+    -> (2, len(slices)) squared errors summed over the folds: row 0 ``maps``, row 1 refined; 0 where no line can
+    be held out. y (S, C, H, W) normalised, maps alike, m (S, W). A better fit of the lines the maps were refined
+    on is no proof: on nibabel's 12-coil EPI at R = 6 refined maps fitted the acquired lines better (misfit 4.3 ->
+    2.9) and lost 15 dB on 3 of 4 slices, whose refined maps predicted held-out lines 8-19x worse; where refining
+    gained 3-10 dB they predicted them 6-50x better (docs/reconstruction.md)."""
+    from .coils import REFINE_LAMBDA, refine_maps
+
+    def sense(yk, mp, keep):
+        return _cg_sense(torch.from_numpy(yk), torch.from_numpy(mp), torch.from_numpy(keep), REFINE_LAMBDA,
+                         SENSE_ITERS).numpy(), mp
+
+    def refined(yk, mp, keep):
+        return sense(yk, refine_maps(torch.from_numpy(yk), torch.from_numpy(mp), torch.from_numpy(keep)).numpy(),
+                     keep)
+
+    err = heldout_errors({"maps": sense, "refined": refined}, y, maps, m, slices)
+    return np.stack([err["maps"], err["refined"]])
 
 
 def tolerance_pick(errs, tol: float = CV_TOLERANCE) -> int:

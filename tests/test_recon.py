@@ -711,6 +711,37 @@ def test_lambda_search_row_subset_is_the_same_problem_on_fewer_rows():
     assert same_y is y and same_maps is maps
 
 
+def test_heldout_errors_score_only_lines_the_solver_did_not_see():
+    """baselines.heldout_errors hides acquired non-ACS lines from each solver in turn and scores its prediction of
+    them: a solver that returns the true image predicts them up to rounding, one that returns zeros scores exactly
+    their energy ("zero"), and no solver is ever shown a held-out line or an ACS line held out."""
+    from ambient_mri.baselines import heldout_errors
+    from ambient_mri.masks import acs_columns
+
+    sim = simulate_coil_data(blobs(2, 32), num_coils=4, oversample=1, seed=0)
+    m = np.stack([kspace_mask("random", (32, 32), 2, 0.25, seed=s)[0] for s in (0, 1)])
+    y = (sim.kspace * m[:, None, None, :]).astype(np.complex64)
+    maps = np.repeat(sim.maps[None], 2, axis=0).astype(np.complex64)
+    truth = sim.image.astype(np.complex64)
+    seen = []
+
+    def oracle(yk, mp, keep):
+        seen.append(keep.copy())
+        assert not (np.abs(yk) * (1 - keep)[:, None, None, :]).any()   # held-out lines zeroed
+        return truth, mp
+
+    err = heldout_errors({"truth": oracle, "nothing": lambda yk, mp, keep: (np.zeros_like(truth), mp)}, y, maps, m,
+                         np.arange(2))
+    assert set(err) == {"truth", "nothing", "zero"} and err["zero"].shape == (2,) and (err["zero"] > 0).all()
+    np.testing.assert_allclose(err["nothing"], err["zero"], rtol=1e-6)
+    assert (err["truth"] < 1e-8 * err["zero"]).all(), err
+    assert len(seen) == 2                                                  # REFINE_FOLDS folds
+    for j in range(2):
+        hidden = [np.flatnonzero((m[j] > 0) & (keep[j] == 0)) for keep in seen]
+        assert all(h.size > 0 for h in hidden) and not np.intersect1d(hidden[0], hidden[1]).size
+        assert not acs_columns(m[j])[np.concatenate(hidden)].any()
+
+
 def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path, monkeypatch):
     """Official files can carry zero-padded k-space columns (the header's padding_left/right): a retrospective
     mask must not claim them, exactly as prepare's masks do not."""
