@@ -162,6 +162,8 @@ def heldout_errors(solvers: dict, y: np.ndarray, maps: np.ndarray, m: np.ndarray
     maps that see them) predicts them. -> {name: (N,) squared errors summed over the folds, "zero": (N,) the
     held-out energy, what a zero-filled image predicts}; 0 where no line can be held out. y normalised, maps
     alike, m (S, W)."""
+    if "zero" in solvers:
+        raise ValueError('heldout_errors: "zero" names the held-out energy, not a solver')
     idx = np.asarray(slices, dtype=int)
     yy, mp, mm = y[idx], maps[idx], m[idx]
     err = {name: np.zeros(idx.size) for name in (*solvers, "zero")}

@@ -732,6 +732,7 @@ def test_heldout_errors_score_only_lines_the_solver_did_not_see():
 
     err = heldout_errors({"truth": oracle, "nothing": lambda yk, mp, keep: (np.zeros_like(truth), mp)}, y, maps, m,
                          np.arange(2))
+    seen_first = [k.copy() for k in seen]
     assert set(err) == {"truth", "nothing", "zero"} and err["zero"].shape == (2,) and (err["zero"] > 0).all()
     np.testing.assert_allclose(err["nothing"], err["zero"], rtol=1e-6)
     assert (err["truth"] < 1e-8 * err["zero"]).all(), err
@@ -740,6 +741,12 @@ def test_heldout_errors_score_only_lines_the_solver_did_not_see():
         hidden = [np.flatnonzero((m[j] > 0) & (keep[j] == 0)) for keep in seen]
         assert all(h.size > 0 for h in hidden) and not np.intersect1d(hidden[0], hidden[1]).size
         assert not acs_columns(m[j])[np.concatenate(hidden)].any()
+        # "zero" is the energy of exactly the hidden lines, not of the kept or of all acquired ones
+        energy = sum(float((np.abs(y[j][..., h]) ** 2).sum()) for h in hidden)
+        np.testing.assert_allclose(err["zero"][j], energy, rtol=1e-5)
+    seen.clear()
+    heldout_errors({"truth": oracle}, y, maps, m, np.arange(2), seed=1)
+    assert any((a != b).any() for a, b in zip(seen, seen_first)), "the seed does not change the folds"
 
 
 def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path, monkeypatch):
