@@ -286,11 +286,12 @@ def support_bright_share(y: np.ndarray, maps: np.ndarray) -> list[float | None]:
     """Per slice, how many pixels outside ``maps``' support are bright in the zero-filled root-sum-of-squares image
     (energy above BRIGHT times the mean inside), over the support's pixel count (None where the support is empty).
     y (S, C, H, W) k-space, zero off the mask; maps (S, C, H, W)."""
+    from .coils import rss
     from .operators import ifft2c
 
     out: list[float | None] = []
     for ys, ms in zip(y, maps):   # a slice at a time: a whole fastMRI volume's coil images would be 200+ MB more
-        energy = (np.abs(ifft2c(torch.from_numpy(np.ascontiguousarray(ys))).numpy()) ** 2).sum(0)   # (H, W)
+        energy = rss(ifft2c(torch.from_numpy(np.ascontiguousarray(ys)))).numpy() ** 2   # (H, W)
         inside = np.abs(ms).sum(0) > 0   # not |S|²: maps of 1e-30 would square to 0 in float32
         out.append(float((energy[~inside] > BRIGHT * energy[inside].mean()).sum() / inside.sum())
                    if inside.any() else None)
