@@ -20,7 +20,6 @@ from .files import (
     input_files,
     make_folder,
     refuse_overwrite,
-    refuse_unless_truncated_h5,
     remove_temps,
     removed_if_left_empty,
     run_lock,
@@ -79,22 +78,6 @@ def finished(out: Path, accepted: set[str]) -> bool:
         return False
 
 
-def _check_not_foreign(out: Path) -> None:
-    """An existing readable HDF5 file that is not a reconstruction this package wrote is someone's data (e.g. a
-    fastMRI submission file of the same name, holding only 'reconstruction'): never overwrite it."""
-    import h5py
-
-    try:
-        with h5py.File(out, "r") as f:  # ours: a reconstruction with the method (and settings) reconstruct records
-            foreign = "reconstruction" not in f or not ({"settings", "method"} & set(f.attrs))
-    except OSError as err:
-        refuse_unless_truncated_h5(out, err)  # a truncated reconstruction is redone; a text file named .h5 is not
-        return
-    if foreign:
-        raise DataFileError(out, "exists and is not a reconstruction file ambient-mri wrote; it will not be "
-                            "overwritten")
-
-
 def _report_bad(bad: list[tuple[Path, str]], what: str) -> None:
     if bad:
         print(f"{len(bad)} {what} failed:", file=sys.stderr)
@@ -103,7 +86,7 @@ def _report_bad(bad: list[tuple[Path, str]], what: str) -> None:
 
 
 def run_reconstruct(args) -> int:
-    from .recon import DIFFUSION, reconstruct_file
+    from .recon import DIFFUSION, check_not_foreign, reconstruct_file
 
     if args.method in DIFFUSION and not args.model:
         raise AmbientMRIError(f"--method {args.method} needs --model (a model file from `ambient-mri train`)")
@@ -159,11 +142,10 @@ def run_reconstruct(args) -> int:
                     settings = recon_settings(args, f, digest)
                     earlier = recon_settings(args, f, digest, spelled_out=False)  # an earlier version's output
                     try:
-                        if target.exists():
-                            _check_not_foreign(target)
-                            if not args.overwrite and finished(target, {settings, earlier}):
-                                kept += 1
-                                continue
+                        check_not_foreign(target)  # before reconstruct_file's own check: in the CLI's words
+                        if target.exists() and not args.overwrite and finished(target, {settings, earlier}):
+                            kept += 1
+                            continue
                         reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,
                                          center_fraction=args.center_fraction, settings=settings, **opts)
                         done += 1

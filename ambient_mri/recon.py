@@ -20,7 +20,7 @@ import torch
 from . import baselines
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError, volume_warnings
-from .files import ensure_space, write_h5
+from .files import ensure_space, refuse_unless_truncated_h5, write_h5
 from .masks import COLUMN_KINDS, DEFAULT_CENTER_FRACTION, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -319,6 +319,25 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
                        extra=extra)
 
 
+def check_not_foreign(out: Path, option: str = "--output") -> None:
+    """An existing readable HDF5 file that is not a reconstruction this package wrote is someone's data (e.g. a
+    fastMRI submission file of the same name, holding only 'reconstruction', or another raw volume): never
+    overwrite it."""
+    import h5py
+
+    if not out.exists():
+        return
+    try:
+        with h5py.File(out, "r") as f:  # ours: a reconstruction with the method (and settings) reconstruct records
+            foreign = "reconstruction" not in f or not ({"settings", "method"} & set(f.attrs))
+    except OSError as err:
+        refuse_unless_truncated_h5(out, err, option)  # a truncated reconstruction is redone; a text file is not
+        return
+    if foreign:
+        raise DataFileError(out, "exists and is not a reconstruction file ambient-mri wrote; it will not be "
+                            "overwritten")
+
+
 def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: float | None = None,
                      center_fraction: float | None = None, settings: str | None = None, **options) -> Path:
     """Official fastMRI file in -> fastMRI-format reconstruction file out (dataset ``reconstruction`` (S, h, w)
@@ -329,6 +348,7 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
 
     if Path(out_path).resolve() == Path(in_path).resolve():
         raise DataFileError(out_path, f"is the input file {in_path}: refusing to write over input data")
+    check_not_foreign(Path(out_path), "out_path")
 
     from .data import read_fastmri
 

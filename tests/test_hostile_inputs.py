@@ -1452,6 +1452,21 @@ def test_reconstruct_never_overwrites_a_reconstruction_file_it_did_not_write(raw
         assert set(f) == {"reconstruction"} and float(f["reconstruction"][0, 0, 0]) == 7.0
 
 
+def test_reconstruct_file_never_overwrites_another_volume(raw, tmp_path):
+    """The API wrote a reconstruction over another raw volume given as out_path (the CLI refused it)."""
+    other = tmp_path / "other.h5"
+    shutil.copy(raw / "vol1.h5", other)
+    before = other.read_bytes()
+    with pytest.raises(am.DataFileError, match="other.h5.*is not a reconstruction file ambient-mri wrote"):
+        am.reconstruct_file(raw / "vol0.h5", other, acceleration=4, center_fraction=0.25, method="zero_filled",
+                           progress=False)
+    assert other.read_bytes() == before
+    out = am.reconstruct_file(raw / "vol0.h5", tmp_path / "mine.h5", acceleration=4, center_fraction=0.25,
+                              method="zero_filled", progress=False)
+    am.reconstruct_file(raw / "vol0.h5", out, acceleration=4, center_fraction=0.25, method="zero_filled",
+                       progress=False)  # its own output is redone
+
+
 def test_prepare_demo_never_mixes_two_demos_nor_writes_over_a_users_record(tmp_path, capsys):
     """A rerun with other --coils kept the old volumes beside new ones and wrote a record of the new settings; a
     user's demo.json in the output was written over."""
