@@ -243,15 +243,47 @@ def _earlier_figures(out: Path) -> tuple[list[str], set[str]]:
     removes where their volume now fails; every name it may have drawn: those and one per scored volume, as
     versions before "figures" named them)."""
     try:
-        old = json.loads((out / "metrics.json").read_text())
+        old = _metrics_record((out / "metrics.json").read_text())
     except (OSError, ValueError):
         return [], set()
-    if not (isinstance(old, dict) and {"volumes", "mean"} <= set(old)):
+    if old is None:
         return [], set()
     names = [n for n in old.get("figures", []) if isinstance(n, str) and Path(n).name == n and n.endswith(".png")]
     drawn = {f"{Path(v['file']).stem}.png" for v in old["volumes"] if isinstance(v, dict)
              and isinstance(v.get("file"), str)}
     return names, set(names) | drawn
+
+
+CSV_HEADER = "file,PSNR,SSIM,NMSE"
+
+
+def _metrics_record(text: str) -> dict | None:
+    """An earlier evaluate's metrics.json, parsed; None for anything else."""
+    try:
+        old = json.loads(text)
+    except ValueError:
+        return None
+    return old if isinstance(old, dict) and {"volumes", "mean"} <= set(old) else None
+
+
+def _refuse_foreign_metrics(out: Path) -> None:
+    """metrics.csv / metrics.json in ``out`` that evaluate did not write (e.g. a user's own table in the recon
+    folder, the default --output) are someone's results: never overwritten."""
+    ours = {"metrics.csv": lambda text: text.splitlines()[:1] == [CSV_HEADER],
+            "metrics.json": lambda text: _metrics_record(text) is not None}
+    foreign = []
+    for name, is_ours in ours.items():
+        try:
+            text = (out / name).read_text()
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):  # unreadable or not text: cannot be judged, so it is kept
+            text = None
+        if text is None or not is_ours(text):
+            foreign.append(name)
+    if foreign:
+        raise DataFileError(out, f"holds {' and '.join(foreign)}, which evaluate did not write; not overwritten "
+                            "(choose another --output)")
 
 
 def run_evaluate(args) -> int:
@@ -260,6 +292,7 @@ def run_evaluate(args) -> int:
     out = Path(args.output or args.recon)
     refuse_overwrite(list(Path(args.target).glob("*.h5")) + list(Path(args.recon).glob("*.h5")),
                      [out / "metrics.csv", out / "metrics.json"])
+    _refuse_foreign_metrics(out)
     res = evaluate_dirs(args.target, args.recon, strict=False)
     make_folder(out)
     rows = res["volumes"]
@@ -273,7 +306,7 @@ def run_evaluate(args) -> int:
         if "warning" in r:
             print(f"warning: {r['warning']}: scored as {r['file']}", file=sys.stderr)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "PSNR", "SSIM", "NMSE"], extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=CSV_HEADER.split(","), extrasaction="ignore")
     w.writeheader()
     w.writerows(rows + [{"file": "mean", **m}])
     earlier, ours = _earlier_figures(out)

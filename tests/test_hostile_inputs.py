@@ -579,6 +579,20 @@ def test_evaluate_scores_the_good_volumes_and_lists_the_rest(recon_dirs, tmp_pat
     assert [r["file"] for r in res["volumes"]] == ["vol0.h5"] and res["missing"] == ["vol2.h5"]
 
 
+def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, capsys):
+    """A user's own metrics.csv / metrics.json in the recon folder (evaluate's default --output) were replaced."""
+    raw, out = recon_dirs
+    assert run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)[0] == 0
+    assert run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)[0] == 0  # its own: redone
+    for name, text in (("metrics.csv", "my precious,csv\n"), ("metrics.json", '{"mine": 1}')):
+        ours = (out / name).read_text()
+        (out / name).write_text(text)
+        code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+        assert code == 2 and f"holds {name}, which evaluate did not write" in err
+        assert (out / name).read_text() == text
+        (out / name).write_text(ours)
+
+
 def _write(path: Path, **datasets) -> None:
     with h5py.File(path, "w") as f:
         for k, v in datasets.items():
