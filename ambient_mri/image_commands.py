@@ -168,10 +168,17 @@ def run_memorization(args) -> int:
     study_folder(out, labels)  # someone's figures refused before any work
     samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     train = Path(args.train)
-    if args.train not in ("faces", "mnist") and train.is_dir() and (
-            out.resolve() == train.resolve() or train.resolve() in out.resolve().parents):
-        raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
-                              "training images of the next study; choose another --output")
+    if args.train not in ("faces", "mnist") and train.is_dir():
+        def inside(p) -> bool:  # the training folder is read recursively
+            return train.resolve() in (Path(p).resolve(), *Path(p).resolve().parents)
+
+        if inside(out):
+            raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
+                                  "training images of the next study; choose another --output")
+        for d in dirs:
+            if inside(d):
+                raise AmbientMRIError(f"--samples {d} is inside the --train folder {train}: each sample would be "
+                                      "its own nearest training image (every one a copy); move the samples out")
     result = study(samples, args.train, thresholds=thresholds, center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))

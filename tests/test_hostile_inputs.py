@@ -946,6 +946,13 @@ def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, cap
                         "--output", str(train_dir / "figs")], capsys)
     assert code == 2 and "is inside the --train folder" in err and checksums(train_dir) == before
     assert not (train_dir / "figs").exists()
+    # samples kept in the training folder were their own nearest neighbours: 100 % copies, reported as a result
+    (train_dir / "gen").mkdir()
+    np.save(train_dir / "gen" / "samples.npy", np.zeros((2, 1, 8, 8), np.float32))
+    code, _, err = run(["memorization", "--samples", str(train_dir / "gen"), "--train", str(train_dir),
+                        "--output", str(tmp_path / "figs")], capsys)
+    assert code == 2 and f"--samples {train_dir / 'gen'} is inside the --train folder" in err
+    assert not (tmp_path / "figs").exists()
 
 
 def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_users_figures(tmp_path, capsys):
