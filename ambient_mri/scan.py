@@ -33,7 +33,10 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
         raise AmbientMRIError(f"kspace must be (S, C, H, W) or (C, H, W), got shape {k.shape}")
     if not np.isfinite(k).all():
         raise AmbientMRIError("kspace contains NaN or Inf")
-    S, _, H, W = k.shape
+    S, C, H, W = k.shape
+    if 0 in k.shape:
+        raise AmbientMRIError(f"kspace of shape {k.shape} is empty: it needs at least one slice, coil, row and "
+                              "column (S, C, H, W)")
     m = _as_numpy(mask, "mask").astype(np.float32)
     if m.ndim == 0 or m.shape[-1] != W:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
@@ -58,6 +61,15 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     if m is None:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)} is not (W,), (H, W), one row per slice ({S}, W) "
                               f"or per-slice ({S}, H, W)")
+    # a measured column holds noise in every coil: one that is exactly zero throughout (zero padding, a mask
+    # wider than the acquisition) was not measured, and solving as if it were forces the image to zero there
+    empty = (k == 0).all(axis=(1, 2)) & (k != 0).any(axis=(1, 2, 3))[:, None]   # (S, W); an all-zero slice
+    dead = (m != 0) & empty                                                     # is refused later, by name
+    if dead.any():
+        m[dead] = 0
+        warnings.warn(f"the mask marks {int(dead.sum())} column(s) as acquired whose k-space is exactly zero in every "
+                      f"coil and row ({int(dead.any(1).sum())} of {S} slice(s); e.g. zero padding): they are treated "
+                      "as not acquired", stacklevel=3)
     if not (m != 0).any(axis=1).all():
         raise AmbientMRIError("mask is all zero for at least one slice: nothing was acquired")
     return (k * m[:, None, None, :]).astype(np.complex64), m

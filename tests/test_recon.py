@@ -270,6 +270,29 @@ def test_per_slice_masks():
         reconstruct(sim.kspace, per_slice_2d, maps=sim.maps, method="zero_filled")
 
 
+def test_columns_marked_acquired_that_hold_no_data_are_not_solved_as_measured_zeros():
+    """A mask wider than the acquisition (23 columns of 36 exactly zero in every coil) cost CG-SENSE 4 dB and
+    L1-wavelet 6 dB, unwarned: the solver forced the image's k-space to zero there. Zero slices or coils gave a
+    numpy error, or blamed the ACS lines."""
+    sim, mask = small_scan(S=2)
+    k = sim.kspace * mask
+    wider = mask.copy()
+    wider[1::2] = 1                                   # half of the columns, with no data in them
+    dead = int(((wider != 0) & (mask == 0)).sum())
+    ref = reconstruct(k, mask, maps=sim.maps, method="sense", lam=1e-3)
+    with pytest.warns(UserWarning, match=rf"marks {2 * dead} column\(s\) as acquired whose k-space is exactly "
+                                         r"zero in every coil and row \(2 of 2 slice"):
+        got = reconstruct(k, wider, maps=sim.maps, method="sense", lam=1e-3)
+    np.testing.assert_allclose(got.image, ref.image, atol=1e-6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reconstruct(k, mask, maps=sim.maps, method="sense", lam=1e-3)
+    assert not [w for w in caught if "exactly zero" in str(w.message)]  # the true mask: no warning
+    for empty in (k[:0], k[:, :0]):
+        with pytest.raises(AmbientMRIError, match=r"kspace of shape .* is empty"):
+            reconstruct(empty, mask, method="zero_filled")
+
+
 def test_masks_with_as_many_rows_as_slices_are_never_read_one_way_silently():
     """With S == H a non-Cartesian (H, W) mask used to become one column mask per slice, and (1, H, W) or
     (1, 1, H, W) masks likewise: now (1, [1,] H, W) is one mask for every slice and a plain (H, W) is refused."""
