@@ -1087,6 +1087,38 @@ def test_a_diverged_model_file_is_refused_by_name(tmp_path):
         am.load_model(tmp_path / "nan.pt")
 
 
+def test_a_damaged_model_file_or_checkpoint_is_refused_by_name(tmp_path):
+    """torch.load skips the archive's checksums: a model file with one flipped byte in its weights loaded and ran;
+    a truncated checkpoint's message was cut off mid-sentence."""
+    import zipfile
+
+    from ambient_mri.model import save_model
+
+    save_model(_denoiser(), tmp_path / "m.pt")
+    am.load_model(tmp_path / "m.pt")
+    with zipfile.ZipFile(tmp_path / "m.pt") as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    name_len, extra_len = np.frombuffer(bytes(raw[big.header_offset + 26:big.header_offset + 30]), "<u2")
+    raw[big.header_offset + 30 + int(name_len) + int(extra_len) + 5] ^= 0x10   # inside its data (past the local
+    # header, whose extra field torch pads for alignment)
+    (tmp_path / "flipped.pt").write_bytes(bytes(raw))
+    with pytest.raises(am.DataFileError, match=f"flipped.pt: is damaged: the data of '{big.filename}' fail their "
+                                               "checksum"):
+        am.load_model(tmp_path / "flipped.pt")
+    data, _ = multicoil_measurements()
+    from ambient_mri.data.factory import with_further
+
+    recipe = tiny_recipe(tmp_path, steps=2)
+    train(recipe, dataset=(with_further(data, load_recipe(recipe)), {}), progress=False)
+    ckpt = next(tmp_path.rglob("checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    longer = {**recipe, "training": {**recipe["training"], "steps": 4}}
+    with pytest.raises(am.DataFileError, match=r"checkpoint.pt: is damaged: not a complete zip archive .*copy it "
+                                               r"again, or use another checkpoint"):
+        train(longer, dataset=(with_further(data, load_recipe(longer)), {}), progress=False)
+
+
 @pytest.mark.parametrize("fmt,pattern", [("ambient_mri.model/9", "newer ambient_mri; upgrade"),
                                          ("ambient_mri.model/0", "an older model format"),
                                          ("other_tool/7", "not an ambient_mri model file")])
