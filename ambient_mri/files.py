@@ -136,6 +136,7 @@ def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")  # what a folder of HDF5 files may hold; folder commands take *.h5
 
 
 def refuse_unless_truncated_h5(path: str | os.PathLike, err: OSError, option: str = "--output") -> None:
@@ -177,22 +178,28 @@ def input_files(path: str | os.PathLike, pattern: str = "*.h5", limit: int | Non
     into usable files and (file, reason) for unusable ones (a dangling symlink, a folder, no permission), which
     commands list as bad instead of skipping in silence."""
     path = Path(path)
+    misnamed: list[tuple[Path, str]] = []
     if path.is_file():
         files = [path]
     elif path.is_dir():
         files = sorted(p for p in path.glob(pattern) if not p.name.startswith("."))
+        if pattern == "*.h5":  # HDF5 files under another suffix were skipped in silence
+            misnamed = [(p, "an HDF5 file not named *.h5: folder commands take *.h5 files (rename it, or give it "
+                         "as --input on its own)") for p in sorted(path.iterdir()) if not p.name.startswith(".")
+                        and p.suffix.lower() in HDF5_SUFFIXES and p not in files]  # glob ignores case on macOS
     elif path.is_symlink():
         raise DataFileError(path, f"a symlink to {os.readlink(path)}, which does not exist")
     else:
         raise DataFileError(path, "no such file or folder")
     if not files:
-        raise DataFileError(path, f"no {pattern.lstrip('*')} files in this folder (expected {what})")
+        also = f", but {len(misnamed)} named otherwise (e.g. {misnamed[0][0].name}): rename them" if misnamed else ""
+        raise DataFileError(path, f"no {pattern.lstrip('*')} files in this folder (expected {what}){also}")
     if limit is not None:
         if limit < 1:
             raise AmbientMRIError(f"--limit must be >= 1, got {limit}")
         files = files[:limit]
     checked = [(f, unusable_reason(f)) for f in files]
-    return [f for f, why in checked if not why], [(f, why) for f, why in checked if why]
+    return [f for f, why in checked if not why], [(f, why) for f, why in checked if why] + misnamed
 
 
 def unusable_reason(path: Path) -> str:

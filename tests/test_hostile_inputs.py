@@ -1505,6 +1505,24 @@ def test_reconstruct_never_overwrites_a_reconstruction_file_it_did_not_write(raw
         assert set(f) == {"reconstruction"} and float(f["reconstruction"][0, 0, 0]) == 7.0
 
 
+def test_folder_commands_list_hdf5_files_under_another_suffix(raw, tmp_path, capsys):
+    """A folder's b.hdf5 and c.H5 were skipped in silence ("1 volume(s) reconstructed", exit 0), though
+    --input b.hdf5 alone is read."""
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    for name, src in (("a.h5", "vol0.h5"), ("b.hdf5", "vol1.h5"), ("c.H5", "vol0.h5")):
+        shutil.copy(raw / src, mix / name)
+    code, out, err = run(["reconstruct", "--input", str(mix), "--output", str(tmp_path / "rec"), *ZF], capsys)
+    assert code == 1 and "1 volume(s) reconstructed" in out and "2 volume(s) failed" in err
+    for name in ("b.hdf5", "c.H5"):
+        assert f"{name}: an HDF5 file not named *.h5" in err
+    summary = prepare_fastmri(mix, tmp_path / "prep", acceleration=4, center_fraction=0.25, progress=False)
+    assert sorted(Path(r.source).name for r in summary.results if r.status == "refused") == ["b.hdf5", "c.H5"]
+    (mix / "a.h5").unlink()
+    code, _, err = run(["reconstruct", "--input", str(mix), "--output", str(tmp_path / "rec2"), *ZF], capsys)
+    assert code == 2 and "no .h5 files in this folder" in err and "but 2 named otherwise" in err
+
+
 def test_reconstruct_file_never_overwrites_another_volume(raw, tmp_path):
     """The API wrote a reconstruction over another raw volume given as out_path (the CLI refused it)."""
     other = tmp_path / "other.h5"
