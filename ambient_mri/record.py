@@ -110,6 +110,10 @@ class TrainingRecord:
         shape = tuple(int(v) for v in d.get("image_shape") or ())
         if any(v < 1 for v in shape):
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} has a size below 1")
+        want = {"multicoil": 2, "singlecoil": 2, "pixel": 3, "identity": 3}.get(str(d["operator"]))
+        if want is not None and len(shape) != want:  # an unknown operator is refused by name where it is read
+            raise AmbientMRIError(f"the training record's image_shape {list(shape)} is not "
+                                  f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {d['operator']!r}")
         return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
                    widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
                    cond=tuple(d.get("cond") or ()),

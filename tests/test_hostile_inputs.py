@@ -1068,7 +1068,8 @@ def test_files_that_are_no_model_are_named_for_what_they_are(tmp_path):
     assert am.load_model(tmp_path / "run" / "model.pt").record.operator == "multicoil"
     obj = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     for key, value, msg in (("image_shape", "abc", "training record \\(info\\) cannot be read \\(ValueError"),
-                            ("operator", "bogus", "operator 'bogus' is not one of")):
+                            ("operator", "bogus", "operator 'bogus' is not one of"),
+                            ("image_shape", [64], r"image_shape \[64\] is not \(H, W\) for operator 'multicoil'")):
         bad = {**obj, "info": {**obj["info"], key: value}}
         torch.save(bad, tmp_path / "bad.pt")
         with pytest.raises(am.DataFileError, match=f"bad.pt: .*{msg}"):
