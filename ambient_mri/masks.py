@@ -104,6 +104,15 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
         ``poisson2d``   sigpy's variable-density Poisson disc over (H, W) with a square calibration region.
     seed: int, tuple, or a file name (fastMRI's ``tuple(map(ord, fname))``); same seed -> same mask.
     """
+    m = _draw(kind, shape, acceleration, center_fraction, seed)
+    if not m.any():  # e.g. 8 columns at R = 16: reconstruct would refuse it later, far from the cause
+        raise AmbientMRIError(f"{kind} mask at acceleration {acceleration:g} with center_fraction {center_fraction} "
+                              f"on {m.shape[-1]} columns acquires nothing; lower the acceleration or raise "
+                              "center_fraction")
+    return m
+
+
+def _draw(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float, seed) -> np.ndarray:
     H, W = _check(kind, shape, acceleration, center_fraction)
     num_low = num_low_frequencies(W, center_fraction)
     if num_low >= W:  # fastMRI divides by the columns left outside the ACS block
@@ -116,7 +125,7 @@ def kspace_mask(kind: str, shape: Sequence[int], acceleration: float, center_fra
         raise AmbientMRIError(f"equispaced: {too_many}; lower center_fraction or acceleration")
     if kind == "random" and num_low * acceleration > W:  # kept as fastMRI draws it (parity), but never silently
         warnings.warn(f"random: {too_many}, so fastMRI's RandomMaskFunc keeps the ACS block alone (acceleration "
-                      f"{W / num_low:.3g}); lower center_fraction or acceleration", stacklevel=2)
+                      f"{W / num_low:.3g}); lower center_fraction or acceleration", stacklevel=3)
     if kind in ("random", "equispaced"):
         from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
 

@@ -224,6 +224,10 @@ def test_masks_refuse_nan_and_an_acs_block_that_leaves_no_room():
         kspace_mask("random", (64, 32), float("nan"), 0.1)
     with pytest.raises(am.AmbientMRIError, match="equispaced: the 8 ACS lines .* lower center_fraction"):
         kspace_mask("equispaced", (64, 32), 4, 0.25)
+    for kind, shape, R, cf in (("random", (128, 1), 4, 0.125), ("gaussian1d", (128, 8), 16, 0.05),
+                               ("uniform1d", (128, 8), 16, 0.05)):  # all-zero masks were returned
+        with pytest.raises(am.AmbientMRIError, match=f"{kind} mask at acceleration {R} .* acquires nothing"):
+            kspace_mask(kind, shape, R, cf, seed=0)
 
 
 def _set_recon_size(path, x: int, y: int) -> None:
