@@ -244,7 +244,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
             return FileResult(str(source), "refused", f"{out_path} was prepared with other settings ({stored}); "
                               "use another --output", str(out_path))
         # done only if made from this very input (size, mtime) and, where one is due, with a whole reference
-        if stored == settings and _made_from(out_path, fingerprint) and (
+        if stored == settings and _made_from(out_path, fingerprint, PREPARED_DATASETS) and (
                 opts.split == "train" or not _wants_reference(source) or _made_from(ref_path, fingerprint)):
             return FileResult(str(source), "skipped", "already prepared", str(out_path), None, 0,
                               time.time() - tic)
@@ -360,13 +360,21 @@ def _fingerprint(source: Path) -> str:
     return json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns}, sort_keys=True)
 
 
-def _made_from(path: Path, fingerprint: str) -> bool:
-    """Whether ``path`` is a whole file of this preparation (prepared or reference) made from that input."""
+PREPARED_DATASETS = ("kspace", "lines", "mask", "maps", "scale")  # what every prepared file holds
+
+
+def _made_from(path: Path, fingerprint: str, datasets: tuple[str, ...] = ("scale",)) -> bool:
+    """Whether ``path`` is a whole file of this preparation (prepared or reference) made from that input: its
+    fingerprint, and ``datasets`` all present, each but the mask with one entry per slice of ``scale`` (a file
+    edited or damaged since is redone, not trusted)."""
     try:
         with h5py.File(path, "r") as hf:
             stored = hf.attrs.get("source_fingerprint")
             stored = stored.decode() if isinstance(stored, bytes) else stored
-            return stored == fingerprint and "scale" in hf and hf["scale"].shape[0] > 0
+            if stored != fingerprint or not all(isinstance(hf.get(d), h5py.Dataset) for d in datasets):
+                return False
+            S = hf["scale"].shape[0]
+            return S > 0 and all(hf[d].shape[:1] == (S,) for d in datasets if d != "mask")
     except (OSError, KeyError, ValueError):
         return False
 

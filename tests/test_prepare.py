@@ -116,6 +116,13 @@ def test_prepare_train_files_workers_resume_and_refusals(raw, tmp_path):
     assert [Path(r.source).name for r in again.skipped] == ["vol_a.h5"]
     assert [Path(r.source).name for r in again.prepared] == ["vol_b.h5"]
     assert (out / "train" / "vol_a.h5").stat().st_mtime_ns == mtime and not _temps(out)
+    # ... and one damaged since (a dataset gone) is redone, not counted as done
+    with h5py.File(out / "train" / "vol_a.h5", "a") as hf:
+        del hf["maps"]
+    again = prepare_fastmri(raw, out, **OPTS)
+    assert [Path(r.source).name for r in again.prepared] == ["vol_a.h5"]
+    assert [Path(r.source).name for r in again.skipped] == ["vol_b.h5"]
+    assert _datasets(out / "train" / "vol_a.h5")["maps"].shape == (S, C, h, W)
 
     # Other settings into the same folder: refused, not silently mixed.
     other = prepare_fastmri(raw, out, acceleration=4, center_fraction=CF, progress=False)
