@@ -111,7 +111,8 @@ class TrainingRecord:
         if any(v < 1 for v in shape):
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} has a size below 1")
         want = {"multicoil": 2, "singlecoil": 2, "pixel": 3, "identity": 3}.get(str(d["operator"]))
-        if want is not None and len(shape) != want:  # an unknown operator is refused by name where it is read
+        if shape and want is not None and len(shape) != want:  # empty: not recorded; an unknown operator is
+            # refused by name where it is read
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} is not "
                                   f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {d['operator']!r}")
         return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
