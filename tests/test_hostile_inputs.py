@@ -1104,9 +1104,26 @@ def test_a_damaged_model_file_or_checkpoint_is_refused_by_name(tmp_path):
     raw[big.header_offset + 30 + int(name_len) + int(extra_len) + 5] ^= 0x10   # inside its data (past the local
     # header, whose extra field torch pads for alignment)
     (tmp_path / "flipped.pt").write_bytes(bytes(raw))
-    with pytest.raises(am.DataFileError, match=f"flipped.pt: is damaged: the data of '{big.filename}' fail their "
-                                               "checksum"):
+    with pytest.raises(am.DataFileError, match=f"flipped.pt: is damaged: a member fails its checksum \\(Bad CRC-32 "
+                                               f"for file '{big.filename}'"):
         am.load_model(tmp_path / "flipped.pt")
+    from torch.utils.serialization import config  # saved without checksums (CRC 0): torch's own, not damaged
+
+    config.save.compute_crc32 = False
+    try:
+        save_model(_denoiser(), tmp_path / "nocrc.pt")
+    finally:
+        config.save.compute_crc32 = True
+    am.load_model(tmp_path / "nocrc.pt")
+    with zipfile.ZipFile(tmp_path / "odd.pt", "w") as z:  # a member zipfile cannot read: named, no traceback
+        z.writestr(zipfile.ZipInfo("odd/data.pkl"), b"x" * 10)
+    raw = bytearray((tmp_path / "odd.pt").read_bytes())
+    raw[8:10] = (99).to_bytes(2, "little")    # the local header's compression method: unknown
+    cd = raw.rfind(b"PK\x01\x02")
+    raw[cd + 10:cd + 12] = (99).to_bytes(2, "little")
+    (tmp_path / "odd.pt").write_bytes(bytes(raw))
+    with pytest.raises(am.DataFileError, match="odd.pt: not a loadable ambient_mri file \\(NotImplementedError"):
+        am.load_model(tmp_path / "odd.pt")
     data, _ = multicoil_measurements()
     from ambient_mri.data.factory import with_further
 
