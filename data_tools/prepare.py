@@ -43,7 +43,7 @@ import numpy as np
 from ambient_mri.coils import sense_combine
 from ambient_mri.data.calibration import apply_compression, prepare_slice, row_crop
 from ambient_mri.data.fastmri import FastMRIVolume, read_fastmri
-from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE
+from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE, read_prepared_header
 from ambient_mri.errors import AmbientMRIError, DataFileError
 from ambient_mri.files import (
     atomic_path,
@@ -244,7 +244,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
             return FileResult(str(source), "refused", f"{out_path} was prepared with other settings ({stored}); "
                               "use another --output", str(out_path))
         # done only if made from this very input (size, mtime) and, where one is due, with a whole reference
-        if stored == settings and _made_from(out_path, fingerprint, PREPARED_DATASETS) and (
+        if stored == settings and _made_from(out_path, fingerprint, prepared=True) and (
                 opts.split == "train" or not _wants_reference(source) or _made_from(ref_path, fingerprint)):
             return FileResult(str(source), "skipped", "already prepared", str(out_path), None, 0,
                               time.time() - tic)
@@ -360,21 +360,20 @@ def _fingerprint(source: Path) -> str:
     return json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns}, sort_keys=True)
 
 
-PREPARED_DATASETS = ("kspace", "lines", "mask", "maps", "scale")  # what every prepared file holds
-
-
-def _made_from(path: Path, fingerprint: str, datasets: tuple[str, ...] = ("scale",)) -> bool:
-    """Whether ``path`` is a whole file of this preparation (prepared or reference) made from that input: its
-    fingerprint, and ``datasets`` all present, each but the mask with one entry per slice of ``scale`` (a file
-    edited or damaged since is redone, not trusted)."""
+def _made_from(path: Path, fingerprint: str, prepared: bool = False) -> bool:
+    """Whether ``path`` is a whole file of this preparation (prepared or reference) made from that input; a
+    ``prepared`` one must also pass training's own check (``read_prepared_header``: every dataset, every shape),
+    so a file edited or damaged since is redone, not counted as done."""
+    if prepared:
+        try:
+            read_prepared_header(path)
+        except (DataFileError, ValueError):  # ValueError: a k-space that is not 4-D
+            return False
     try:
         with h5py.File(path, "r") as hf:
             stored = hf.attrs.get("source_fingerprint")
             stored = stored.decode() if isinstance(stored, bytes) else stored
-            if stored != fingerprint or not all(isinstance(hf.get(d), h5py.Dataset) for d in datasets):
-                return False
-            S = hf["scale"].shape[0]
-            return S > 0 and all(hf[d].shape[:1] == (S,) for d in datasets if d != "mask")
+            return stored == fingerprint and "scale" in hf and hf["scale"].shape[0] > 0
     except (OSError, KeyError, ValueError):
         return False
 

@@ -123,6 +123,11 @@ def test_prepare_train_files_workers_resume_and_refusals(raw, tmp_path):
     assert [Path(r.source).name for r in again.prepared] == ["vol_a.h5"]
     assert [Path(r.source).name for r in again.skipped] == ["vol_b.h5"]
     assert _datasets(out / "train" / "vol_a.h5")["maps"].shape == (S, C, h, W)
+    with h5py.File(out / "train" / "vol_a.h5", "a") as hf:  # maps of one coil: training would refuse the file
+        maps = hf["maps"][:, :1]
+        del hf["maps"]
+        hf["maps"] = maps
+    assert [Path(r.source).name for r in prepare_fastmri(raw, out, **OPTS).prepared] == ["vol_a.h5"]
 
     # Other settings into the same folder: refused, not silently mixed.
     other = prepare_fastmri(raw, out, acceleration=4, center_fraction=CF, progress=False)
