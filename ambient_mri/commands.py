@@ -269,21 +269,21 @@ def _metrics_record(text: str) -> dict | None:
 def _refuse_foreign_metrics(out: Path) -> None:
     """metrics.csv / metrics.json in ``out`` that evaluate did not write (e.g. a user's own table in the recon
     folder, the default --output) are someone's results: never overwritten."""
+    if not out.is_dir():  # nothing there yet, or not a folder (make_folder says so)
+        return
     ours = {"metrics.csv": lambda text: text.splitlines()[:1] == [CSV_HEADER],
             "metrics.json": lambda text: _metrics_record(text) is not None}
-    foreign = []
     for name, is_ours in ours.items():
+        if not (out / name).exists():
+            continue
         try:
             text = (out / name).read_text()
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError):  # unreadable or not text: cannot be judged, so it is kept
-            text = None
-        if text is None or not is_ours(text):
-            foreign.append(name)
-    if foreign:
-        raise DataFileError(out, f"holds {' and '.join(foreign)}, which evaluate did not write; not overwritten "
-                            "(choose another --output)")
+        except (OSError, ValueError) as e:  # unreadable or not text: cannot be judged, so it is kept
+            raise DataFileError(out / name, f"exists and cannot be read ({type(e).__name__}); not overwritten "
+                                "(choose another --output)") from None
+        if not is_ours(text):
+            raise DataFileError(out / name, "exists and was not written by evaluate; not overwritten (choose another "
+                                "--output)")
 
 
 def run_evaluate(args) -> int:

@@ -588,7 +588,7 @@ def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, ca
         ours = (out / name).read_text()
         (out / name).write_text(text)
         code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
-        assert code == 2 and f"holds {name}, which evaluate did not write" in err
+        assert code == 2 and f"{name}: exists and was not written by evaluate; not overwritten" in err
         assert (out / name).read_text() == text
         (out / name).write_text(ours)
 
