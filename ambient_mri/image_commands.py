@@ -152,6 +152,7 @@ def run_sample(args) -> int:
 
 
 def run_memorization(args) -> int:
+    from .data.images import IMAGE_SUFFIXES
     from .memorization import check_thresholds, load_samples, study, study_folder, summary_table, write_study
 
     dirs = list(args.samples)
@@ -166,19 +167,22 @@ def run_memorization(args) -> int:
     # default: the first samples folder, or the folder of a .npy file
     out = Path(args.output) if args.output else Path(dirs[0]) if not Path(dirs[0]).is_file() else Path(dirs[0]).parent
     study_folder(out, labels)  # someone's figures refused before any work
-    samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     train = Path(args.train)
-    if args.train not in ("faces", "mnist") and train.is_dir():
+    if args.train not in ("faces", "mnist") and train.is_dir():  # checked before any samples are read
         def inside(p) -> bool:  # the training folder is read recursively
             return train.resolve() in (Path(p).resolve(), *Path(p).resolve().parents)
 
         if inside(out):
             raise AmbientMRIError(f"--output {out} is inside the --train folder {train}: its figures would join the "
                                   "training images of the next study; choose another --output")
-        for d in dirs:
-            if inside(d):
-                raise AmbientMRIError(f"--samples {d} is inside the --train folder {train}: each sample would be "
-                                      "its own nearest training image (every one a copy); move the samples out")
+        for d in dirs:  # sample images (a `sample` folder's sample_*.png) there would be read as training images
+            folder = Path(d) if Path(d).is_dir() else Path(d).parent
+            if inside(folder) and any(f.stem.startswith("sample") and f.suffix.lower() in IMAGE_SUFFIXES
+                                      for f in folder.iterdir()):
+                raise AmbientMRIError(f"--samples {d} is inside the --train folder {train}, with its sample images: "
+                                      "each sample would be its own nearest training image (every one a copy); "
+                                      "move the samples out")
+    samples = {lab: load_samples(d) for lab, d in zip(labels, dirs)}
     result = study(samples, args.train, thresholds=thresholds, center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))

@@ -946,13 +946,20 @@ def test_memorization_output_inside_the_training_folder_is_refused(tmp_path, cap
                         "--output", str(train_dir / "figs")], capsys)
     assert code == 2 and "is inside the --train folder" in err and checksums(train_dir) == before
     assert not (train_dir / "figs").exists()
-    # samples kept in the training folder were their own nearest neighbours: 100 % copies, reported as a result
+    # a `sample` folder kept in the training folder: its sample_*.png were read as training images, so each
+    # sample was its own nearest neighbour (100 % copies, reported as a result)
     (train_dir / "gen").mkdir()
     np.save(train_dir / "gen" / "samples.npy", np.zeros((2, 1, 8, 8), np.float32))
+    for i in range(2):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(train_dir / "gen" / f"sample_{i:05d}.png")
     code, _, err = run(["memorization", "--samples", str(train_dir / "gen"), "--train", str(train_dir),
                         "--output", str(tmp_path / "figs")], capsys)
-    assert code == 2 and f"--samples {train_dir / 'gen'} is inside the --train folder" in err
+    assert code == 2 and f"--samples {train_dir / 'gen'} is inside the --train folder {train_dir}, with its" in err
     assert not (tmp_path / "figs").exists()
+    # a bare .npy there is no training image: it runs
+    np.save(train_dir / "mine.npy", np.zeros((2, 1, 8, 8), np.float32))
+    assert run(["memorization", "--samples", str(train_dir / "mine.npy"), "--train", str(train_dir), "--output",
+                str(tmp_path / "figs")], capsys)[0] == 0
 
 
 def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_users_figures(tmp_path, capsys):
