@@ -71,7 +71,10 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
                       f"coil and row ({int(dead.any(1).sum())} of {S} slice(s); e.g. zero padding): they are treated "
                       "as not acquired", stacklevel=3)
     if not (m != 0).any(axis=1).all():
-        raise AmbientMRIError("mask is all zero for at least one slice: nothing was acquired")
+        s = int(np.flatnonzero(~(m != 0).any(axis=1))[0])
+        raise AmbientMRIError(f"slice {s}: the columns the mask marks as acquired hold no data (exactly zero in every "
+                              "coil): does the mask belong to this k-space?" if dead[s].any() else
+                              "mask is all zero for at least one slice: nothing was acquired")
     return (k * m[:, None, None, :]).astype(np.complex64), m
 
 

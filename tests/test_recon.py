@@ -291,6 +291,13 @@ def test_columns_marked_acquired_that_hold_no_data_are_not_solved_as_measured_ze
     for empty in (k[:0], k[:, :0]):
         with pytest.raises(AmbientMRIError, match=r"kspace of shape .* is empty"):
             reconstruct(empty, mask, method="zero_filled")
+    dark = k.copy()
+    dark[1] = 0                                       # an all-zero slice is named as such, not emptied silently
+    with pytest.raises(AmbientMRIError, match="slice 1: the calibration .ACS. columns are all zero"):
+        reconstruct(dark, wider, method="sense")
+    with pytest.warns(UserWarning, match="exactly zero"), \
+            pytest.raises(AmbientMRIError, match="slice 0: the columns the mask marks as acquired hold no data"):
+        reconstruct(k, (wider - mask)[None] * np.ones((2, 1)), maps=sim.maps, method="sense")  # no mask column has data
 
 
 def test_masks_with_as_many_rows_as_slices_are_never_read_one_way_silently():
