@@ -17,6 +17,7 @@ from .errors import AmbientMRIError
 from .operators import Identity, LinearOperator, MultiCoilMRI, PixelMask, SingleCoilMRI, mask_4d
 
 OPERATORS = ("multicoil", "singlecoil", "pixel", "identity")
+MRI_OPERATORS = OPERATORS[:2]  # complex images (B, H, W); the others real (B, C, H, W)
 COND_CHANNELS = ("mask", "ones")
 
 
@@ -35,7 +36,7 @@ def make_operator(name: str, mask: torch.Tensor | None = None, maps: torch.Tenso
 
 def is_complex(operator: str) -> bool:
     """MRI images are complex (B, H, W); pixel/identity images are real (B, C, H, W)."""
-    return operator in ("multicoil", "singlecoil")
+    return operator in MRI_OPERATORS
 
 
 def image_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:

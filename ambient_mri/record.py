@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from .corruption import MRI_OPERATORS, OPERATORS
 from .errors import AmbientMRIError
 
 VERSION = 2
@@ -78,7 +79,7 @@ class TrainingRecord:
 
     @property
     def is_mri(self) -> bool:
-        return self.operator in ("multicoil", "singlecoil")
+        return self.operator in MRI_OPERATORS
 
     def to_dict(self) -> dict:
         """Plain values for the model file: version 1's keys (so older readers still find them) plus the typed
@@ -110,11 +111,12 @@ class TrainingRecord:
         shape = tuple(int(v) for v in d.get("image_shape") or ())
         if any(v < 1 for v in shape):
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} has a size below 1")
-        want = {"multicoil": 2, "singlecoil": 2, "pixel": 3, "identity": 3}.get(str(d["operator"]))
-        if shape and want is not None and len(shape) != want:  # empty: not recorded; an unknown operator is
+        op = str(d["operator"])
+        want = 2 if op in MRI_OPERATORS else 3
+        if shape and op in OPERATORS and len(shape) != want:  # empty: not recorded; an unknown operator is
             # refused by name where it is read
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} is not "
-                                  f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {d['operator']!r}")
+                                  f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {op!r}")
         return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
                    widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
                    cond=tuple(d.get("cond") or ()),

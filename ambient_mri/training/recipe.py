@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ..corruption import MRI_OPERATORS
 from ..data.augment import AugmentConfig
 from ..errors import RecipeError
 from ..files import MAX_SEED
@@ -212,7 +213,7 @@ def validate(recipe: Recipe) -> Recipe:
     _validate_ranges(recipe)
     if recipe.network.input_cg < 0:
         raise RecipeError(f"network.input_cg: must be >= 0, got {recipe.network.input_cg}")
-    if recipe.network.input_cg and c.operator not in ("multicoil", "singlecoil"):
+    if recipe.network.input_cg and c.operator not in MRI_OPERATORS:
         raise RecipeError(f"network.input_cg: CG on the input applies to MRI operators, not {c.operator!r}")
     if t.amp not in ("auto", "bf16", "none"):
         raise RecipeError(f"training.amp: {t.amp!r} is not one of auto, bf16, none")
