@@ -184,9 +184,10 @@ def input_files(path: str | os.PathLike, pattern: str = "*.h5", limit: int | Non
     elif path.is_dir():
         files = sorted(p for p in path.glob(pattern) if not p.name.startswith("."))
         if pattern == "*.h5":  # HDF5 files under another suffix were skipped in silence
-            misnamed = [(p, "an HDF5 file not named *.h5: folder commands take *.h5 files (rename it, or give it "
-                         "as --input on its own)") for p in sorted(path.iterdir()) if not p.name.startswith(".")
-                        and p.suffix.lower() in HDF5_SUFFIXES and p not in files]  # glob ignores case on macOS
+            misnamed = [(p, unusable_reason(p) or "an HDF5 file not named *.h5: folder commands take *.h5 files "
+                         "(rename it, or give it as --input on its own)") for p in sorted(path.iterdir())
+                        if not p.name.startswith(".") and p.suffix.lower() in HDF5_SUFFIXES
+                        and p not in files]  # glob ignores case on macOS
     elif path.is_symlink():
         raise DataFileError(path, f"a symlink to {os.readlink(path)}, which does not exist")
     else:
