@@ -21,11 +21,14 @@ Sets (64 x 64, the demo model's size):
 
 Every row also carries the scan's ``outer_line_snr`` (from the CG-SENSE run): whether ``fast`` falls below zero-filled
 where the noise warning of the linear methods (``scan.MIN_OUTER_SNR``) would fire. ``--no-heldout``: PSNRs and
-warnings only.
+warnings only. ``--spread``: a second ``fast`` sample (seed 1) and the two samples' spread (RMS of their magnitudes'
+std over the RMS of their mean): whether the prior disagrees with itself where it does not fit.
 
     python benchmarks/prior_check.py --demo demo_run [--sets demo fresh fresh2] [--out PATH]
     python benchmarks/prior_check.py --demo demo_run --sets noisy-mni noisy-epi --no-heldout \
         --out benchmarks/results/prior_check_noisy.json
+    python benchmarks/prior_check.py --demo demo_run --sets demo fresh --no-heldout --spread \
+        --out benchmarks/results/prior_check_spread.json
 
 In each fold both solvers choose their λ floor (``tikhonov_floor``) from the kept lines alone, so neither has seen
 the lines it is scored on. (The first run took the floor of the whole scan, chosen on these same groups: CG-SENSE's
@@ -110,16 +113,21 @@ def noisy_cases(source: str):
     yield from noise_warning.heldout_cases(source)
 
 
-def run(method: str, k, m, target, model) -> tuple[float, dict, list[str]]:
+def run(method: str, k, m, target, model, seed: int = 0) -> tuple[float, dict, list[str], np.ndarray]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = am.reconstruct(k, m, method=method, progress=False, target_size=target.shape[-2:],
-                             **({"model": model, "seed": 0} if method == "fast" else {}))
+                             **({"model": model, "seed": seed} if method == "fast" else {}))
     kinds = sorted({w.message.reason for w in caught if isinstance(w.message, am.BelowZeroFilledWarning)})
-    return round(evaluate_volume(target, res.magnitude)["PSNR"], 3), res.extra, kinds
+    return round(evaluate_volume(target, res.magnitude)["PSNR"], 3), res.extra, kinds, res.magnitude
 
 
-def run_sets(sets: list[str], demo: Path, model) -> list[dict]:
+def spread(a: np.ndarray, b: np.ndarray) -> float:
+    """Two samples' disagreement: RMS of their magnitudes' std over the RMS of their mean's magnitude."""
+    return float(np.sqrt(np.mean(((a - b) / 2) ** 2)) / np.sqrt(np.mean(((a + b) / 2) ** 2)))
+
+
+def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False) -> list[dict]:
     rows = []
     print(f"{'case':24s} {'R':>2s} {'ZF':>6s} {'SENSE':>6s} {'fast':>6s} | {'fast/SENSE':>10s} {'fast/zero':>9s} "
           f"{'SENSE/zero':>10s} {'snr':>6s}  fast warnings")
@@ -132,9 +140,12 @@ def run_sets(sets: list[str], demo: Path, model) -> list[dict]:
             row = {"case": case, "set": set_name, "R": R, "acs_lines": acs, "coils": int(k.shape[1])}
             HELDOUT.clear()
             for method in ("zero_filled", "sense", "fast"):
-                row[method], extra, row[f"{method}_warnings"] = run(method, k, m, t, model)
+                row[method], extra, row[f"{method}_warnings"], mag = run(method, k, m, t, model)
                 if method == "sense":
                     row["outer_line_snr"] = extra.get("outer_line_snr")
+            if with_spread:  # a second sample (seed 1): does the prior disagree with itself where it fails?
+                row["fast_seed1"], _, _, mag1 = run("fast", k, m, t, model, seed=1)
+                row["spread"] = spread(mag, mag1)
             nan = float("nan")
             if HELDOUT and sum(HELDOUT["zero"]) > 0:    # else no line could be held out
                 err = {key: np.asarray(v) for key, v in HELDOUT.items()}
@@ -147,7 +158,8 @@ def run_sets(sets: list[str], demo: Path, model) -> list[dict]:
             print(f"{case[:24]:24s} {R:2d} {row['zero_filled']:6.2f} {row['sense']:6.2f} {row['fast']:6.2f} | "
                   f"{row.get('fast_over_sense', nan):10.3f} {row.get('fast_over_zero', nan):9.3f} "
                   f"{row.get('sense_over_zero', nan):10.3f} {nan if snr is None else snr:6.2f}  "
-                  f"{','.join(row['fast_warnings']) or '-'}", flush=True)
+                  f"{','.join(row['fast_warnings']) or '-'}"
+                  + (f"  spread {row['spread']:.4f}" if with_spread else ""), flush=True)
     return rows
 
 
@@ -157,6 +169,8 @@ def main(argv=None) -> dict:
     sets = ["demo", "fresh", "fresh2", "noisy-mni", "noisy-epi"]
     p.add_argument("--sets", nargs="+", default=sets[:3], choices=sets)
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out solves (PSNRs and warnings only)")
+    p.add_argument("--spread", action="store_true", help="also a second fast sample (seed 1) and the two "
+                   "samples' spread")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prior_check.json"))
     args = p.parse_args(argv)
     tic = time.perf_counter()
@@ -166,13 +180,13 @@ def main(argv=None) -> dict:
     if not args.no_heldout:
         recon._diffusion = _diffusion_and_heldout
     try:
-        rows = run_sets(args.sets, demo, model)
+        rows = run_sets(args.sets, demo, model, args.spread)
     finally:
         recon._diffusion = _diffusion
     record = {"benchmark": "prior_check", "machine": machine_info("cpu"),
               "settings": {"sets": args.sets, "model": str(model_path), "model_training_steps":
                            training_steps(model_path), "fast": "reconstruct's defaults, seed 0",
-                           "heldout": not args.no_heldout},
+                           "heldout": not args.no_heldout, "spread": args.spread},
               "rows": rows}
     return write_record(record, Path(args.out), tic)
 
