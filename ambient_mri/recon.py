@@ -273,7 +273,8 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     y = ks / scales[:, None, None, None]
     H = ks.shape[-2]
     extra: dict = {"scale": scales.tolist(), "coils": int(ks.shape[1]),
-                   "samples_per_unknown": samples_per_unknown(mps, msk)}
+                   "samples_per_unknown": samples_per_unknown(mps, msk),
+                   "acquired_columns": msk.sum(1).astype(int).tolist()}  # per slice, after check_inputs
     std, nfe = None, 0
     # the noise level is read from the readout oversampling, so only a cropped scan has one
     noise = scan_noise_std(k, msk) if H < H0 and method != "zero_filled" else None
@@ -397,7 +398,8 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
     datasets = {"reconstruction": res.magnitude, "zero_filled": zero_filled_rss(k, m, (h, w))}
     if res.std is not None:
         datasets["std"] = res.std
-    attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(m.size / max(np.count_nonzero(m), 1)),
+    acquired = sum(res.extra["acquired_columns"])  # the columns used: marked ones without data were dropped
+    attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(k.shape[0] * k.shape[-1] / acquired),
              "warnings": json.dumps(below)}
     write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path

@@ -284,6 +284,7 @@ def test_columns_marked_acquired_that_hold_no_data_are_not_solved_as_measured_ze
                                          r"zero in every coil and row \(2 of 2 slice"):
         got = reconstruct(k, wider, maps=sim.maps, method="sense", lam=1e-3)
     np.testing.assert_allclose(got.image, ref.image, atol=1e-6)
+    assert got.extra["acquired_columns"] == [int(mask.sum())] * 2  # what reconstruct_file records as R
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reconstruct(k, mask, maps=sim.maps, method="sense", lam=1e-3)
