@@ -15,9 +15,8 @@ import torch
 
 from .errors import AmbientMRIError
 from .operators import Identity, LinearOperator, MultiCoilMRI, PixelMask, SingleCoilMRI, mask_4d
+from .record import MRI_OPERATORS, OPERATORS
 
-OPERATORS = ("multicoil", "singlecoil", "pixel", "identity")
-MRI_OPERATORS = OPERATORS[:2]  # complex images (B, H, W); the others real (B, C, H, W)
 COND_CHANNELS = ("mask", "ones")
 
 

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .corruption import OPERATORS, cond_channels
+from .corruption import cond_channels
 from .devices import resolve_device
 from .errors import AmbientMRIError, DataFileError
 from .files import HDF5_SIGNATURE, atomic_path
 from .nets import build_denoiser, channels_to_complex, complex_to_channels
 from .operators import LinearOperator
-from .record import TrainingRecord
+from .record import OPERATORS, TrainingRecord
 from .solvers import conjugate_gradient
 
 FORMAT = "ambient_mri.model/1"

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .corruption import MRI_OPERATORS, OPERATORS
 from .errors import AmbientMRIError
+
+OPERATORS = ("multicoil", "singlecoil", "pixel", "identity")  # what a training record may name
+MRI_OPERATORS = OPERATORS[:2]  # complex images (B, H, W); the others real (B, C, H, W)
 
 VERSION = 2
 KNOWN_VERSIONS = (1, 2)

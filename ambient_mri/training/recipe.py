@@ -12,10 +12,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..corruption import MRI_OPERATORS
 from ..data.augment import AugmentConfig
 from ..errors import RecipeError
 from ..files import MAX_SEED
+from ..record import MRI_OPERATORS, OPERATORS
 
 
 @dataclass
@@ -172,7 +172,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def validate(recipe: Recipe) -> Recipe:
     c, t = recipe.corruption, recipe.training
-    from ..corruption import COND_CHANNELS, OPERATORS
+    from ..corruption import COND_CHANNELS
 
     parts = recipe.name.replace(os.sep, "/").split("/")
     if not recipe.name or os.path.isabs(recipe.name) or any(p.strip() in ("", ".", "..") for p in parts):
