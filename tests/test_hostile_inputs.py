@@ -591,6 +591,10 @@ def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, ca
         assert code == 2 and f"{name}: exists and was not written by evaluate; not overwritten" in err
         assert (out / name).read_text() == text
         (out / name).write_text(ours)
+    (out / "metrics.json").write_text((out / "metrics.json").read_text()[:60])  # its own, damaged: redone
+    code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+    assert json.loads((out / "metrics.json").read_text())["volumes"]
+    assert code == 1 and "exists and was not drawn by evaluate" in err  # its record of the figures is gone: kept
 
 
 def _write(path: Path, **datasets) -> None:
