@@ -119,7 +119,7 @@ class TrainingRecord:
             # refused by name where it is read
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} is not "
                                   f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {op!r}")
-        return cls(operator=str(d["operator"]), ambient=bool(d.get("ambient", False)), image_shape=shape,
+        return cls(operator=op, ambient=bool(d.get("ambient", False)), image_shape=shape,
                    widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
                    cond=tuple(d.get("cond") or ()),
                    further=FurtherCorruption(**_known(FurtherCorruption, d.get("further") or {})),

@@ -63,8 +63,8 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
                               f"or per-slice ({S}, H, W)")
     # a measured column holds noise in every coil: one that is exactly zero throughout (zero padding, a mask
     # wider than the acquisition) was not measured, and solving as if it were forces the image to zero there
-    empty = (k == 0).all(axis=(1, 2)) & (k != 0).any(axis=(1, 2, 3))[:, None]   # (S, W); an all-zero slice
-    dead = (m != 0) & empty                                                     # is refused later, by name
+    has_data = (k != 0).any(axis=(1, 2))                        # (S, W), one pass over the k-space
+    dead = (m != 0) & ~has_data & has_data.any(1, keepdims=True)  # an all-zero slice is refused later, by name
     if dead.any():
         m[dead] = 0
         warnings.warn(f"the mask marks {int(dead.sum())} column(s) as acquired whose k-space is exactly zero in every "
