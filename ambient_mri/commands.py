@@ -373,8 +373,8 @@ def add_commands(sub) -> None:
     d = sub.add_parser("demo", help="the whole path on the built-in MNI152 demo data, no arguments needed")
     d.add_argument("--output", default="demo_run", help="folder for data, model, reconstructions and figures")
     d.add_argument("--minutes", type=float, default=13.0,
-                   help="training time budget in minutes (default 13: the ~1300 steps after which ambient fast beats "
-                        "L1-wavelet at R = 4 on 2 CPU cores, benchmarks/README.md)")
+                   help="training time budget in minutes (default 13: about 1060 steps on 2 CPU cores, after which "
+                        "ambient fast is above L1-wavelet and CG-SENSE at R = 4 and 8, benchmarks/README.md)")
     d.add_argument("--size", type=int, default=64, help="image size of the demo data (default 64)")
     d.add_argument("--device", default=None, help="cpu, cuda (default: cuda if present)")
     d.add_argument("--adps-steps", type=int, default=100,

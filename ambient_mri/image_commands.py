@@ -186,7 +186,7 @@ def run_memorization(args) -> int:
     result = study(samples, args.train, thresholds=thresholds, center=args.center)
     paths = write_study(result, out, num_pairs=args.num_pairs)
     print(summary_table(result))
-    print(f"written: {paths['json']}, {paths['histogram']}")
+    print(f"written: {', '.join([paths['json'], *(v for k, v in paths.items() if k != 'json')])}")
     return 0
 
 

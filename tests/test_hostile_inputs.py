@@ -974,10 +974,12 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
     train = (rng.random((12, 16, 16)) * 255).astype(np.uint8)
     np.save(tmp_path / "train.npy", train)
     np.save(tmp_path / "copies.npy", train[:6])                       # uint8 copies of training images
-    code, _, _ = run(["memorization", "--samples", str(tmp_path / "copies.npy"), "--train",
-                      str(tmp_path / "train.npy"), "--output", str(tmp_path / "a")], capsys)
+    code, out, _ = run(["memorization", "--samples", str(tmp_path / "copies.npy"), "--train",
+                        str(tmp_path / "train.npy"), "--output", str(tmp_path / "a")], capsys)
     res = json.loads((tmp_path / "a" / "memorization.json").read_text())
     assert code == 0 and res["models"]["copies.npy"]["copies"] == 1.0
+    written = out.splitlines()[-1]  # the last line names every file written, the neighbour figures too
+    assert all(str(p) in written for p in (tmp_path / "a").iterdir()), written
     # the default output of a .npy file is its folder, and a rerun there replaces its own figures
     user = tmp_path / "user"
     user.mkdir()
