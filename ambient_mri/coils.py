@@ -8,6 +8,7 @@ import inspect
 import numpy as np
 import torch
 
+from .arrays import as_array
 from .errors import AmbientMRIError
 from .files import check_count
 from .masks import calibration_width
@@ -35,10 +36,8 @@ def default_kernel_width(calib_width: int) -> int:
     return int(max(3, min(5, (calib_width - 2) // 2)))
 
 
-def _to_numpy(x) -> tuple[np.ndarray, bool]:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy(), True
-    return np.asarray(x), False
+def _to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
+    return as_array(x, name), isinstance(x, torch.Tensor)
 
 
 def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = None, thresh: float = 0.02,
@@ -62,7 +61,7 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     unknown = sorted(set(sigpy_options) - (set(inspect.signature(sigpy.mri.app.EspiritCalib).parameters) - {"ksp"}))
     if unknown:
         raise AmbientMRIError(f"espirit: unknown option(s) {', '.join(unknown)} for sigpy's EspiritCalib")
-    k, is_torch = _to_numpy(kspace)
+    k, is_torch = _to_numpy(kspace, "espirit: kspace")
     if not np.iscomplexobj(k) or k.ndim not in (3, 4):
         raise AmbientMRIError(f"espirit expects complex (C, H, W) or (S, C, H, W) k-space, got {k.dtype} {k.shape}")
     if not np.isfinite(k).all():
@@ -73,7 +72,7 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     batch = k if k.ndim == 4 else k[None]
     masks = [None] * len(batch)
     if mask is not None:
-        m, _ = _to_numpy(mask)
+        m, _ = _to_numpy(mask, "espirit: mask")
         m = np.asarray(m, dtype=np.float32)
         if not np.isfinite(m).all():
             raise AmbientMRIError("espirit: mask contains NaN or Inf")
@@ -131,7 +130,10 @@ def rss(coil_images, dim: int = -3):
     """Root sum of squares over the coil dimension (numpy or torch, real or complex)."""
     if isinstance(coil_images, torch.Tensor):
         return torch.sqrt(torch.sum(torch.abs(coil_images) ** 2, dim=dim))
-    return np.sqrt(np.sum(np.abs(coil_images) ** 2, axis=dim))
+    a = as_array(coil_images, "rss: coil_images")
+    if not -a.ndim <= dim < a.ndim:
+        raise AmbientMRIError(f"rss: coil_images of shape {a.shape} have no dimension {dim} (coils)")
+    return np.sqrt(np.sum(np.abs(a) ** 2, axis=dim))
 
 
 def sense_combine(coil_images, maps, dim: int = -3):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .arrays import as_array, check_binary
 from .errors import AmbientMRIError
 from .files import check_count
 
@@ -40,9 +41,11 @@ def seed_from(seed) -> int | tuple[int, ...] | None:
     if seed is None:
         return None
     if isinstance(seed, str):
+        if not seed:
+            raise AmbientMRIError("seed: an empty file name seeds nothing; give a name, an integer or None")
         return tuple(map(ord, seed))
     parts = [seed] if isinstance(seed, numbers.Integral) else list(seed) if isinstance(seed, (tuple, list)) else None
-    if parts is None or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in parts):
+    if not parts or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in parts):
         raise AmbientMRIError(f"seed must be an integer >= 0, a tuple of them or a file name, got {seed!r}")
     values = [int(v) for v in parts]
     if min(values, default=0) < 0:
@@ -205,7 +208,10 @@ def calibration_width(mask) -> int:
 
 def achieved_acceleration(mask) -> float:
     """Achieved acceleration: W / acquired columns for column masks, H*W / acquired samples for 2-D masks."""
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float64)
+    m = as_array(mask, "mask")
+    check_binary(m, "mask")  # NaN counted as acquired, 0.5 as a whole line
+    if m.size == 0 or not m.any():
+        raise AmbientMRIError(f"mask of shape {m.shape} acquires nothing: no acceleration")
     m = m.reshape(-1, m.shape[-1]) if m.ndim > 1 else m.reshape(1, -1)
     if m.shape[0] == 1 or np.all(m == m[:1]):
         n = np.count_nonzero(m[0])
@@ -247,7 +253,9 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     if extra_lines is not None:
         check_count("extra_lines", extra_lines, low=0)
     is_torch = isinstance(mask, torch.Tensor)
-    m = np.asarray(mask.detach().cpu() if is_torch else mask, dtype=np.float32)
+    m = as_array(mask, "further_mask: mask")
+    check_binary(m, "further_mask: mask")  # Ã selects acquired samples: a 0.5 or 2 would come out again
+    m = m.astype(np.float32)
     if m.ndim == 0 or m.size == 0:
         raise AmbientMRIError(f"further_mask needs a mask of shape (W,), (..., 1, W) or (..., H, W), got {m.shape}")
     if acs_lines is not None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .arrays import as_array
 from .errors import AmbientMRIError, DataFileError
+from .files import check_count
 
 METRICS = ("PSNR", "SSIM", "NMSE")
 
@@ -25,7 +27,7 @@ def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _volume(x, name: str) -> np.ndarray:
-    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+    a = as_array(x, name)
     if np.iscomplexobj(a):
         a = np.abs(a)
     if a.ndim == 2:
@@ -232,7 +234,7 @@ _NN_BLOCK = 2**26  # similarity-matrix entries per matrix product (256 MiB in fl
 def _flat_unit(x, name: str, center: bool):
     import torch
 
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_array(x, name)))
     if t.is_complex():
         t = t.abs()
     if t.ndim < 2 or t.shape[0] == 0:
@@ -264,8 +266,7 @@ def nearest_neighbours(samples, train, k: int = 1, center: bool = False, exclude
     if exclude_self and s.shape[0] != t.shape[0]:
         raise AmbientMRIError("exclude_self needs the samples to be the training set itself")
     M = t.shape[0] - int(exclude_self)
-    if not 1 <= k <= M:
-        raise AmbientMRIError(f"k must be in [1, {M}], got {k}")
+    check_count("k", k, high=M)
     block = max(1, _NN_BLOCK // t.shape[0])
     sims, idx = [], []
     for start in range(0, s.shape[0], block):

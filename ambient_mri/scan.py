@@ -10,21 +10,15 @@ import warnings
 import numpy as np
 import torch
 
+from .arrays import as_array, check_binary
 from .errors import AmbientMRIError, warn_below_zero_filled
 from .metrics import center_crop
 from .record import TrainingRecord
 
 
-def _as_numpy(a, name: str) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu()
-        a = (a.to(torch.complex64) if a.dtype == torch.complex32 else a).numpy()  # numpy has no complex32
-    return np.asarray(a)
-
-
 def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     """-> k-space (S, C, H, W) complex64 zeroed off the mask, and per-slice column masks (S, W)."""
-    k = _as_numpy(kspace, "kspace")
+    k = as_array(kspace, "kspace")
     if not np.iscomplexobj(k):
         raise AmbientMRIError(f"kspace must be complex, got {k.dtype}")
     if k.ndim == 3:
@@ -37,11 +31,11 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     if 0 in k.shape:
         raise AmbientMRIError(f"kspace of shape {k.shape} is empty: it needs at least one slice, coil, row and "
                               "column (S, C, H, W)")
-    m = _as_numpy(mask, "mask").astype(np.float32)
+    m = as_array(mask, "mask")
     if m.ndim == 0 or m.shape[-1] != W:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
-    if not np.isin(m, (0, 1)).all():  # a 0.5 or 2 would scale the data it multiplies, silently
-        raise AmbientMRIError("mask must contain only 0 (not acquired) and 1 (acquired)")
+    check_binary(m, "mask")  # before the cast: a complex 1+1j must not pass as 1
+    m = m.astype(np.float32)
     if m.ndim == 4 and m.shape[1] == 1:  # the operators' (B, 1, H|1, W)
         m = m[:, 0]
     if m.ndim > 3:
@@ -75,7 +69,15 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
         raise AmbientMRIError(f"slice {s}: the columns the mask marks as acquired hold no data (exactly zero in every "
                               "coil): does the mask belong to this k-space?" if dead[s].any() else
                               "mask is all zero for at least one slice: nothing was acquired")
-    return (k * m[:, None, None, :]).astype(np.complex64), m
+    with np.errstate(over="ignore"):  # said below, in words
+        out = (k * m[:, None, None, :]).astype(np.complex64)
+    if k.dtype != np.complex64 and not np.isfinite(out).all():  # finite in complex128, beyond complex64's range
+        raise AmbientMRIError(f"kspace values reach {np.abs(k).max():.3g}, beyond the complex64 range the "
+                              "reconstruction computes in: scale the k-space down")
+    return out, m
+
+
+MAPS_RSS_TOLERANCE = 1.25  # given maps whose RSS (median over their support) is outside [1/1.25, 1.25] are warned
 
 
 def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coils: int | None = None):
@@ -91,13 +93,19 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coil
         raise AmbientMRIError("coils compresses the scan to virtual coils whose maps are estimated here: give maps "
                               "or coils, not both")
     if maps is not None:
-        maps = _as_numpy(maps, "maps")
+        maps = as_array(maps, "maps")
         if maps.ndim not in (3, 4) or (maps.ndim == 4 and maps.shape[0] not in (1, S)):
             raise AmbientMRIError(f"maps must be (C, H, W) or (S={S}, C, H, W), got shape {maps.shape}")
         if not np.isfinite(maps).all():
             raise AmbientMRIError("maps contain NaN or Inf")
         if not (np.abs(maps).reshape(maps.shape[0] if maps.ndim == 4 else 1, -1).max(1) > 0).all():
             raise AmbientMRIError("maps are all zero (for a slice): no coil sees anything")
+        level = float(np.median(np.sqrt((np.abs(maps) ** 2).sum(-3))[(maps != 0).any(-3)]))
+        if not 1 / MAPS_RSS_TOLERANCE < level < MAPS_RSS_TOLERANCE:
+            # SENSE's image is the object over the maps' scale: PSNR against an RSS reference would judge the scale
+            warnings.warn(f"maps: their root-sum-of-squares over the coils is {level:.3g} (median where they are "
+                          "nonzero), not 1 as ESPIRiT's, BART's and sigpy's are: the image comes out in that scale "
+                          "(1 / that times the usual); divide the maps by their root-sum-of-squares", stacklevel=3)
     ks, mps, scales = [], [], []
     for s in range(S):
         lines = np.flatnonzero(m[s])
@@ -201,13 +209,14 @@ def outer_line_snr(k: np.ndarray, m: np.ndarray, noise: np.ndarray) -> float | N
     (``scan_noise_std``). 1 = pure noise. None when no column lies outside the ACS block or σ is 0."""
     from .masks import outer_columns
 
-    energy, expected = 0.0, 0.0
+    energy, expected = 0.0, 0
     for s in range(k.shape[0]):
         cols = outer_columns(m[s])
         if cols.size and noise[s] > 0:
-            v = k[s][..., cols]
-            energy += float(np.sum(np.abs(v) ** 2))
-            expected += v.size * float(noise[s]) ** 2
+            # in units of σ: |v|² in float32 underflows to 0 below ~1e-19 and overflows above ~1e19 (k-space scale)
+            r = np.abs(k[s][..., cols]).astype(np.float64) / float(noise[s])
+            energy += float(np.sum(r * r))
+            expected += r.size
     return energy / expected if expected > 0 else None
 
 

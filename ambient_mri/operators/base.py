@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arrays import as_array
+from ..errors import AmbientMRIError
+
 
 def _numpy_io(fn):
     """numpy in -> numpy out (on the operator's device in between); tensors pass straight through."""
@@ -20,7 +23,8 @@ def _numpy_io(fn):
             raise TypeError(f"{type(self).__name__}.{fn.__name__} takes a torch tensor or a numpy array, got "
                             f"{type(x).__name__}")
         buf = next(self.buffers(), None)
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(buf.device if buf is not None else "cpu")
+        x = np.ascontiguousarray(as_array(x, f"{type(self).__name__}.{fn.__name__}"))  # big-endian, strides
+        t = torch.from_numpy(x).to(buf.device if buf is not None else "cpu")
         return fn(self, t, *args, **kwargs).detach().cpu().numpy()
     return call
 
@@ -110,9 +114,13 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def adjointness_error(A: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
-    """|<Ax, y> - <x, A^H y>| / (|Ax| |y|); ~machine precision for a correct adjoint."""
+    """|<Ax, y> - <x, A^H y>| / (|Ax| |y|); ~machine precision for a correct adjoint. x, y: tensors or numpy."""
+    x, y = (torch.from_numpy(np.ascontiguousarray(as_array(v, name))) if isinstance(v, np.ndarray) else v
+            for v, name in ((x, "x"), (y, "y")))
     with torch.no_grad():
         Ax = A(x)
+        if Ax.shape != y.shape:
+            raise AmbientMRIError(f"y of shape {tuple(y.shape)} is not the shape of A x, {tuple(Ax.shape)}")
         lhs = inner(Ax, y)
         rhs = inner(x, A.adjoint(y))
         scale = torch.linalg.vector_norm(Ax) * torch.linalg.vector_norm(y)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..arrays import as_array
+
 _DIMS = (-2, -1)
 
 
 def _as_complex_tensor(x, name: str, ndim: int = 2) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, np.ndarray):  # native byte order: torch refuses big-endian arrays
-        x, was_numpy = torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))), True
+    if isinstance(x, np.ndarray):  # native byte order (torch refuses big-endian arrays), positive strides
+        x, was_numpy = torch.from_numpy(np.ascontiguousarray(as_array(x, name))), True
     elif isinstance(x, torch.Tensor):
         was_numpy = False
     else:

@@ -16,9 +16,9 @@ use ``fft2c``/``ifft2c``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..arrays import as_tensor
 from ..errors import AmbientMRIError
 from .base import LinearOperator
 from .fft import fft2c, fftn, ifft2c
@@ -26,18 +26,9 @@ from .fft import fft2c, fftn, ifft2c
 _DIMS = (-2, -1)
 
 
-def _tensor(a, name: str) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        return a
-    try:  # a copy: a tensor sharing a numpy array's memory misses later numpy writes in its cached derived copies
-        return torch.as_tensor(np.array(a))
-    except Exception as e:  # noqa: BLE001 - re-raised with the argument's name
-        raise AmbientMRIError(f"{name}: cannot be turned into a tensor ({e})") from None
-
-
 def mask_4d(mask, name: str = "mask") -> torch.Tensor:
     """Mask (W,), (H,W), (B,H,W) or (B,1,H,W) -> a real (B|1, 1, H|1, W) tensor."""
-    m = _tensor(mask, name)
+    m = as_tensor(mask, name)
     if m.is_complex():
         raise AmbientMRIError(f"{name}: must be real (1 = acquired), got {m.dtype}")
     if m.ndim == 1:
@@ -82,15 +73,19 @@ class MultiCoilMRI(LinearOperator):
     Shapes: forward (B, H, W) -> (B, C, H, W); adjoint (B, C, H, W) -> (B, H, W). An image or k-space batch of 1
     is broadcast against maps of batch B, and maps of batch 1 against any batch.
 
-    ``maps`` and ``mask`` are buffers (``.to(device)`` moves them). The checkerboard-folded copies used by forward
-    and adjoint (``_maps_c``, ``_maps_c_conj``, ``_mask_c``) are buffers too; they are recomputed when ``maps``
-    or ``mask`` is replaced or changed in place, and computed per call, with autograd, when ``maps`` or ``mask``
-    requires grad.
+    ``maps`` and ``mask`` are buffers (``.to(device)`` moves them); numpy inputs are copied, tensors kept. The
+    checkerboard-folded copies used by forward and adjoint (``_maps_c``, ``_maps_c_conj``, ``_mask_c``) are
+    buffers too; they are recomputed when ``maps`` or ``mask`` is replaced or changed in place by a torch operation
+    (seen by the tensor's version counter), and computed per call, with autograd, when ``maps`` or ``mask``
+    requires grad. Writes that bypass the version counter (through ``.data``, or a numpy array sharing the
+    tensor's memory) are not seen, as autograd does not see them: build a new operator after those.
+    The mask's values weight the samples: 0/1 for a sampling mask; other real values keep A linear and A^H its
+    adjoint (``reconstruct`` and ``further_mask`` take 0/1 only).
     """
 
     def __init__(self, maps, mask):
         super().__init__()
-        maps = _tensor(maps, "maps")
+        maps = as_tensor(maps, "maps")
         if maps.ndim == 3:
             maps = maps[None]
         if maps.ndim != 4 or not maps.is_complex() or 0 in maps.shape[1:]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..arrays import as_tensor
 from ..errors import AmbientMRIError
 from .base import LinearOperator
-from .mri import _tensor
 
 
 class PixelMask(LinearOperator):
@@ -14,7 +14,7 @@ class PixelMask(LinearOperator):
 
     def __init__(self, mask):
         super().__init__()
-        m = _tensor(mask, "mask")
+        m = as_tensor(mask, "mask")
         if m.is_complex():
             raise AmbientMRIError(f"mask: must be real (1 = kept), got {m.dtype}")
         if not m.is_floating_point():

@@ -107,12 +107,15 @@ def check_options(options: dict) -> None:
         raise AmbientMRIError(f"sigma_min ({lo!r}) must not be above sigma_max ({hi!r})")
 
 
+MAX_STEPS = 100_000  # 200x A-DPS's 500; the σ grid of 10**12 steps alone would be 8 TB
+
+
 def check_run(m: Method, steps, num_samples, batch_size=None, seed=0) -> None:
     """The counts and the seed of one reconstruction; a deterministic method refuses steps and samples it would
     ignore."""
     for name, v in (("steps", steps), ("num_samples", num_samples), ("batch_size", batch_size)):
         if v is not None:
-            check_count(name, v)
+            check_count(name, v, high=MAX_STEPS if name == "steps" else None)
     check_seed(seed)
     if not m.stochastic and (steps is not None or (num_samples or 1) > 1):
         raise AmbientMRIError(f"method {m.name!r} is deterministic: it takes no steps and no num_samples > 1 "

@@ -1,0 +1,43 @@
+"""Arrays as users hand them in (numpy, torch, lists; big-endian from h5py; views with negative strides), turned
+into numpy arrays or tensors the rest of the package can use, or refused with the argument's name."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import AmbientMRIError
+
+
+def as_array(a, name: str) -> np.ndarray:
+    """A numeric numpy array in native byte order (a view where possible). Tensors are detached and brought to
+    the CPU (complex32 as complex64: numpy has none); meta tensors (no data) and object / string arrays are
+    refused naming ``name``."""
+    if isinstance(a, torch.Tensor):
+        if a.is_meta:
+            raise AmbientMRIError(f"{name}: a tensor on the 'meta' device holds no data")
+        a = a.detach().cpu()
+        a = (a.to(torch.complex64) if a.dtype == torch.complex32 else a).numpy()
+    try:
+        a = np.asarray(a)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise AmbientMRIError(f"{name}: cannot be read as a numeric array ({e})") from None
+    if a.dtype.kind not in "biufc":
+        raise AmbientMRIError(f"{name}: expected numbers, got an array of dtype {a.dtype}")
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def as_tensor(a, name: str) -> torch.Tensor:
+    """A tensor: tensors pass through (meta refused), anything else via ``as_array``, copied so that later writes
+    into the caller's array cannot reach it."""
+    if isinstance(a, torch.Tensor):
+        if a.is_meta:
+            raise AmbientMRIError(f"{name}: a tensor on the 'meta' device holds no data")
+        return a
+    return torch.from_numpy(np.array(as_array(a, name)))
+
+
+def check_binary(m: np.ndarray, name: str) -> None:
+    """Refuse a mask holding anything but 0 and 1 (a 0.5 or 2 would scale what it multiplies, NaN poisons it)."""
+    if not np.isin(m, (0, 1)).all():
+        raise AmbientMRIError(f"{name} must contain only 0 (not acquired) and 1 (acquired)")
