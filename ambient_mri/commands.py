@@ -24,15 +24,11 @@ from .files import (
     removed_if_left_empty,
     run_lock,
     save_figure,
+    source_fingerprint,
     write_json,
     write_text,
 )
 from .sampling.policy import MRI_METHODS as METHODS
-
-
-def _fingerprint(path: Path) -> dict:
-    st = path.stat()
-    return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _model_digest(path: str | None) -> str | None:
@@ -61,7 +57,7 @@ def recon_settings(args, source: Path, model_digest: str | None, spelled_out: bo
         values["center_fraction"] = values["center_fraction"] or DEFAULT_CENTER_FRACTION
     if spelled_out and m is not None and m.stochastic and values["steps"] is None:
         values["steps"] = m.mri_steps
-    return json.dumps({**values, "model": model_digest, "source": _fingerprint(source)}, sort_keys=True)
+    return json.dumps({**values, "model": model_digest, "source": source_fingerprint(source)}, sort_keys=True)
 
 
 def finished(out: Path, accepted: set[str]) -> bool:

@@ -20,9 +20,9 @@ the phase-encode grid, so it reads the full k-space (retrospective simulation of
 mask on the cropped grid. It is refused for files that carry their own mask.
 
 Every file is written atomically (temporary file + os.replace). Files already prepared with the same settings
-from the same input (its size and mtime) are skipped, with their reference where one is due, so a killed run
-resumes; anything else of ours (a replaced input, a damaged or missing reference) is prepared again, and a file
-prepared with other settings is refused rather than overwritten.
+from the same input (its name, size, mtime and sampled digest, ``files.source_fingerprint``) are skipped, with
+their reference where one is due, so a killed run resumes; anything else of ours (a replaced input, a damaged or
+missing reference) is prepared again, and a file prepared with other settings is refused rather than overwritten.
 Unusable input files are recorded with the reason and the run continues; the summary lists them.
 """
 
@@ -54,6 +54,7 @@ from ambient_mri.files import (
     remove_temps,
     removed_if_left_empty,
     run_lock,
+    source_fingerprint,
 )
 from ambient_mri.masks import COLUMN_KINDS, achieved_acceleration, acs_width, kspace_mask, num_low_frequencies
 from ambient_mri.metrics import center_crop
@@ -235,7 +236,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
     out_dir = output / opts.split
     ref_dir = output / f"{opts.split}_reference"
     out_path, ref_path = out_dir / name, ref_dir / name
-    settings, fingerprint = opts.settings(), _fingerprint(source)
+    settings, fingerprint = opts.settings(), json.dumps(source_fingerprint(source), sort_keys=True)
     if opts.split != "train" and ref_path.exists():
         _stored_settings(ref_path, REFERENCE_FORMAT)  # someone's file where the reference goes: refused
     if out_path.exists():
@@ -243,7 +244,7 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         if stored is not None and stored != settings:
             return FileResult(str(source), "refused", f"{out_path} was prepared with other settings ({stored}); "
                               "use another --output", str(out_path))
-        # done only if made from this very input (size, mtime) and, where one is due, with a whole reference
+        # done only if made from this very input (source_fingerprint) and, where one is due, with a whole reference
         if stored == settings and _made_from(out_path, fingerprint, prepared=True) and (
                 opts.split == "train" or not _wants_reference(source) or _made_from(ref_path, fingerprint)):
             return FileResult(str(source), "skipped", "already prepared", str(out_path), None, 0,
@@ -352,12 +353,6 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         # existing prepared file always has its reference.
     return FileResult(str(source), "prepared", "", str(out_path), str(ref_path) if want_ref else None, S,
                       time.time() - tic)
-
-
-def _fingerprint(source: Path) -> str:
-    """The input's identity for resuming: a file replaced under the same name is prepared again."""
-    st = source.stat()
-    return json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns}, sort_keys=True)
 
 
 def _made_from(path: Path, fingerprint: str, prepared: bool = False) -> bool:

@@ -7,7 +7,8 @@ Output (one file per scan, ``DIR/<input stem>.h5``, written atomically), as fast
   oversampling (H = the encoded readout matrix, 2 x the recon rows on Siemens/fastMRI data). The centre of
   k-space is at (H//2, W//2).
 * ``ismrmrd_header``: the ISMRMRD XML (for ISMRMRD input the file's own header, completed where it lacks the
-  phase-encode encoding limits; for twix one built from the protocol), so ``read_fastmri`` finds the encoded and
+  phase-encode encoding limits, without its ``subjectInformation`` and ``studyInformation``, the dates, UIDs and
+  IDs of its ``measurementInformation`` and the site and device names of ``acquisitionSystemInformation``; for twix one built from the protocol), so ``read_fastmri`` finds the encoded and
   recon matrix sizes and fastMRI's k-space padding (``padding_left = W//2 - center``).
 * ``reconstruction_rss`` float32 (S, h, w) for fully sampled scans: RSS over coils of ``ifft2c(kspace)``,
   centre-cropped to the recon matrix (h, w), as fastMRI (``data_tools.simulate.rss_target``). Attributes ``max``,
@@ -17,7 +18,8 @@ Output (one file per scan, ``DIR/<input stem>.h5``, written atomically), as fast
   (W,) bool with attributes ``acceleration`` (the header's nominal factor if > 1, else the achieved one: acquired
   extent / acquired lines, 2 decimals) and
   ``num_low_frequency`` (the run of acquired lines through column W//2), and no target, as fastMRI test files.
-* ``convert_settings``: JSON of the conversion settings and the source file's name, size and mtime; a rerun
+* ``convert_settings``: JSON of the conversion settings and the source file's name, size, mtime and a digest of
+  1 MiB sampled over it (``files.source_fingerprint``); a rerun
   skips an output whose settings match and redoes it otherwise.
 
 Reordering applied (no flips, no FFT along any axis; the image orientation is the scanner's):
@@ -70,6 +72,7 @@ from ambient_mri.files import (
     refuse_unless_truncated_h5,
     remove_temps,
     run_lock,
+    source_fingerprint,
     unusable_reason,
     write_h5,
 )
@@ -336,6 +339,12 @@ def _read_ismrmrd(path: Path) -> _Scan:
             enc.encodingLimits = X.encodingLimitsType()
         if enc.encodingLimits.kspace_encoding_step_1 is None:
             enc.encodingLimits.kspace_encoding_step_1 = X.limitType(minimum=lo, maximum=hi, center=cen)
+        # who was scanned, when and where stays behind: the converted file is meant to be shared as fastMRI's are
+        hdr.subjectInformation = hdr.studyInformation = None
+        for part, names in PERSONAL_FIELDS.items():
+            if getattr(hdr, part) is not None:
+                for name in names:
+                    setattr(getattr(hdr, part), name, None)
         return X.ToXML(hdr).encode()
 
     return _Scan(
@@ -348,6 +357,14 @@ def _read_ismrmrd(path: Path) -> _Scan:
         image_dwell=_positive(h["sample_time_us"].max()), header=header, acceleration=accel,
         protocol=(mi.protocolName if mi is not None and mi.protocolName else "") or "",
         patient=(si.patientID if si is not None and si.patientID else "") or "", notes=notes)
+
+
+# fields that date a scan or name the site, the scanner and the series (DICOM UIDs): not copied
+PERSONAL_FIELDS = {
+    "measurementInformation": ("measurementID", "seriesDate", "seriesTime", "frameOfReferenceUID",
+                               "seriesInstanceUIDRoot", "referencedImageSequence", "measurementDependency"),
+    "acquisitionSystemInformation": ("institutionName", "stationName", "deviceID", "deviceSerialNumber"),
+}
 
 
 def _ismrmrd_samples(path: Path, flat: np.ndarray, channels: int, samples: int) -> np.ndarray:
@@ -395,6 +412,32 @@ def _check_twix_layout(path: Path) -> None:
             raise DataFileError(path, "neither ISMRMRD (HDF5) nor a Siemens twix file")
 
 
+class _EmptyBlock(Exception):  # not a ValueError: twixtools' read loop catches those and carries on
+    pass
+
+
+@contextlib.contextmanager
+def _no_empty_blocks():
+    """twixtools steps through the data blocks by their length: a block of length 0 (zero-filled data) kept it on
+    one spot forever, its list of blocks growing by ~40 MB/s. Such a block is raised as _EmptyBlock instead."""
+    import twixtools.mdb
+
+    base = twixtools.mdb.Mdb
+
+    class Guarded(base):
+        def __init__(self, fid, *args, **kwargs):
+            start = fid.tell()
+            super().__init__(fid, *args, **kwargs)
+            if self.dma_len <= 0:
+                raise _EmptyBlock(start)
+
+    twixtools.mdb.Mdb = Guarded
+    try:
+        yield
+    finally:
+        twixtools.mdb.Mdb = base
+
+
 def _read_twix_file(path: Path) -> list[dict]:
     import twixtools
 
@@ -402,12 +445,15 @@ def _read_twix_file(path: Path) -> list[dict]:
         raise DataFileError(path, "twix files need a file extension (twixtools adds '.dat' to names without one)")
     _check_twix_layout(path)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _no_empty_blocks():
             warnings.simplefilter("ignore")
             meas = twixtools.read_twix(str(path), parse_pmu=False, parse_geometry=False, verbose=False,
                                        keep_acqend=True, keep_syncdata=False)
     except DataFileError:
         raise
+    except _EmptyBlock as e:
+        raise DataFileError(path, f"corrupt: the measurement data block at byte {e.args[0]} has length 0 (zeroed "
+                            "data?)") from None
     except Exception as err:  # noqa: BLE001 - twixtools raises anything (KeyError, ValueError...) on bad files
         raise DataFileError(path, f"cannot be read as a Siemens twix file ({type(err).__name__}: {err})") from None
     if not meas or any("MeasYaps" not in m.get("hdr", {}) for m in meas):
@@ -589,6 +635,8 @@ def _check_counters(path: Path, scan: _Scan) -> None:
     chans = np.unique(scan.channels)
     if len(chans) != 1:
         raise DataFileError(path, f"readouts have different channel counts ({chans.tolist()})")
+    if chans[0] < 1:
+        raise DataFileError(path, "its readouts hold no coil data (0 active channels)")
 
 
 def _assemble(path: Path, scan: _Scan, prewhiten: bool) -> _Assembled:
@@ -697,9 +745,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def settings_json(source: Path, prewhiten: bool) -> str:
-    st = source.stat()
-    return json.dumps({"format": FORMAT, "prewhiten": bool(prewhiten),
-                       "source": {"name": source.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}},
+    return json.dumps({"format": FORMAT, "prewhiten": bool(prewhiten), "source": source_fingerprint(source)},
                       sort_keys=True)
 
 

@@ -58,8 +58,13 @@ def header_xml(Hh, Ww, recon, center, maximum, slices, trajectory="cartesian", z
     hdr = X.ismrmrdHeader(
         experimentalConditions=X.experimentalConditionsType(H1resonanceFrequency_Hz=123000000),
         measurementInformation=X.measurementInformationType(patientPosition=X.patientPositionType("HFS"),
-                                                            protocolName="AXT2_test"),
-        subjectInformation=X.subjectInformationType(patientID="PATIENT-42"),
+                                                            protocolName="AXT2_test", seriesDate="2024-05-06",
+                                                            measurementID="45239_12345678_1"),
+        subjectInformation=X.subjectInformationType(patientID="PATIENT-42", patientName="Doe^Jane"),
+        studyInformation=X.studyInformationType(studyDate="2024-05-06", accessionNumber="ACC-9"),
+        acquisitionSystemInformation=X.acquisitionSystemInformationType(systemVendor="SIEMENS",
+                                                                        institutionName="St Example",
+                                                                        deviceSerialNumber="45239"),
         encoding=[enc])
     return X.ToXML(hdr)
 
@@ -140,6 +145,11 @@ def test_fully_sampled_ismrmrd_round_trips(tmp_path):
     assert vol.attrs["norm"] == pytest.approx(float(np.linalg.norm(target)), rel=1e-6)
     assert vol.attrs["acquisition"] == "AXT2_test"
     assert vol.attrs["patient_id"] == hashlib.sha256(b"PATIENT-42").hexdigest()  # a hash, never the raw ID
+    with h5py.File(res.output, "r") as f:  # who, when and where stay behind; what was measured is kept
+        xml = bytes(f["ismrmrd_header"][()]).decode()
+    for secret in ("PATIENT-42", "Doe^Jane", "2024-05-06", "ACC-9", "St Example", "45239"):
+        assert secret not in xml
+    assert "AXT2_test" in xml and "SIEMENS" in xml and "HFS" in xml
     # a rerun with the same settings skips; other settings redo it
     assert convert_ismrmrd(src, res.output).status == "skipped"
     assert convert_ismrmrd(src, res.output, prewhiten=False).status == "converted"
@@ -453,3 +463,38 @@ def test_sense_warns_when_the_coils_cannot_unalias_the_real_two_coil_scan(tmp_pa
         warnings.simplefilter("error")
         out = ambient_mri.reconstruct(sim.kspace * m8, m8, method="sense", lam=1e-2, iters=5, progress=False)
     assert out.extra["samples_per_unknown"] > 2
+
+
+def test_another_scan_of_the_same_name_size_and_mtime_is_converted_again(tmp_path):
+    """The resume check read name, size and mtime only: tar, cp -p and rsync keep mtimes, so a different scan of
+    the same size converted into the same folder was skipped as done and the output kept the first scan."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    write_ismrmrd(a / "scan.h5", known_kspace(S=1, seed=1))
+    write_ismrmrd(b / "scan.h5", known_kspace(S=1, seed=2))
+    assert (a / "scan.h5").stat().st_size == (b / "scan.h5").stat().st_size
+    os.utime(a / "scan.h5", ns=(10**18, 10**18)), os.utime(b / "scan.h5", ns=(10**18, 10**18))
+    out = tmp_path / "out"
+    assert len(convert(a, out).converted) == 1
+    assert len(convert(a, out).skipped) == 1          # the same scan again: kept
+    assert len(convert(b, out).converted) == 1        # the other scan: converted again
+    np.testing.assert_array_equal(read_fastmri(out / "scan.h5").kspace, read_fastmri(convert(b, tmp_path / "o2")
+                                  .converted[0].output).kspace)
+
+
+def test_a_scan_without_coils_and_a_twix_file_of_zeros_are_listed_as_bad(tmp_path):
+    """Readouts with 0 active channels were converted into a file the package's own reader refuses; a twix file
+    whose data blocks are zero kept twixtools on one spot forever, its memory growing ~40 MB/s (an audit)."""
+    import struct
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_ismrmrd(raw / "nocoil.h5", np.zeros((1, 0, 16, 16), np.complex64))
+    (raw / "zeros.dat").write_bytes((struct.pack("<II", 20000, 1) + b"Config").ljust(20000, b"\0") + bytes(100_000))
+    shutil.copy(GRE, raw / "gre.dat")
+    summary = convert(raw, tmp_path / "out")
+    reasons = {Path(r.source).name: r.reason for r in summary.bad}
+    assert "0 active channels" in reasons["nocoil.h5"]
+    assert "block at byte 20000 has length 0" in reasons["zeros.dat"]
+    assert [Path(r.source).name for r in summary.converted] == ["gre.dat"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gre.h5"]
