@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -60,3 +62,16 @@ def ensure_memory(nbytes: float, what: str, lower: str, device: torch.device | s
     if free is not None and nbytes > free:
         raise AmbientMRIError(f"{what} needs about {nbytes / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB is "
                               f"free on {device}: lower {lower}")
+
+
+@contextmanager
+def out_of_memory_as_error(device: torch.device | str, lower: str) -> Iterator[None]:
+    """torch's own out-of-memory errors (the up-front estimate missed a network's working memory) -> one line
+    that says which settings to ``lower``."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
+            raise
+        raise AmbientMRIError(f"out of memory on {device} ({(str(e).splitlines() or [type(e).__name__])[0][:160]}): "
+                              f"lower {lower}") from None

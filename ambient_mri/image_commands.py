@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .corruption import is_complex
-from .devices import ensure_memory
+from .devices import ensure_memory, out_of_memory_as_error
 from .errors import AmbientMRIError, DataFileError
 from .files import (
     atomic_path,
@@ -136,9 +136,10 @@ def run_sample(args) -> int:
     with removed_if_left_empty(out), run_lock(out, f"sample {args.model} -> {out}"):
         stale = sample_folder(out)
         tic = time.time()
-        x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                          sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
-                          progress=not args.no_progress)
+        with out_of_memory_as_error(args.device or "the default device", "--batch-size"):
+            x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                              sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
+                              progress=not args.no_progress)
         r = model.record
         meta = {"model": str(args.model), "num": args.num, "steps": args.steps, "seed": args.seed,
                 "batch_size": args.batch_size, "sampler": "euler" if args.euler else "heun",

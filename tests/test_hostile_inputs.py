@@ -153,6 +153,23 @@ def test_reconstruct_resume_keeps_finished_outputs(recon_dirs, capsys):
     assert (out / "vol0.h5").stat().st_mtime_ns == stamp
 
 
+def test_reconstruct_resume_redoes_an_output_of_another_scan_with_the_same_name_size_and_mtime(raw, tmp_path,
+                                                                                                   capsys):
+    """The settings held the input's name, size and mtime only: a different scan of one size copied with its mtime
+    (tar, cp -p, rsync) into the input folder kept the first scan's reconstruction."""
+    out = tmp_path / "rec"
+    assert run(["reconstruct", "--input", str(raw / "vol0.h5"), "--output", str(out), *ZF], capsys)[0] == 0
+    first = h5py.File(out / "vol0.h5", "r")["reconstruction"][()]
+    other = tmp_path / "other"
+    make_fastmri_volume(other / "vol0.h5", blobs(2, 32, seed=7), num_coils=4, noise_std=1e-3, seed=7)
+    assert (other / "vol0.h5").stat().st_size == (raw / "vol0.h5").stat().st_size
+    stat = (raw / "vol0.h5").stat()
+    os.utime(other / "vol0.h5", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, stdout, _ = run(["reconstruct", "--input", str(other / "vol0.h5"), "--output", str(out), *ZF], capsys)
+    assert code == 0 and "1 volume(s) reconstructed" in stdout
+    assert not np.allclose(h5py.File(out / "vol0.h5", "r")["reconstruction"][()], first)
+
+
 def test_reconstruct_never_overwrites_a_foreign_file_in_the_output(raw, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -887,6 +904,28 @@ def test_sample_refusals_inside_the_run_leave_no_folder_and_huge_counts_are_refu
     code, _, err = run([*base, "--num", str(10**13), "--output", str(tmp_path / "o")], capsys)
     assert code == 2 and "samples of 1x8x8 needs about" in err and "lower --num" in err
     assert not (tmp_path / "o").exists()
+    # steps whose σ grid alone would not fit, and torch running out of memory inside the network: one line each
+    code, _, err = run([*base[:3], "--no-progress", "--steps", str(10**10), "--num", "1", "--output",
+                        str(tmp_path / "o")], capsys)
+    assert code == 2 and "steps must be an integer in [1, 100000]" in err and not (tmp_path / "o").exists()
+
+
+def test_sample_out_of_memory_inside_the_network_is_one_line(tmp_path, capsys, monkeypatch):
+    """The up-front memory check counts the samples, not the network's working memory: torch's allocator error
+    came out as a traceback (an audit, under ulimit -v)."""
+    import ambient_mri.image_recon as image_recon
+
+    _pixel_model(tmp_path / "pix.pt")
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 80000000000 bytes.")
+
+    monkeypatch.setattr(image_recon, "sample_images", exhausted)
+    code, _, err = run(["sample", "--model", str(tmp_path / "pix.pt"), "--num", "1", "--no-progress", "--output",
+                        str(tmp_path / "o")], capsys)
+    assert code == 2 and "out of memory on the default device" in err and "lower --batch-size" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
 def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
@@ -1303,6 +1342,34 @@ def test_a_finished_run_resumed_with_fewer_steps_or_without_its_model(tmp_path):
     train(r, progress=False)
     assert am.load_model(run_dir / "model.pt").record.operator == "pixel"
     assert len((run_dir / "model.pt").read_bytes()) == len(model)
+    # a damaged model.pt (cut short) was kept by the resume of a finished run: now written again
+    (run_dir / "model.pt").write_bytes(model[: len(model) // 2])
+    train(r, progress=False)
+    assert am.load_model(run_dir / "model.pt").record.operator == "pixel"
+
+
+def test_a_new_run_never_writes_over_a_users_files_in_its_folder(tmp_path):
+    """A run folder without checkpoint.pt was taken as new: a user's recipe.yaml, log.jsonl and preview PNG in it
+    were replaced (an audit). A first run killed before its first checkpoint still starts again there."""
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs")
+    mine = Path(r["output"]) / r["name"]
+    mine.mkdir(parents=True)
+    for name, text in (("recipe.yaml", "lr: 0.1\n"), ("log.jsonl", '{"step": 1}\n'), ("preview_0000002.png", "x")):
+        (mine / name).write_text(text)
+    before = checksums(mine)
+    with pytest.raises(am.AmbientMRIError, match="holds recipe.yaml, log.jsonl, preview_0000002.png, which no "
+                                                 "training run wrote"):
+        train(r, progress=False)
+    assert checksums(mine) == before
+    # what a killed first run leaves (its own recipe.yaml and train.log, no checkpoint) is no obstacle
+    shutil.rmtree(mine)
+    run_dir = train(r, progress=False)
+    for name in ("checkpoint.pt", "model.pt", "log.jsonl"):
+        (run_dir / name).unlink()
+    for png in run_dir.glob("preview_*.png"):
+        png.unlink()
+    assert train(r, progress=False) == run_dir and am.load_model(run_dir / "model.pt").record.operator == "pixel"
 
 
 def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ..corruption import is_complex
-from ..devices import ensure_memory, resolve_device
+from ..devices import ensure_memory, out_of_memory_as_error, resolve_device
 from ..errors import AmbientMRIError, DataFileError
 from ..files import ensure_space, make_folder, refuse_overwrite, remove_temps, run_lock, write_text
 from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_model
@@ -306,17 +306,7 @@ def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, 
     log.info("step %d: checkpoint and model written", step)
 
 
-@contextmanager
-def _out_of_memory_as_error(device: torch.device) -> Iterator[None]:
-    """torch's own out-of-memory errors -> one line that says which settings to lower."""
-    try:
-        yield
-    except (RuntimeError, MemoryError) as e:
-        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "can't allocate memory" not in str(e):
-            raise
-        raise AmbientMRIError(f"out of memory on {device} ({(str(e).splitlines() or [type(e).__name__])[0][:160]}): "
-                              "lower training.batch_size, network.model_channels / channel_mult or data.image_size"
-                              ) from None
+TRAINING_MEMORY = "training.batch_size, network.model_channels / channel_mult or data.image_size"
 
 
 # what gloo and NCCL say when the process at the other end of a collective is gone
@@ -361,10 +351,30 @@ def _worker_errors_as_ours() -> Iterator[None]:
         raise AmbientMRIError("\n".join([head, *lines[i + 1:]])) from None
 
 
+def _written_by_a_run(path: Path) -> bool:
+    """recipe.yaml as ``run_folder`` writes it: the whole resolved recipe, every section with every field."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    full = Recipe().to_dict()
+    return isinstance(values, dict) and set(values) == set(full) and all(
+        isinstance(values[k], dict) and set(values[k]) == set(v) for k, v in full.items() if isinstance(v, dict))
+
+
+def _whole_model(path: Path) -> bool:
+    try:
+        safe_load(path)
+    except DataFileError:
+        return False
+    return True
+
+
 def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
     """The run folder must not be, hold or lie inside the training data (its checkpoints and preview PNGs would
-    become training examples of the next run, or a failed first run would remove the data), and its recipe.yaml
-    must not be the user's recipe file."""
+    become training examples of the next run, or a failed first run would remove the data), its recipe.yaml
+    must not be the user's recipe file, and a new run starts only where the files it writes are absent or left by
+    an earlier run of ours (a killed first run: its recipe.yaml, as ``run_folder`` writes it)."""
     real = Path(os.path.realpath(run_dir))
     if r.data.path and r.data.kind in ("prepared", "images"):
         data = Path(os.path.realpath(r.data.path))
@@ -373,6 +383,13 @@ def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
                                   "and previews would join the data (choose another output or name)")
     if isinstance(recipe, (str, os.PathLike)) and not (run_dir / CHECKPOINT).is_file():
         refuse_overwrite([recipe], [run_dir / "recipe.yaml"], "output or name")
+    if run_dir.is_dir() and not (run_dir / CHECKPOINT).is_file():
+        present = [n for n in ("recipe.yaml", "log.jsonl", "train.log") if (run_dir / n).exists()]
+        present += sorted(p.name for p in run_dir.glob("preview_*.png"))
+        if present and not _written_by_a_run(run_dir / "recipe.yaml"):
+            raise AmbientMRIError(f"run folder {run_dir} holds {', '.join(present)}, which no training run wrote "
+                                  f"(there is no {CHECKPOINT}, and no recipe.yaml as a run writes it): a new run "
+                                  "would write over them; choose another name or output (or move them)")
     if (run_dir / MODEL).is_file() and not (run_dir / CHECKPOINT).is_file():
         # a finished run whose checkpoint was deleted to save space: a fresh start would write over its model
         raise AmbientMRIError(f"run folder {run_dir} holds a trained {MODEL} but no {CHECKPOINT} to resume from: a "
@@ -402,7 +419,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     check_run_dir(run_dir, r, recipe, resume)
     if dataset is None and r.data.kind == "prepared":
         check_prepared_recipe(r)
-    with _out_of_memory_as_error(torch.device("cpu")):
+    with out_of_memory_as_error(torch.device("cpu"), TRAINING_MEMORY):
         data, data_info = dataset if dataset is not None else build_training_data(r)  # before any folder is made
     if len(data) <= r.data.holdout:
         raise AmbientMRIError(f"only {len(data)} training examples; need more than data.holdout={r.data.holdout}")
@@ -417,7 +434,7 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
     with run_folder(run_dir, r, rank):
         if world > 1:
             dist.barrier()
-        with _out_of_memory_as_error(device), _worker_errors_as_ours(), _peer_failure_as_error(world):
+        with out_of_memory_as_error(device, TRAINING_MEMORY), _worker_errors_as_ours(), _peer_failure_as_error(world):
             _loop(r, data, data_info, run_dir, device, rank, world, progress)
     if world > 1:
         dist.barrier()
@@ -515,7 +532,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
         check_ranks_agree(start, data_info, device)
     if rank == 0:
         trim_log(run_dir / "log.jsonl", start)
-        if start >= t.steps and not (run_dir / MODEL).is_file():  # a finished run whose model.pt was removed
+        if start >= t.steps and not _whole_model(run_dir / MODEL):  # a finished run's model.pt removed or damaged
+            log.info("%s missing or damaged: written again from %s", run_dir / MODEL, CHECKPOINT)
             save_model(ema, run_dir / MODEL)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
