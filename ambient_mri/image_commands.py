@@ -4,6 +4,7 @@ main parser, ``ambient_mri.cli``, by ``add_image_commands(subparsers)``)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import asdict
@@ -130,6 +131,12 @@ def run_sample(args) -> int:
                       f"{args.num} samples of {'x'.join(map(str, shape))}",
                       "--num (or run several sample commands into separate folders)")
     out = Path(args.output)
+    train = model.record.data.get("path")
+    if isinstance(train, str) and Path(train).is_dir():
+        real, data = Path(os.path.realpath(out)), Path(os.path.realpath(train))
+        if real == data or data in real.parents:  # the next run there would train on the model's own samples
+            raise AmbientMRIError(f"--output {out} is inside the model's training folder {train}: the samples "
+                                  "would join its training images; choose another --output")
     sample_folder(out)  # someone's images refused before the folder or its lock is made
     # held from the check to the last image: a second run into this folder would remove this run's temporaries
     # and images as an earlier run's; a run refused inside (an MRI model, a bad --sigma-min) leaves no folder

@@ -8,8 +8,9 @@ Output (one file per scan, ``DIR/<input stem>.h5``, written atomically), as fast
   k-space is at (H//2, W//2).
 * ``ismrmrd_header``: the ISMRMRD XML (for ISMRMRD input the file's own header, completed where it lacks the
   phase-encode encoding limits, without its ``subjectInformation`` and ``studyInformation``, the dates, UIDs and
-  IDs of its ``measurementInformation`` and the site and device names of ``acquisitionSystemInformation``; for twix one built from the protocol), so ``read_fastmri`` finds the encoded and
-  recon matrix sizes and fastMRI's k-space padding (``padding_left = W//2 - center``).
+  IDs of its ``measurementInformation`` and the site and device names of ``acquisitionSystemInformation``; for
+  twix one built from the protocol), so ``read_fastmri`` finds the encoded and recon matrix sizes and fastMRI's
+  k-space padding (``padding_left = W//2 - center``).
 * ``reconstruction_rss`` float32 (S, h, w) for fully sampled scans: RSS over coils of ``ifft2c(kspace)``,
   centre-cropped to the recon matrix (h, w), as fastMRI (``data_tools.simulate.rss_target``). Attributes ``max``,
   ``norm`` (of that target), ``acquisition`` (the protocol name), ``patient_id`` (SHA-256 of the header's

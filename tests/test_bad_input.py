@@ -337,3 +337,16 @@ def test_seeds_are_non_negative_and_noisy_known_pixels_are_taken():
     _check_scale(torch.full((1, 1, 4, 4), 1.3), 0.0, "image")  # a noisy pixel past 1 is fine
     with pytest.raises(am.AmbientMRIError, match="values reach 255"):
         _check_scale(torch.full((1, 1, 4, 4), 255.0), 0.0, "image")
+
+
+def test_train_api_arguments_of_the_wrong_type_are_named(tmp_path):
+    """am.train({1: 2}), am.train(None) and resume=123 raised TypeErrors from inside the recipe code and pathlib."""
+    from ambient_mri.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="recipe key 1 in the recipe is not a name"):
+        am.train({1: 2})
+    with pytest.raises(RecipeError, match="recipe: a YAML file path, a dict or a Recipe, got NoneType"):
+        am.train(None)
+    with pytest.raises(am.AmbientMRIError, match="resume: a run folder path, got int"):
+        am.train({"name": "x", "output": str(tmp_path)}, resume=123)
+    assert not any(tmp_path.iterdir())

@@ -1348,6 +1348,17 @@ def test_a_finished_run_resumed_with_fewer_steps_or_without_its_model(tmp_path):
     assert am.load_model(run_dir / "model.pt").record.operator == "pixel"
 
 
+def test_sample_into_the_models_training_folder_is_refused(tmp_path, capsys):
+    """sample --output inside the training folder of an image model put sample_*.png and grid.png among its
+    training images: the next run there would train on them (an audit)."""
+    _pngs(tmp_path / "imgs")
+    run_dir = train(_image_recipe(tmp_path, tmp_path / "imgs"), progress=False)
+    before = checksums(tmp_path / "imgs")
+    code, _, err = run(["sample", "--model", str(run_dir / "model.pt"), "--num", "1", "--steps", "2",
+                        "--no-progress", "--output", str(tmp_path / "imgs" / "gen")], capsys)
+    assert code == 2 and "inside the model's training folder" in err and checksums(tmp_path / "imgs") == before
+
+
 def test_a_new_run_never_writes_over_a_users_files_in_its_folder(tmp_path):
     """A run folder without checkpoint.pt was taken as new: a user's recipe.yaml, log.jsonl and preview PNG in it
     were replaced (an audit). A first run killed before its first checkpoint still starts again there."""

@@ -266,6 +266,10 @@ def test_corrupt_file_mid_run_stops_with_file_and_slice(val_full, tmp_path):
     with pytest.raises(DataFileError, match=r"vol_b\.h5: slice 1: .*NaN"):
         ds[S + 1]
     ds[S]  # the other slices still read
+    with h5py.File(path, "r+") as hf:  # maps zeroed (an audit): A = 0, a loss of zero whatever the network does
+        hf["maps"][0] = np.zeros_like(hf["maps"][0])
+    with pytest.raises(DataFileError, match=r"vol_b\.h5: slice 0: maps are all zero"):
+        ds[S]
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])  # truncated while training
     with pytest.raises(DataFileError, match=r"vol_b\.h5: slice 0: cannot be read"):

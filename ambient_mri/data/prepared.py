@@ -187,6 +187,8 @@ class PreparedSlices(Dataset):
             problem = "kspace or maps contain NaN or Inf"
         elif not (np.isfinite(scale) and scale > 0):
             problem = f"scale is {scale} (expected > 0)"
+        elif not maps.any():  # A = 0: the loss would be zero whatever the network does
+            problem = "maps are all zero (no coil sees anything)"
         elif lines[:n].min(initial=0) < 0 or lines[:n].max(initial=0) >= W or (lines[n:] >= 0).any():
             problem = f"lines out of range for width {W}"
         elif not np.array_equal(np.flatnonzero(mask), np.sort(lines[:n])):

@@ -137,6 +137,8 @@ def _build(cls, values: dict[str, Any], where: str):
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     for key in values:
+        if not isinstance(key, str):
+            raise RecipeError(f"recipe key {key!r} in {where or 'the recipe'} is not a name; allowed: {sorted(known)}")
         if key not in known:
             raise RecipeError(f"unknown recipe key {(where + '.' if where else '') + key!r}; allowed: {sorted(known)}")
     kwargs = {}
@@ -343,6 +345,8 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
     """A Recipe from a YAML file, a dict or a Recipe, with ``key=value`` (or dotted ``section.key=value``)
     overrides. Relative ``data.path`` in a file is taken relative to that file."""
     base_dir = None
+    if not isinstance(recipe, (str, os.PathLike, dict, Recipe)):
+        raise RecipeError(f"recipe: a YAML file path, a dict or a Recipe, got {type(recipe).__name__}")
     if isinstance(recipe, Recipe):
         values = recipe.to_dict()
     elif isinstance(recipe, dict):

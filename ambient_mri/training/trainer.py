@@ -413,6 +413,8 @@ def train(recipe, overrides=None, resume: str | Path | None = None, progress: bo
                               "processes")
     # resolved once: "out/new/.." is out itself, never a new folder to remove on failure (nor a path through a
     # folder that does not exist yet)
+    if resume is not None and not isinstance(resume, (str, os.PathLike)):
+        raise AmbientMRIError(f"resume: a run folder path, got {type(resume).__name__}")
     run_dir = Path(os.path.realpath(Path(resume) if resume else Path(r.output) / r.name))
     if resume and not (run_dir / CHECKPOINT).is_file():
         raise AmbientMRIError(f"{run_dir}: no {CHECKPOINT} to resume from")
