@@ -17,7 +17,13 @@ def as_array(a, name: str) -> np.ndarray:
         if a.is_meta:
             raise AmbientMRIError(f"{name}: a tensor on the 'meta' device holds no data")
         a = a.detach().cpu()
-        a = (a.to(torch.complex64) if a.dtype == torch.complex32 else a).numpy()
+        if a.layout != torch.strided:  # sparse
+            a = a.to_dense()
+        if a.dtype == torch.complex32:  # numpy has none of these: the nearest it has
+            a = a.to(torch.complex64)
+        elif a.is_floating_point() and a.dtype not in (torch.float16, torch.float32, torch.float64):
+            a = a.to(torch.float32)  # bfloat16, float8
+        a = a.numpy()
     try:
         a = np.asarray(a)
     except (ValueError, TypeError) as e:  # ragged lists
@@ -39,5 +45,7 @@ def as_tensor(a, name: str) -> torch.Tensor:
 
 def check_binary(m: np.ndarray, name: str) -> None:
     """Refuse a mask holding anything but 0 and 1 (a 0.5 or 2 would scale what it multiplies, NaN poisons it)."""
-    if not np.isin(m, (0, 1)).all():
-        raise AmbientMRIError(f"{name} must contain only 0 (not acquired) and 1 (acquired)")
+    bad = ~np.isin(m, (0, 1))
+    if bad.any():
+        raise AmbientMRIError(f"{name} must contain only 0 (not acquired) and 1 (acquired); it holds "
+                              f"{np.asarray(m)[bad].flat[0].item()!r} ({int(bad.sum())} value(s) that are neither)")

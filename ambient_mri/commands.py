@@ -41,21 +41,21 @@ def _model_digest(path: str | None) -> str | None:
     return h.hexdigest()
 
 
-def recon_settings(args, source: Path, model_digest: str | None, spelled_out: bool = True) -> str:
+def recon_settings(args, source: Path, model_digest: str | None) -> str:
     """What makes a reconstruction file what it is; a resumed run redoes any output whose settings differ.
     Defaults are spelled out (a retrospective mask's kind and ACS fraction, a sampler's steps), so that naming a
-    default on the rerun does not redo every volume; ``spelled_out=False`` gives the earlier versions' string (the
-    arguments as given), by which their outputs are still recognised."""
+    default on the rerun does not redo every volume. The input is known by ``source_fingerprint``; outputs of
+    versions before it (name, size and mtime only) cannot be proven to come from this input and are redone once."""
     from .masks import DEFAULT_CENTER_FRACTION
     from .sampling.policy import METHODS as TABLE
 
     keys = ("method", "mask", "acceleration", "center_fraction", "steps", "num_samples", "seed", "batch_size", "coils")
     values = {k: getattr(args, k, None) for k in keys}
     m = TABLE.get(values["method"])
-    if spelled_out and values["acceleration"] is not None:
+    if values["acceleration"] is not None:
         values["mask"] = values["mask"] or "random"
         values["center_fraction"] = values["center_fraction"] or DEFAULT_CENTER_FRACTION
-    if spelled_out and m is not None and m.stochastic and values["steps"] is None:
+    if m is not None and m.stochastic and values["steps"] is None:
         values["steps"] = m.mri_steps
     return json.dumps({**values, "model": model_digest, "source": source_fingerprint(source)}, sort_keys=True)
 
@@ -135,11 +135,10 @@ def run_reconstruct(args) -> int:
             with tqdm(files, desc=f"reconstruct ({args.method})", unit="volume", disable=None) as bar:
                 for f in bar:
                     target = out / f.name
-                    settings = recon_settings(args, f, digest)
-                    earlier = recon_settings(args, f, digest, spelled_out=False)  # an earlier version's output
                     try:
+                        settings = recon_settings(args, f, digest)  # reads the input: one that fails is listed
                         check_not_foreign(target)  # before reconstruct_file's own check: in the CLI's words
-                        if target.exists() and not args.overwrite and finished(target, {settings, earlier}):
+                        if target.exists() and not args.overwrite and finished(target, {settings}):
                             kept += 1
                             continue
                         reconstruct_file(f, target, mask=args.mask, acceleration=args.acceleration,

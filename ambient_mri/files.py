@@ -321,13 +321,16 @@ def source_fingerprint(path: str | os.PathLike) -> dict:
     import hashlib
 
     path = Path(path)
-    st = path.stat()
     h = hashlib.sha256()
-    last = max(st.st_size - FINGERPRINT_BLOCK, 0)
-    with open(path, "rb") as f:
-        for offset in sorted({last * i // (FINGERPRINT_BLOCKS - 1) for i in range(FINGERPRINT_BLOCKS)}):
-            f.seek(offset)
-            h.update(f.read(FINGERPRINT_BLOCK))
+    try:
+        st = path.stat()
+        last = max(st.st_size - FINGERPRINT_BLOCK, 0)
+        with open(path, "rb") as f:
+            for offset in sorted({last * i // (FINGERPRINT_BLOCKS - 1) for i in range(FINGERPRINT_BLOCKS)}):
+                f.seek(offset)
+                h.update(f.read(FINGERPRINT_BLOCK))
+    except OSError as e:
+        raise DataFileError(path, f"cannot be read ({os_reason(e)})") from None
     return {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sample_sha256": h.hexdigest()}
 
 

@@ -143,7 +143,7 @@ def run_sample(args) -> int:
     with removed_if_left_empty(out), run_lock(out, f"sample {args.model} -> {out}"):
         stale = sample_folder(out)
         tic = time.time()
-        with out_of_memory_as_error(args.device or "the default device", "--batch-size"):
+        with out_of_memory_as_error(args.device or "the default device", "--batch-size (or --num)"):
             x = sample_images(model, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                               sigma_min=args.sigma_min, heun=not args.euler, device=args.device,
                               progress=not args.no_progress)

@@ -165,7 +165,8 @@ def _draw(kind: str, shape: Sequence[int], acceleration: float, center_fraction:
 
 def acquired_columns(mask) -> np.ndarray:
     """Boolean (W,) of columns with any acquired sample."""
-    m = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    m = as_array(mask, "mask")
+    check_binary(m, "mask")  # NaN != 0 would count as acquired
     m = m.reshape(-1, m.shape[-1])
     return (m != 0).any(axis=0)
 
@@ -255,7 +256,7 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     is_torch = isinstance(mask, torch.Tensor)
     m = as_array(mask, "further_mask: mask")
     check_binary(m, "further_mask: mask")  # Ã selects acquired samples: a 0.5 or 2 would come out again
-    m = m.astype(np.float32)
+    m = m.real.astype(np.float32)
     if m.ndim == 0 or m.size == 0:
         raise AmbientMRIError(f"further_mask needs a mask of shape (W,), (..., 1, W) or (..., H, W), got {m.shape}")
     if acs_lines is not None:

@@ -35,7 +35,7 @@ def check_inputs(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     if m.ndim == 0 or m.shape[-1] != W:
         raise AmbientMRIError(f"mask of shape {np.shape(mask)}: its width does not match the k-space width {W}")
     check_binary(m, "mask")  # before the cast: a complex 1+1j must not pass as 1
-    m = m.astype(np.float32)
+    m = m.real.astype(np.float32)
     if m.ndim == 4 and m.shape[1] == 1:  # the operators' (B, 1, H|1, W)
         m = m[:, 0]
     if m.ndim > 3:

@@ -429,7 +429,7 @@ def _no_empty_blocks():
         def __init__(self, fid, *args, **kwargs):
             start = fid.tell()
             super().__init__(fid, *args, **kwargs)
-            if self.dma_len <= 0:
+            if self.dma_len <= 0 and not self.is_flag_set("ACQEND"):  # twixtools stops at ACQEND whatever its length
                 raise _EmptyBlock(start)
 
     twixtools.mdb.Mdb = Guarded

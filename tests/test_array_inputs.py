@@ -123,3 +123,19 @@ def test_steps_beyond_any_sampler_are_refused_before_allocating():
 
     with pytest.raises(AmbientMRIError, match=r"steps must be an integer in \[1, 100000\]"):
         policy.check_run(policy.method("fast", "mri"), 10**12, 1)
+
+
+def test_tensors_numpy_has_no_type_for_are_read_and_bad_mask_values_are_shown():
+    """bfloat16 and sparse tensors raised TypeErrors from .numpy(); the 0/1 refusal did not say what it found."""
+    from ambient_mri.arrays import as_array
+
+    img = torch.rand(1, 8, 8)
+    np.testing.assert_array_equal(as_array(img.to(torch.bfloat16), "x"), img.to(torch.bfloat16).float().numpy())
+    np.testing.assert_array_equal(as_array(torch.eye(3).to_sparse(), "x"), np.eye(3, dtype=np.float32))
+    ref = am.metrics.evaluate_volume(img.numpy() + 1, img.numpy() + 1)
+    assert am.metrics.evaluate_volume((img + 1).to(torch.bfloat16), (img + 1).to(torch.bfloat16))["SSIM"] == ref["SSIM"]
+    m = am.masks.kspace_mask("equispaced", (64, 32), 2, 0.25, seed=0)
+    with pytest.raises(AmbientMRIError, match=r"it holds 255.0 \(16 value\(s\) that are neither\)"):
+        am.masks.further_mask(m * 255, extra_lines=2)
+    with pytest.raises(AmbientMRIError, match="it holds nan"):
+        am.masks.acquired_columns(np.full(4, np.nan))

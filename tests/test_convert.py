@@ -498,3 +498,20 @@ def test_a_scan_without_coils_and_a_twix_file_of_zeros_are_listed_as_bad(tmp_pat
     assert "block at byte 20000 has length 0" in reasons["zeros.dat"]
     assert [Path(r.source).name for r in summary.converted] == ["gre.dat"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gre.h5"]
+
+
+def test_a_twix_end_marker_of_length_zero_is_the_end_not_corruption(tmp_path):
+    """The zero-length guard refused a file whose ACQEND block has length 0, which twixtools and mapVBVD read as
+    the normal end of the scan (a review)."""
+    import struct
+
+    import twixtools
+
+    end = twixtools.read_twix(str(GRE), verbose=False, keep_acqend=True)[-1]["mdb"][-1]
+    assert end.is_flag_set("ACQEND")
+    data = bytearray(GRE.read_bytes())
+    word, = struct.unpack_from("<I", data, end.mem_pos)
+    struct.pack_into("<I", data, end.mem_pos, word >> 25 << 25)  # DMA length 0, flags kept
+    (tmp_path / "gre0.dat").write_bytes(bytes(data))
+    summary = convert(tmp_path / "gre0.dat", tmp_path / "out")
+    assert [r.status for r in summary.results] == ["converted"], summary.report()

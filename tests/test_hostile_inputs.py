@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import ambient_mri as am
 from ambient_mri import files
@@ -1381,6 +1382,13 @@ def test_a_new_run_never_writes_over_a_users_files_in_its_folder(tmp_path):
     for png in run_dir.glob("preview_*.png"):
         png.unlink()
     assert train(r, progress=False) == run_dir and am.load_model(run_dir / "model.pt").record.operator == "pixel"
+    # the same left by an older version, whose recipe.yaml had fewer fields (no data.augment, no input_cg)
+    old = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    del old["data"]["augment"], old["network"]["input_cg"]
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(old))
+    for name in ("checkpoint.pt", "model.pt"):
+        (run_dir / name).unlink()
+    assert train(r, progress=False) == run_dir and (run_dir / "checkpoint.pt").is_file()
 
 
 def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):
@@ -1529,20 +1537,20 @@ def test_review_mends_resume_and_divergence(tmp_path, monkeypatch):
 
 
 def test_review_mends_reconstruct_and_evaluate(recon_dirs, tmp_path, capsys):
-    """Outputs of the previous version (settings with the defaults unspelled) were all redone; a figure that
-    failed unexpectedly (a compound zero_filled) lost metrics.csv and metrics.json."""
+    """An output of a version that knew its input by name, size and mtime alone cannot be proven to come from
+    this input: redone once; a figure that failed unexpectedly (a compound zero_filled) lost metrics.csv and
+    metrics.json."""
     raw, out = recon_dirs
-    from ambient_mri.cli import build_parser
-    from ambient_mri.commands import recon_settings
-
-    args = build_parser().parse_args(["reconstruct", "--input", str(raw), "--output", str(out), *ZF])
     with h5py.File(out / "vol0.h5", "a") as f:
-        f.attrs["settings"] = recon_settings(args, raw / "vol0.h5", None, spelled_out=False)
-        assert json.loads(f.attrs["settings"])["mask"] is None
+        legacy = json.loads(f.attrs["settings"])
+        del legacy["source"]["sample_sha256"]
+        f.attrs["settings"] = json.dumps(legacy, sort_keys=True)
+    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
+    assert code == 0 and "1 volume(s) reconstructed" in stdout and "1 already there" in stdout
+    with h5py.File(out / "vol0.h5", "a") as f:
+        assert "sample_sha256" in json.loads(f.attrs["settings"])["source"]
         del f["zero_filled"]
         f.create_dataset("zero_filled", data=np.zeros((2, 32, 32), [("re", "<f4"), ("im", "<f4")]))
-    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
-    assert code == 0 and "2 already there" in stdout
     t = tmp_path / "t"
     t.mkdir()
     for v in ("vol0.h5", "vol1.h5"):

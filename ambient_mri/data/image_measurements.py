@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 import torch
@@ -146,7 +147,7 @@ def build_image_measurements(recipe) -> ImageMeasurements:
     info = {"kind": d.kind, "image_size": list(iset.images.shape[-2:]), "grayscale": d.grayscale,
             "resize": d.resize, "limit": d.limit}
     if d.kind == "images":
-        info["path"] = str(d.path)
+        info["path"] = os.path.realpath(d.path)  # absolute: `sample` checks its --output against it from anywhere
     aug = getattr(d, "augment", None) or AugmentConfig()
     if aug.copies > 0:
         num_originals = len(iset)

@@ -115,8 +115,9 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def adjointness_error(A: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
     """|<Ax, y> - <x, A^H y>| / (|Ax| |y|); ~machine precision for a correct adjoint. x, y: tensors or numpy."""
-    x, y = (torch.from_numpy(np.ascontiguousarray(as_array(v, name))) if isinstance(v, np.ndarray) else v
-            for v, name in ((x, "x"), (y, "y")))
+    buf = next(A.buffers(), None)  # numpy inputs go where the operator's masks and maps are
+    x, y = (torch.from_numpy(np.ascontiguousarray(as_array(v, name))).to(buf.device if buf is not None else "cpu")
+            if isinstance(v, np.ndarray) else v for v, name in ((x, "x"), (y, "y")))
     with torch.no_grad():
         Ax = A(x)
         if Ax.shape != y.shape:

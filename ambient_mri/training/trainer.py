@@ -351,15 +351,23 @@ def _worker_errors_as_ours() -> Iterator[None]:
         raise AmbientMRIError("\n".join([head, *lines[i + 1:]])) from None
 
 
+RUN_RECIPE_FIELDS = 41  # the fields of the first release's resolved recipe.yaml (every later one has more)
+
+
 def _written_by_a_run(path: Path) -> bool:
-    """recipe.yaml as ``run_folder`` writes it: the whole resolved recipe, every section with every field."""
+    """recipe.yaml as ``run_folder`` writes it: the whole resolved recipe, every section spelled out with at least
+    the first release's fields and none that this version lacks (a user's recipe names a handful)."""
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     full = Recipe().to_dict()
-    return isinstance(values, dict) and set(values) == set(full) and all(
-        isinstance(values[k], dict) and set(values[k]) == set(v) for k, v in full.items() if isinstance(v, dict))
+    if not (isinstance(values, dict) and set(values) == set(full)):
+        return False
+    sections = [k for k, v in full.items() if isinstance(v, dict)]
+    if not all(isinstance(values[k], dict) and set(values[k]) <= set(full[k]) for k in sections):
+        return False
+    return sum(len(values[k]) if k in sections else 1 for k in values) >= RUN_RECIPE_FIELDS
 
 
 def _whole_model(path: Path) -> bool:
