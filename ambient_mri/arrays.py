@@ -34,8 +34,8 @@ def as_array(a, name: str) -> np.ndarray:
 
 
 def as_tensor(a, name: str) -> torch.Tensor:
-    """A tensor: tensors pass through (meta refused), anything else via ``as_array``, copied so that later writes
-    into the caller's array cannot reach it."""
+    """A tensor: tensors pass through (meta refused), anything else via ``as_array``, copied (contiguous, native
+    byte order) so that later writes into the caller's array cannot reach it."""
     if isinstance(a, torch.Tensor):
         if a.is_meta:
             raise AmbientMRIError(f"{name}: a tensor on the 'meta' device holds no data")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .arrays import as_array
+from .arrays import as_array, as_tensor
 from .errors import AmbientMRIError, DataFileError
 from .files import check_count
 
@@ -234,7 +234,7 @@ _NN_BLOCK = 2**26  # similarity-matrix entries per matrix product (256 MiB in fl
 def _flat_unit(x, name: str, center: bool):
     import torch
 
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_array(x, name)))
+    t = as_tensor(x, name).detach()
     if t.is_complex():
         t = t.abs()
     if t.ndim < 2 or t.shape[0] == 0:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arrays import as_array
+from ..arrays import as_tensor
 from ..errors import AmbientMRIError
 
 
@@ -23,8 +23,7 @@ def _numpy_io(fn):
             raise TypeError(f"{type(self).__name__}.{fn.__name__} takes a torch tensor or a numpy array, got "
                             f"{type(x).__name__}")
         buf = next(self.buffers(), None)
-        x = np.ascontiguousarray(as_array(x, f"{type(self).__name__}.{fn.__name__}"))  # big-endian, strides
-        t = torch.from_numpy(x).to(buf.device if buf is not None else "cpu")
+        t = as_tensor(x, f"{type(self).__name__}.{fn.__name__}").to(buf.device if buf is not None else "cpu")
         return fn(self, t, *args, **kwargs).detach().cpu().numpy()
     return call
 
@@ -116,8 +115,8 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def adjointness_error(A: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
     """|<Ax, y> - <x, A^H y>| / (|Ax| |y|); ~machine precision for a correct adjoint. x, y: tensors or numpy."""
     buf = next(A.buffers(), None)  # numpy inputs go where the operator's masks and maps are
-    x, y = (torch.from_numpy(np.ascontiguousarray(as_array(v, name))).to(buf.device if buf is not None else "cpu")
-            if isinstance(v, np.ndarray) else v for v, name in ((x, "x"), (y, "y")))
+    x, y = (as_tensor(v, name).to(buf.device if buf is not None else "cpu") if isinstance(v, np.ndarray) else v
+            for v, name in ((x, "x"), (y, "y")))
     with torch.no_grad():
         Ax = A(x)
         if Ax.shape != y.shape:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..arrays import as_array
+from ..arrays import as_tensor
 
 _DIMS = (-2, -1)
 
 
 def _as_complex_tensor(x, name: str, ndim: int = 2) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):  # native byte order (torch refuses big-endian arrays), positive strides
-        x, was_numpy = torch.from_numpy(np.ascontiguousarray(as_array(x, name))), True
+        x, was_numpy = as_tensor(x, name), True
     elif isinstance(x, torch.Tensor):
         was_numpy = False
     else:
