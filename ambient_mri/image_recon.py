@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arrays import as_tensor
 from .devices import resolve_device
 from .errors import AmbientMRIError
 from .masks import seed_from
@@ -112,7 +113,7 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
 
 
 def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    t = as_tensor(x, name)  # big-endian and negative-stride arrays too; object arrays and meta tensors refused
     if t.is_complex():  # .float() would keep the real part with only torch's warning
         raise AmbientMRIError(f"{name}: complex values; the image models take real images (and masks) in [-1, 1]")
     t = t.float()
@@ -130,9 +131,15 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
     return t
 
 
+MAX_SIGMA_N = 2.0
+
+
 def _check_scale(x: torch.Tensor, sigma_n: float, name: str) -> None:
     """Images must be in the model's [-1, 1] (plus their noise): a 0..255 image would be clamped, its known pixels
     lost, without a word. Only a clearly wrong range is refused (beyond 2 + 10 σ_n), not a noisy pixel past 1."""
+    if sigma_n > MAX_SIGMA_N:  # also keeps the range check below from letting 0..255 images through
+        raise AmbientMRIError(f"sigma_n {sigma_n:g} is in the images' [-1, 1] scale and at most {MAX_SIGMA_N:g} (noise "
+                              "twice the whole range); σ 50 on 0..255 images is 50 / 127.5 = 0.39 there")
     top = float(x.abs().max())
     if top > 2 + 10 * sigma_n:
         raise AmbientMRIError(f"{name}: values reach {top:g} (sigma_n {sigma_n:g}); images must be in [-1, 1], the "

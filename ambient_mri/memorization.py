@@ -22,19 +22,44 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .arrays import as_array
 from .data.images import ImageSet, from_model_scale, image_set_from_array, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
-from .files import make_folder, npy_problem, save_figure, write_json
+from .files import check_count, make_folder, npy_problem, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
 SAMPLES_FILE = "samples.npy"
 SAMPLE_OVERSHOOT = 1.5  # .npy samples up to this far outside [-1, 1] are clipped with a warning; beyond: refused
+
+
+def model_scale_images(a, source: str, warn: bool = True) -> np.ndarray:
+    """(N, C, H, W) float32 in the model's [-1, 1] from an array or tensor: floats taken as they are (up to
+    SAMPLE_OVERSHOOT outside [-1, 1] clipped with a warning), uint8 read as [0, 255]; other dtypes and complex
+    refused. ``warn``: say so when every value is >= 0 (images in [0, 1] compare wrongly with [-1, 1] ones)."""
+    a = as_array(a, source)
+    if np.iscomplexobj(a):
+        raise AmbientMRIError(f"{source}: complex (MRI) images: the memorisation study compares real images")
+    if a.dtype != np.uint8 and a.dtype.kind != "f":  # ints and bools have no scale to read them in
+        raise AmbientMRIError(f"{source}: images of dtype {a.dtype}: give floats in [-1, 1] (the model's scale, "
+                              "as `ambient-mri sample` writes) or uint8 images in [0, 255]")
+    top = float(np.abs(a).max()) if a.dtype.kind == "f" and a.size and np.isfinite(a).all() else 0.0
+    if 1.0 < top <= SAMPLE_OVERSHOOT:  # an unclamped sampler's last step overshoots a little: clipped
+        warnings.warn(f"{source}: values reach {top:.3g}, outside the model scale [-1, 1]; clipped to it",
+                      stacklevel=3)
+        a = np.clip(a, -1.0, 1.0)
+    images = image_set_from_array(a, grayscale=False, value_range=(-1.0, 1.0), source=source).images
+    if warn and a.dtype != np.uint8 and float(a.min()) >= 0:
+        warnings.warn(f"{source}: every value is >= 0; images are compared in the model's scale [-1, 1] (0 = mid "
+                      "grey), so images in [0, 1] compare wrongly: give them as uint8 or scaled to [-1, 1]",
+                      stacklevel=3)
+    return images
 
 
 def load_samples(path) -> np.ndarray:
@@ -49,25 +74,10 @@ def load_samples(path) -> np.ndarray:
             a = np.load(p, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise DataFileError(p, npy_problem(e)) from None
-        if np.iscomplexobj(a):
-            raise DataFileError(p, "complex (MRI) samples: the memorisation study compares real images")
-        if a.dtype != np.uint8 and a.dtype.kind != "f":  # ints and bools have no scale to read them in
-            raise DataFileError(p, f"samples of dtype {a.dtype}: give floats in [-1, 1] (the model's scale, as "
-                                "`ambient-mri sample` writes) or uint8 images in [0, 255]")
-        top = float(np.abs(a).max()) if a.dtype.kind == "f" and a.size and np.isfinite(a).all() else 0.0
-        if 1.0 < top <= SAMPLE_OVERSHOOT:  # an unclamped sampler's last step overshoots a little: clipped
-            warnings.warn(f"{p}: sample values reach {top:.3g}, outside the model scale [-1, 1]; clipped to it",
-                          stacklevel=2)
-            a = np.clip(a, -1.0, 1.0)
-        try:
-            images = image_set_from_array(a, grayscale=False, value_range=(-1.0, 1.0), source=str(p)).images
+        try:  # the study warns about [0, 1] values, once, where it compares them
+            return model_scale_images(a, str(p), warn=False)
         except AmbientMRIError as e:
             raise DataFileError(p, str(e).removeprefix(f"{p}: ")) from None
-        if a.dtype != np.uint8 and float(a.min()) >= 0:
-            warnings.warn(f"{p}: every sample value is >= 0; they are read in the model's scale [-1, 1] (0 = mid "
-                          "grey), so images in [0, 1] compare wrongly: save those as uint8 or scale them to "
-                          "[-1, 1]", stacklevel=2)
-        return images
     if p.is_dir():
         pngs = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png" and f.stem.startswith("sample"))
         if not pngs:
@@ -89,8 +99,9 @@ def training_images_like(train, samples: np.ndarray, limit: int | None = None) -
     C, H, W = samples.shape[1:]
     if isinstance(train, ImageSet):
         iset = train
-    elif isinstance(train, np.ndarray):
-        iset = ImageSet(train.astype(np.float32), [""] * len(train), [str(i) for i in range(len(train))], "array")
+    elif not isinstance(train, (str, os.PathLike)):  # an array or tensor: read as the samples are
+        images = model_scale_images(train, "training images")
+        iset = ImageSet(images, [""] * len(images), [str(i) for i in range(len(images))], "array")
     else:
         iset = load_images(str(train), image_size=(H, W), grayscale=C == 1, limit=limit)
     if iset.images.shape[1:] != (C, H, W):
@@ -106,7 +117,10 @@ def threshold_key(t: float) -> str:
 
 def check_thresholds(thresholds) -> tuple[float, ...]:
     """Similarity thresholds: finite, in [-1, 1) (a cosine), all different."""
-    ts = tuple(float(t) for t in thresholds)
+    try:
+        ts = tuple(float(t) for t in thresholds) if not isinstance(thresholds, (str, bytes)) else ()
+    except (TypeError, ValueError):
+        ts = ()
     if not ts or any(not (math.isfinite(t) and -1 <= t < 1) for t in ts) or len(set(ts)) != len(ts):
         raise AmbientMRIError(f"thresholds must be different numbers in [-1, 1) (cosine similarities), got "
                               f"{list(thresholds)}")
@@ -134,9 +148,14 @@ def study(samples: dict[str, np.ndarray], train, thresholds=THRESHOLDS, center: 
     samples: {label: (N, C, H, W) in [-1, 1]}; train: as ``training_images_like``. Returns a JSON-ready dict
     (``settings``, ``train``, ``models``) plus, under ``_arrays``, what the figures need.
     """
-    if not samples:
-        raise AmbientMRIError("no samples to study")
+    if not isinstance(samples, dict) or not samples:
+        raise AmbientMRIError("samples: a dict {label: images (N, C, H, W) in [-1, 1]} with at least one entry")
+    samples = {k: model_scale_images(v, f"samples {k!r}") for k, v in samples.items()}
     thresholds = check_thresholds(thresholds)
+    for name, v in (("copy_floor", copy_floor), ("identity_threshold", identity_threshold)):
+        if v is not None and not (isinstance(v, (int, float, np.floating)) and -1 <= v <= 1):  # NaN fails too
+            raise AmbientMRIError(f"{name} must be a cosine similarity in [-1, 1], got {v!r}")
+    check_count("identity_k", identity_k)
     first = next(iter(samples.values()))
     tr = training_images_like(train, first)
     X = tr.images
@@ -346,6 +365,7 @@ def write_study(result: dict, output, num_pairs: int = 8) -> dict:
     """memorization.json, histogram.png and neighbours_<label>.png in ``output`` (``study_folder`` checks it
     first); returns their paths."""
     out = Path(output)
+    check_count("num_pairs", num_pairs)  # matplotlib's error came after the JSON was written
     study_folder(out, list(result["models"]))
     make_folder(out)
     paths = {"histogram": str(out / "histogram.png"),

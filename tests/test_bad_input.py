@@ -350,3 +350,49 @@ def test_train_api_arguments_of_the_wrong_type_are_named(tmp_path):
     with pytest.raises(am.AmbientMRIError, match="resume: a run folder path, got int"):
         am.train({"name": "x", "output": str(tmp_path)}, resume=123)
     assert not any(tmp_path.iterdir())
+
+
+def test_image_loading_and_study_options_are_checked_by_value(tmp_path):
+    """limit=0 / -1, image_size=4.0 / True, thresholds="0.9" and num_pairs=0 gave numpy, matplotlib or float()
+    errors (num_pairs after the study's JSON was written), or silently dropped an image (an audit)."""
+    from ambient_mri.data.images import load_images
+    from ambient_mri.memorization import check_thresholds, study, write_study
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(0, 1, (4, 8, 8)).astype(np.float32))
+    for limit in (0, -1, 1.5):
+        with pytest.raises(am.AmbientMRIError, match="limit must be an integer >= 1"):
+            load_images(str(tmp_path / "x.npy"), limit=limit)
+    for size in (4.0, True, "8"):
+        with pytest.raises(am.AmbientMRIError, match="image_size must be one or two positive integers"):
+            load_images(str(tmp_path / "x.npy"), image_size=size)
+    with pytest.raises(am.AmbientMRIError, match="thresholds must be different numbers"):
+        check_thresholds("0.9")
+    train = np.random.default_rng(1).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    result = study({"a": train[:2]}, train)
+    with pytest.raises(am.AmbientMRIError, match="num_pairs must be an integer >= 1"):
+        write_study(result, tmp_path / "study", num_pairs=0)
+    assert not (tmp_path / "study").exists()
+
+
+def test_an_integer_reconstruction_and_study_options_out_of_range_are_named(tmp_path):
+    """A uint8 reconstruction was scored against a float target (PSNR -44, no word); copy_floor NaN or 2 and a
+    negative identity_k were taken (an audit)."""
+    import h5py
+
+    from ambient_mri.memorization import study
+    from ambient_mri.metrics import evaluate_file
+
+    target = np.random.default_rng(0).uniform(0, 1e-4, (1, 16, 16)).astype(np.float32)
+    for name, data in (("t.h5", {"reconstruction_rss": target}), ("r.h5", {"reconstruction": (target * 2e6)
+                                                                           .astype(np.uint8)})):
+        with h5py.File(tmp_path / name, "w") as f:
+            for k, v in data.items():
+                f[k] = v
+    with pytest.raises(am.DataFileError, match=r"r.h5: reconstruction is of dtype uint8"):
+        evaluate_file(tmp_path / "t.h5", tmp_path / "r.h5")
+    train = np.random.default_rng(1).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+    for kw, msg in (({"copy_floor": float("nan")}, "copy_floor must be"), ({"copy_floor": 2.0}, "copy_floor must"),
+                    ({"identity_threshold": float("nan")}, "identity_threshold must"),
+                    ({"identity_k": -3}, "identity_k must be an integer >= 1")):
+        with pytest.raises(am.AmbientMRIError, match=msg):
+            study({"a": train[:2]}, train, **kw)

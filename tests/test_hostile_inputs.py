@@ -1052,11 +1052,11 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
     code, _, err = run(["memorization", "--samples", str(tmp_path / "ints.npy"), "--train",
                         str(tmp_path / "train.npy"), "--output", str(tmp_path / "c")], capsys)
     assert code == 2 and "dtype int64" in err
-    from ambient_mri.memorization import load_samples
+    from ambient_mri.memorization import load_samples, study
 
     np.save(tmp_path / "unit.npy", train[:6] / 255.0)
-    with pytest.warns(UserWarning, match="every sample value is >= 0"):
-        load_samples(tmp_path / "unit.npy")
+    with pytest.warns(UserWarning, match="every value is >= 0"):  # said once, by the study that compares them
+        study({"unit": load_samples(tmp_path / "unit.npy")}, str(tmp_path / "train.npy"))
     over = (train[:6] / 127.5 - 1.0) * 1.04          # an unclamped sampler's overshoot: clipped, with a warning
     np.save(tmp_path / "over.npy", over.astype(np.float32))
     with pytest.warns(UserWarning, match="reach 1.04, outside the model scale"):
@@ -1493,6 +1493,10 @@ def test_image_data_that_loaded_silently_wrong(tmp_path):
     s = read_image_folder(folder)
     assert len(s) == 3 and s.names[-1] == "deep.png"
     assert abs((s.images[-1].mean() + 1) / 2 - 0.25) < 1e-3  # on [0, 1]; convert("L") gave ~1
+    # a 32-bit integer TIFF holding 8-bit values was read as 16-bit (almost black, an audit): refused by name
+    Image.fromarray(np.full((8, 8), 200, np.int32)).save(folder / "deep32.tif")
+    with pytest.raises(am.DataFileError, match="deep32.tif: is a 32-bit integer image"):
+        read_image_folder(folder)
     with pytest.raises(am.AmbientMRIError, match="keep no pixel"):
         ImageMeasurements(s, box=8)
 
@@ -1674,3 +1678,42 @@ def test_prepare_demo_never_mixes_two_demos_nor_writes_over_a_users_record(tmp_p
     code, _, err = run(["prepare", "demo", "--output", str(mine), "--size", "16", "--coils", "2", "--slices", "6"],
                        capsys)
     assert code == 2 and "not a demo record" in err and (mine / "demo.json").read_text() == '{"mine": "precious"}'
+
+
+def test_memorization_study_reads_arrays_in_their_scale_as_the_command_does():
+    """study() took in-memory uint8 (or [0, 1]) training images or samples as [-1, 1] values: every near-copy
+    counted as novel (copies 0.0, no word); a torch training set was taken for a path (an audit)."""
+    from ambient_mri.memorization import study
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-1, 1, (6, 1, 8, 8)).astype(np.float32)
+    near = np.clip(train[:3] + rng.normal(0, 0.02, (3, 1, 8, 8)), -1, 1).astype(np.float32)
+    ref = study({"a": near}, train)["models"]["a"]["copies"]
+    assert ref == 1.0
+    as_uint8 = np.round((train + 1) * 127.5).astype(np.uint8)
+    assert study({"a": near}, as_uint8)["models"]["a"]["copies"] == ref
+    assert study({"a": np.round((near + 1) * 127.5).astype(np.uint8)}, train)["models"]["a"]["copies"] == ref
+    assert study({"a": torch.from_numpy(near)}, torch.from_numpy(train))["models"]["a"]["copies"] == ref
+    with pytest.warns(UserWarning, match="every value is >= 0"):
+        study({"a": near}, (train + 1) / 2)
+    with pytest.raises(am.AmbientMRIError, match="images of dtype int64"):
+        study({"a": near}, train.astype(np.int64))
+
+
+def test_image_api_reads_arrays_as_given_and_refuses_a_sigma_n_beyond_the_scale(tmp_path):
+    """inpaint/denoise crashed inside torch on big-endian and negative-stride arrays, and a sigma_n of 50 (σ on
+    0..255 images) turned the range check off: 8-bit images were denoised as [-1, 1] ones (an audit)."""
+    from ambient_mri.image_recon import denoise, inpaint
+
+    net = _pixel_model(tmp_path / "pix.pt")
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (1, 1, 8, 8)).astype(np.float32)
+    mask = (rng.random((1, 1, 8, 8)) > 0.3).astype(np.float32)
+    ref = torch.as_tensor(inpaint(net, img, mask, method="dps", steps=2, seed=0).image)
+    flipped = np.ascontiguousarray(img[..., ::-1])[..., ::-1]          # the same values through a negative stride
+    for x, m in ((img.astype(">f4"), mask.astype(">f4")), (flipped, mask)):
+        assert torch.equal(torch.as_tensor(inpaint(net, x, m, method="dps", steps=2, seed=0).image), ref)
+    with pytest.raises(am.AmbientMRIError, match="sigma_n 50 is in the images' \\[-1, 1\\] scale"):
+        denoise(net, (img + 1) * 127.5, sigma_n=50.0)
+    with pytest.raises(am.AmbientMRIError, match="image: expected numbers"):
+        inpaint(net, img.astype(object), mask)

@@ -14,7 +14,7 @@ import torch
 
 from ..devices import ensure_memory
 from ..errors import AmbientMRIError, DataFileError
-from ..files import npy_problem
+from ..files import check_count, npy_problem
 
 IMAGE_KINDS = ("images", "faces", "mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff")
@@ -43,10 +43,12 @@ class ImageSet:
 def _size(image_size) -> tuple[int, int] | None:
     if image_size is None:
         return None
+    if isinstance(image_size, (str, bytes)) or not isinstance(image_size, (int, np.integer, list, tuple)):
+        raise AmbientMRIError(f"image_size must be one or two positive integers (H, W), got {image_size!r}")
     s = [image_size] if isinstance(image_size, (int, np.integer)) else list(image_size)
     if len(s) == 1:
         s = s * 2
-    if len(s) != 2 or any(not isinstance(v, (int, np.integer)) or v < 1 for v in s):
+    if len(s) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in s):
         raise AmbientMRIError(f"image_size must be one or two positive integers (H, W), got {image_size!r}")
     return int(s[0]), int(s[1])
 
@@ -149,9 +151,12 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     for f in files:
         try:
             with Image.open(f) as im:
-                deep = np.asarray(im, dtype=np.float64) if im.mode.startswith("I") else None
+                # 16-bit: mode I;16, or I for a PNG in older Pillow (PNG holds no 32-bit integers; a TIFF in mode I
+                # does, and read as 16-bit its 8-bit values came out almost black)
+                sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")
+                deep = np.asarray(im, dtype=np.float64) if sixteen else None
                 if deep is not None and 0 <= deep.min() and deep.max() <= 65535:
-                    # 16-bit (mode I;16, or I in older Pillow): convert("L") would clip at 255, almost all white
+                    # convert("L") would clip at 255, almost all white
                     a = (deep / 65535.0).astype(np.float32)
                     a = a if grayscale else np.repeat(a[..., None], 3, axis=-1)
                 elif im.mode in ("I", "F"):
@@ -279,6 +284,9 @@ def load_images(source, image_size=None, grayscale: bool = True, resize: str = "
                 path=None) -> ImageSet:
     """One entry point: ``source`` = "faces" | "mnist" | "images" (with ``path``) | a folder | a .npy/.npz file."""
     opts = dict(image_size=image_size, grayscale=grayscale, resize=resize, limit=limit)
+    if limit is not None:
+        check_count("limit", limit)  # 0 stacked nothing (numpy's error), -1 dropped the last image
+    _size(image_size)
     if source == "faces":
         return orl_faces(**opts)
     if source == "mnist":
