@@ -33,14 +33,16 @@ def as_array(a, name: str) -> np.ndarray:
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
-def as_tensor(a, name: str) -> torch.Tensor:
-    """A tensor: tensors pass through (meta refused), anything else via ``as_array``, copied (contiguous, native
-    byte order) so that later writes into the caller's array cannot reach it."""
+def as_tensor(a, name: str, copy: bool = True) -> torch.Tensor:
+    """A tensor: tensors pass through (meta refused), anything else via ``as_array``, contiguous and in native byte
+    order; copied so that later writes into the caller's array cannot reach it (a cached copy of it, e.g. an
+    operator's), unless ``copy=False`` (a caller that reads it once, such as an FFT: no second whole volume)."""
     if isinstance(a, torch.Tensor):
         if a.is_meta:
             raise AmbientMRIError(f"{name}: a tensor on the 'meta' device holds no data")
         return a
-    return torch.from_numpy(np.array(as_array(a, name)))
+    a = as_array(a, name)
+    return torch.from_numpy(np.array(a) if copy else np.ascontiguousarray(a))
 
 
 def check_binary(m: np.ndarray, name: str) -> None:

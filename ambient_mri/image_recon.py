@@ -131,15 +131,16 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
     return t
 
 
-MAX_SIGMA_N = 2.0
+MAX_SIGMA_N = 2.0  # the width of [-1, 1]; or the model's own training σ_n where that is higher
 
 
-def _check_scale(x: torch.Tensor, sigma_n: float, name: str) -> None:
+def _check_scale(x: torch.Tensor, sigma_n: float, name: str, model) -> None:
     """Images must be in the model's [-1, 1] (plus their noise): a 0..255 image would be clamped, its known pixels
     lost, without a word. Only a clearly wrong range is refused (beyond 2 + 10 σ_n), not a noisy pixel past 1."""
-    if sigma_n > MAX_SIGMA_N:  # also keeps the range check below from letting 0..255 images through
-        raise AmbientMRIError(f"sigma_n {sigma_n:g} is in the images' [-1, 1] scale and at most {MAX_SIGMA_N:g} (noise "
-                              "twice the whole range); σ 50 on 0..255 images is 50 / 127.5 = 0.39 there")
+    cap = max(MAX_SIGMA_N, policy.as_record(model).sigma_n)
+    if sigma_n > cap:  # also keeps the range check below from letting 0..255 images through
+        raise AmbientMRIError(f"sigma_n must be at most {cap:g} (the images' [-1, 1] scale, or the model's training "
+                              f"σ_n), got {sigma_n:g}: σ 50 on 0..255 images is 50 / 127.5 = 0.39 in that scale")
     top = float(x.abs().max())
     if top > 2 + 10 * sigma_n:
         raise AmbientMRIError(f"{name}: values reach {top:g} (sigma_n {sigma_n:g}); images must be in [-1, 1], the "
@@ -206,7 +207,7 @@ def inpaint(model, image, mask, method: str = "dps", steps: int | None = None, s
     m = m.expand(x.shape[0], 1, *x.shape[-2:]) if m.shape[0] == 1 else m
     if m.shape[0] != x.shape[0]:
         raise AmbientMRIError(f"{m.shape[0]} masks for {x.shape[0]} images")
-    _check_scale(x * m, sigma_n, "image")
+    _check_scale(x * m, sigma_n, "image", model)
     A = PixelMask(m.to(_device(model, device)))
     return posterior(model, m * x, A, m, sigma_n, method, steps, num_samples, seed, device, progress, **options)
 
@@ -219,7 +220,7 @@ def denoise(model, noisy, sigma_n: float, method: str = "one_step", steps: int |
     C, _, _ = _check_model(model)
     policy.check_number("sigma_n", sigma_n, strict=True)
     y = _as_images(noisy, "noisy", C)
-    _check_scale(y, sigma_n, "noisy")
+    _check_scale(y, sigma_n, "noisy", model)
     ones = torch.ones(y.shape[0], 1, *y.shape[-2:])
     if method == "one_step":
         options.setdefault("sigma", float(sigma_n))

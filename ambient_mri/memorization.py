@@ -57,8 +57,8 @@ def model_scale_images(a, source: str, warn: bool = True) -> np.ndarray:
     images = image_set_from_array(a, grayscale=False, value_range=(-1.0, 1.0), source=source).images
     if warn and a.dtype != np.uint8 and float(a.min()) >= 0:
         warnings.warn(f"{source}: every value is >= 0; images are compared in the model's scale [-1, 1] (0 = mid "
-                      "grey), so images in [0, 1] compare wrongly: give them as uint8 or scaled to [-1, 1]",
-                      stacklevel=3)
+                      "grey): if these are images in [0, 1], they compare wrongly: give them as uint8 or scaled to "
+                      "[-1, 1]", stacklevel=3)
     return images
 
 
@@ -117,13 +117,15 @@ def threshold_key(t: float) -> str:
 
 def check_thresholds(thresholds) -> tuple[float, ...]:
     """Similarity thresholds: finite, in [-1, 1) (a cosine), all different."""
+    if isinstance(thresholds, (int, float, np.floating)) and not isinstance(thresholds, bool):
+        thresholds = (thresholds,)  # one threshold
     try:
         ts = tuple(float(t) for t in thresholds) if not isinstance(thresholds, (str, bytes)) else ()
     except (TypeError, ValueError):
         ts = ()
     if not ts or any(not (math.isfinite(t) and -1 <= t < 1) for t in ts) or len(set(ts)) != len(ts):
         raise AmbientMRIError(f"thresholds must be different numbers in [-1, 1) (cosine similarities), got "
-                              f"{list(thresholds)}")
+                              f"{thresholds!r}")
     return ts
 
 

@@ -123,7 +123,7 @@ def scored_pair(target_file, recon_file, target_key: str | None = None) -> tuple
     for path, a, what in ((target_file, gt, key), (recon_file, pred, "reconstruction")):
         if a.ndim not in (2, 3) or 0 in a.shape:
             raise DataFileError(path, f"{what} has shape {a.shape}: expected a non-empty volume (S, H, W)")
-        if a.dtype.kind not in "fc":  # uint8 display images against float magnitudes: PSNR -44 without a word
+        if what == "reconstruction" and a.dtype.kind not in "fc":  # uint8 display images: PSNR -44, no word
             raise DataFileError(path, f"{what} is of dtype {a.dtype}: expected float (or complex) magnitudes in the "
                                 "scale of the k-space, as fastMRI's reconstructions are")
         if not np.isfinite(a).all():

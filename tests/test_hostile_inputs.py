@@ -1055,8 +1055,10 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
     from ambient_mri.memorization import load_samples, study
 
     np.save(tmp_path / "unit.npy", train[:6] / 255.0)
-    with pytest.warns(UserWarning, match="every value is >= 0"):  # said once, by the study that compares them
+    with warnings.catch_warnings(record=True) as seen:  # said once, by the study that compares them
+        warnings.simplefilter("always")
         study({"unit": load_samples(tmp_path / "unit.npy")}, str(tmp_path / "train.npy"))
+    assert [str(w.message).count("every value is >= 0") for w in seen] == [1], [str(w.message) for w in seen]
     over = (train[:6] / 127.5 - 1.0) * 1.04          # an unclamped sampler's overshoot: clipped, with a warning
     np.save(tmp_path / "over.npy", over.astype(np.float32))
     with pytest.warns(UserWarning, match="reach 1.04, outside the model scale"):
@@ -1713,7 +1715,25 @@ def test_image_api_reads_arrays_as_given_and_refuses_a_sigma_n_beyond_the_scale(
     flipped = np.ascontiguousarray(img[..., ::-1])[..., ::-1]          # the same values through a negative stride
     for x, m in ((img.astype(">f4"), mask.astype(">f4")), (flipped, mask)):
         assert torch.equal(torch.as_tensor(inpaint(net, x, m, method="dps", steps=2, seed=0).image), ref)
-    with pytest.raises(am.AmbientMRIError, match="sigma_n 50 is in the images' \\[-1, 1\\] scale"):
+    with pytest.raises(am.AmbientMRIError, match="sigma_n must be at most 2 .*, got 50"):
         denoise(net, (img + 1) * 127.5, sigma_n=50.0)
     with pytest.raises(am.AmbientMRIError, match="image: expected numbers"):
         inpaint(net, img.astype(object), mask)
+
+
+def test_sixteen_bit_pgm_images_load_and_single_thresholds_and_size_arrays_are_taken(tmp_path):
+    """The 32-bit TIFF refusal also refused 16-bit PGMs (Pillow opens them in mode I); a single threshold and an
+    image_size given as a numpy array had become errors (a review)."""
+    from PIL import Image
+
+    from ambient_mri.data.images import load_images, read_image_folder
+    from ambient_mri.memorization import check_thresholds
+
+    folder = tmp_path / "pgm"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(folder / "a.pgm")
+    assert Image.open(folder / "a.pgm").mode.startswith("I")
+    s = read_image_folder(folder)
+    assert abs((s.images.mean() + 1) / 2 - 30000 / 65535) < 1e-4
+    assert check_thresholds(0.9) == (0.9,)
+    assert load_images(str(folder), image_size=np.array([4, 4])).images.shape == (1, 1, 4, 4)

@@ -43,6 +43,8 @@ class ImageSet:
 def _size(image_size) -> tuple[int, int] | None:
     if image_size is None:
         return None
+    if isinstance(image_size, np.ndarray) and image_size.ndim == 1:
+        image_size = image_size.tolist()
     if isinstance(image_size, (str, bytes)) or not isinstance(image_size, (int, np.integer, list, tuple)):
         raise AmbientMRIError(f"image_size must be one or two positive integers (H, W), got {image_size!r}")
     s = [image_size] if isinstance(image_size, (int, np.integer)) else list(image_size)
@@ -151,9 +153,9 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
     for f in files:
         try:
             with Image.open(f) as im:
-                # 16-bit: mode I;16, or I for a PNG in older Pillow (PNG holds no 32-bit integers; a TIFF in mode I
-                # does, and read as 16-bit its 8-bit values came out almost black)
-                sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")
+                # 16-bit: mode I;16, or I for a PNG (older Pillow) or a PGM, formats with no 32-bit integers; a TIFF
+                # in mode I holds them, and read as 16-bit its 8-bit values came out almost black
+                sixteen = im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM"))
                 deep = np.asarray(im, dtype=np.float64) if sixteen else None
                 if deep is not None and 0 <= deep.min() and deep.max() <= 65535:
                     # convert("L") would clip at 255, almost all white

@@ -23,7 +23,8 @@ def _numpy_io(fn):
             raise TypeError(f"{type(self).__name__}.{fn.__name__} takes a torch tensor or a numpy array, got "
                             f"{type(x).__name__}")
         buf = next(self.buffers(), None)
-        t = as_tensor(x, f"{type(self).__name__}.{fn.__name__}").to(buf.device if buf is not None else "cpu")
+        where = buf.device if buf is not None else "cpu"
+        t = as_tensor(x, f"{type(self).__name__}.{fn.__name__}", copy=False).to(where)
         return fn(self, t, *args, **kwargs).detach().cpu().numpy()
     return call
 

@@ -16,7 +16,7 @@ _DIMS = (-2, -1)
 
 def _as_complex_tensor(x, name: str, ndim: int = 2) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):  # native byte order (torch refuses big-endian arrays), positive strides
-        x, was_numpy = as_tensor(x, name), True
+        x, was_numpy = as_tensor(x, name, copy=False), True
     elif isinstance(x, torch.Tensor):
         was_numpy = False
     else:
