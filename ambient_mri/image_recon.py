@@ -134,10 +134,10 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
 MAX_SIGMA_N = 2.0  # the width of [-1, 1]; or the model's own training σ_n where that is higher
 
 
-def _check_scale(x: torch.Tensor, sigma_n: float, name: str, model) -> None:
+def _check_scale(x: torch.Tensor, sigma_n: float, name: str, model=None) -> None:
     """Images must be in the model's [-1, 1] (plus their noise): a 0..255 image would be clamped, its known pixels
     lost, without a word. Only a clearly wrong range is refused (beyond 2 + 10 σ_n), not a noisy pixel past 1."""
-    cap = max(MAX_SIGMA_N, policy.as_record(model).sigma_n)
+    cap = max(MAX_SIGMA_N, policy.as_record(model).sigma_n) if model is not None else MAX_SIGMA_N
     if sigma_n > cap:  # also keeps the range check below from letting 0..255 images through
         raise AmbientMRIError(f"sigma_n must be at most {cap:g} (the images' [-1, 1] scale, or the model's training "
                               f"σ_n), got {sigma_n:g}: σ 50 on 0..255 images is 50 / 127.5 = 0.39 in that scale")

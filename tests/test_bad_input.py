@@ -337,6 +337,13 @@ def test_seeds_are_non_negative_and_noisy_known_pixels_are_taken():
     _check_scale(torch.full((1, 1, 4, 4), 1.3), 0.0, "image")  # a noisy pixel past 1 is fine
     with pytest.raises(am.AmbientMRIError, match="values reach 255"):
         _check_scale(torch.full((1, 1, 4, 4), 255.0), 0.0, "image")
+    # sigma_n above 2 only for a model trained at that noise level
+    from ambient_mri.record import TrainingRecord
+
+    noisy_model = TrainingRecord(operator="identity", ambient=False, image_shape=(1, 4, 4), sigma_n=3.0)
+    _check_scale(torch.zeros(1, 1, 4, 4), 2.5, "noisy", noisy_model)
+    with pytest.raises(am.AmbientMRIError, match="sigma_n must be at most 2 "):
+        _check_scale(torch.zeros(1, 1, 4, 4), 2.5, "noisy")
 
 
 def test_train_api_arguments_of_the_wrong_type_are_named(tmp_path):
