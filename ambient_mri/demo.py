@@ -16,6 +16,7 @@ Reduced setting (CI): ``ambient-mri demo --output DIR --minutes 0.2 --size 32 --
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .devices import check_threads
+from .devices import check_threads, resolve_device
 from .errors import AmbientMRIError
 from .files import check_finite_number, make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
@@ -81,9 +82,12 @@ def _claim(out: Path, size: int, coils: int) -> None:
     elif any(out.iterdir()) and not (out / "data" / "demo.json").is_file():
         raise AmbientMRIError(f"{out} is not empty and holds no demo: the demo would write over its files; use a "
                               "new --output folder")
-    elif not _demo_results(out / "results.json"):  # an older demo's folder (no marker): results.json is ours too
+    if not _demo_results(out / "results.json"):  # with or without a marker: a user's file there is theirs
         raise AmbientMRIError(f"{out / 'results.json'} is not a demo's table: the demo would write over it; use a "
                               "new --output folder")
+    if not _demo_figure(out):
+        raise AmbientMRIError(f"{out / 'results.png'} is not the figure a demo drew (results.json does not record "
+                              "it): the demo would write over it; move it, or use a new --output folder")
     _check_settings(out / "data", size, coils)
     write_json(marker, {"size": size, "coils": coils})
 
@@ -97,6 +101,25 @@ def _demo_results(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(table, dict) and {"run", "results"} <= set(table) and isinstance(table["results"], dict)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _demo_figure(out: Path) -> bool:
+    """Whether results.png is absent or the one the demo's results.json records (its SHA-256; a table of an older
+    version, or of a run stopped before the figure was recorded, records none and its figure is taken as ours)."""
+    png = out / "results.png"
+    if not png.exists():
+        return True
+    try:
+        table = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not (isinstance(table, dict) and {"run", "results"} <= set(table)):
+        return False
+    return "figure_sha256" not in table or table["figure_sha256"] == _sha256(png)
 
 
 def _check_settings(root: Path, size: int, coils: int) -> None:
@@ -140,6 +163,7 @@ def _run_demo(args) -> int:
     coils = getattr(args, "coils", 8)
     check_threads(getattr(args, "threads", 0))
     check_build(args.size, coils)  # before the thread benchmark, which runs at --size
+    resolve_device(args.device, "--device")  # before the data are built, not at training
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
     make_folder(out)
@@ -190,11 +214,13 @@ def _run_demo(args) -> int:
         R, method = key.split("/")
         print(f"{R[1:]:>2} {r['achieved_R']:7.2f} {method:<12} {r['PSNR']:7.2f} {r['SSIM']:7.4f} {r['NMSE']:8.5f} "
               f"{r['nfe']:5d} {r['seconds']:7.1f}")
-    write_json(out / "results.json", {"run": str(run), "results": results,
-                                      "settings": {"size": args.size, "coils": coils, "minutes": args.minutes,
-                                                   "threads": threads, "adps_steps": args.adps_steps},
-                                      "seconds": round(time.time() - tic, 1)})
+    table = {"run": str(run), "results": results,
+             "settings": {"size": args.size, "coils": coils, "minutes": args.minutes, "threads": threads,
+                          "adps_steps": args.adps_steps},
+             "seconds": round(time.time() - tic, 1)}
+    write_json(out / "results.json", table)  # first: a run stopped while drawing leaves a figure it may redraw
     _figure(out, paths["raw_val"])
+    write_json(out / "results.json", {**table, "figure_sha256": _sha256(out / "results.png")})
     print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
     return 0
 

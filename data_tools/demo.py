@@ -43,8 +43,8 @@ import numpy as np
 
 from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.devices import ensure_memory
-from ambient_mri.errors import AmbientMRIError
-from ambient_mri.files import write_json
+from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.files import refuse_unless_truncated_h5, write_json
 
 from .prepare import prepare_fastmri
 from .simulate import make_fastmri_volume
@@ -137,6 +137,8 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
         raise AmbientMRIError(f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "") +
                               ": not a demo volume, in the demo's raw data folders; it would be prepared and used: "
                               "move it, or use another --output")
+    for path in [*volumes, *augmented]:
+        check_own_volume(path)
     _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
     if augmented:
         _simulate_augmented(augmented, train_ids, aug, aug_record, size, coils, noise_std, axis)
@@ -193,6 +195,23 @@ def _check_record(path: Path, size: int, coils: int, noise_std: float, train_ids
     if differ:
         raise AmbientMRIError(f"{path.parent} holds a demo built with other settings ({', '.join(differ)}: "
                               f"{', '.join(str(built[k]) for k in differ)[:120]}); use another --output for these")
+
+
+def check_own_volume(path: Path) -> None:
+    """A file at a demo volume's name is kept or written again only if it is one of ours: an HDF5 file with the
+    builder's ``mni152_slices`` attribute, or a truncated HDF5 file (empty, or beginning with the signature, as a
+    killed write leaves it); a user's file there is refused, never overwritten (nor trained on)."""
+    if not path.exists():
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            ours = "mni152_slices" in f.attrs
+    except OSError as e:
+        refuse_unless_truncated_h5(path, e, "--output")
+        return
+    if not ours:
+        raise DataFileError(path, "exists and was not written by the demo builder (no mni152_slices attribute); it "
+                            "will not be overwritten (move it, or use another --output)")
 
 
 def is_complete(path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -247,13 +248,33 @@ def test_demo_claims_only_its_own_folders(tmp_path, capsys):
     code, err = demo("--output", str(legacy), "--size", "16", "--coils", "2")
     assert code == 2 and "results.json is not a demo's table" in err
     assert (legacy / "results.json").read_text() == '{"my": "results"}'
+    # a demo's own folder (marker) where the user put a results.json or a results.png of theirs (an audit: both
+    # were written over); a figure the table records is the demo's and may be redrawn
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".ambient_mri_demo").write_text('{"size": 16, "coils": 2}')
+    (mine / "results.json").write_text('{"mine": 1}')
+    code, err = demo("--output", str(mine), "--size", "16", "--coils", "2")
+    assert code == 2 and "results.json is not a demo's table" in err and (mine / "results.json").read_text() == \
+        '{"mine": 1}'
+    (mine / "results.json").write_text(json.dumps({"run": "r", "results": {}, "figure_sha256": "0" * 64}))
+    (mine / "results.png").write_text("my picture")
+    code, err = demo("--output", str(mine), "--size", "16", "--coils", "2")
+    assert code == 2 and "results.png is not the figure a demo drew" in err
+    assert (mine / "results.png").read_text() == "my picture"
+    from ambient_mri.demo import _demo_figure
+
+    (mine / "results.json").write_text(json.dumps({"run": "r", "results": {}, "figure_sha256": hashlib.sha256(
+        b"my picture").hexdigest()}))
+    assert _demo_figure(mine)  # the figure its table records: the demo's own, redrawn on a rerun
     started = tmp_path / "started"  # a demo killed while building its data: only the marker tells its settings
     started.mkdir()
     (started / ".ambient_mri_demo").write_text('{"size": 32, "coils": 8}')
     (started / "data").mkdir()
     code, err = demo("--output", str(started), "--size", "32", "--coils", "2")
     assert code == 2 and "started with --size 32 --coils 8" in err
-    for args, pattern in ((["--coils", "1"], "--coils must be >= 2"), (["--minutes", "nan"], "--minutes must be")):
+    for args, pattern in ((["--coils", "1"], "--coils must be >= 2"), (["--minutes", "nan"], "--minutes must be"),
+                          (["--device", "tpu"], "--device")):
         capsys.readouterr()
         code = main(["demo", "--output", str(tmp_path / "new"), "--size", "16", *args])
         assert code == 2 and pattern in capsys.readouterr().err and not (tmp_path / "new").exists()

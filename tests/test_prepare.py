@@ -348,6 +348,23 @@ def test_demo_tiny(tmp_path, capsys):
 
     paths = build_demo(tmp_path, size=32, coils=4, slices=10)
     assert paths["r4_train"] == tmp_path / "prepared_r4" / "train"
+    # a user's file at a demo volume's name was taken for a damaged volume and written over (an audit); a user's
+    # whole HDF5 file there would have been kept and trained on: both refused; a truncated volume is redone
+    own = tmp_path / "raw" / "val" / "demo_val_00.h5"
+    data = own.read_bytes()
+    for theirs in (b"mine", None):
+        if theirs is None:
+            with h5py.File(own, "w") as f:
+                f["kspace"], f["reconstruction_rss"] = np.zeros((1, 2, 4, 4), np.complex64), np.zeros((1, 4, 4))
+        else:
+            own.write_bytes(theirs)
+        before = own.read_bytes()
+        with pytest.raises(AmbientMRIError, match="demo_val_00.h5: exists and (is not an HDF5 file|was not written)"):
+            build_demo(tmp_path, size=32, coils=4, slices=10)
+        assert own.read_bytes() == before
+    own.write_bytes(data[: len(data) // 2])
+    build_demo(tmp_path, size=32, coils=4, slices=10)
+    assert own.read_bytes() == data
 
 
 def test_row_crop_matches_2d_crop():
