@@ -92,15 +92,30 @@ def _claim(out: Path, size: int, coils: int) -> None:
     write_json(marker, {"size": size, "coils": coils})
 
 
-def _demo_results(path: Path) -> bool:
-    """Whether ``path`` is absent or a results.json a demo wrote ({"run": ..., "results": {...}})."""
+TABLE_START = '{\n  "run": '  # how every results.json the demo writes begins (write_json, "run" first)
+
+
+def _read_table(path: Path) -> tuple[bool, dict | None]:
+    """(whether results.json is the demo's, the table): absent (True, None); a demo table (True, table); one cut
+    short that begins as the demo writes it, a damaged table of ours to write again (True, None); else
+    (False, None)."""
     if not path.exists():
-        return True
+        return True, None
     try:
-        table = json.loads(path.read_text())
+        text = path.read_text()
     except (OSError, ValueError):
-        return False
-    return isinstance(table, dict) and {"run", "results"} <= set(table) and isinstance(table["results"], dict)
+        return False, None
+    try:
+        table = json.loads(text)
+    except ValueError:
+        return text.startswith(TABLE_START), None
+    ours = isinstance(table, dict) and {"run", "results"} <= set(table) and isinstance(table["results"], dict)
+    return ours, table if ours else None
+
+
+def _demo_results(path: Path) -> bool:
+    """Whether ``path`` is absent, a results.json a demo wrote ({"run": ..., "results": {...}}) or one cut short."""
+    return _read_table(path)[0]
 
 
 def _sha256(path: Path) -> str:
@@ -109,17 +124,15 @@ def _sha256(path: Path) -> str:
 
 def _demo_figure(out: Path) -> bool:
     """Whether results.png is absent or the one the demo's results.json records (its SHA-256; a table of an older
-    version, or of a run stopped before the figure was recorded, records none and its figure is taken as ours)."""
+    version, of a run stopped before the figure was recorded, or cut short records none readable, and its figure
+    is taken as ours)."""
     png = out / "results.png"
     if not png.exists():
         return True
-    try:
-        table = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
+    ours, table = _read_table(out / "results.json")
+    if not ours or not (out / "results.json").exists():
         return False
-    if not (isinstance(table, dict) and {"run", "results"} <= set(table)):
-        return False
-    return "figure_sha256" not in table or table["figure_sha256"] == _sha256(png)
+    return table is None or "figure_sha256" not in table or table["figure_sha256"] == _sha256(png)
 
 
 def _check_settings(root: Path, size: int, coils: int) -> None:

@@ -267,6 +267,16 @@ def test_demo_claims_only_its_own_folders(tmp_path, capsys):
     (mine / "results.json").write_text(json.dumps({"run": "r", "results": {}, "figure_sha256": hashlib.sha256(
         b"my picture").hexdigest()}))
     assert _demo_figure(mine)  # the figure its table records: the demo's own, redrawn on a rerun
+    # a table of ours cut short (begins as the demo writes it) is written again, with its figure: not refused
+    from ambient_mri.demo import _demo_results
+    from ambient_mri.files import write_json
+
+    write_json(mine / "results.json", {"run": "r", "results": {}, "figure_sha256": "0" * 64})
+    text = (mine / "results.json").read_text()
+    (mine / "results.json").write_text(text[: len(text) // 2])
+    assert _demo_results(mine / "results.json") and _demo_figure(mine)
+    (mine / "results.json").write_text('{"mine": ')  # a user's, cut short: still theirs
+    assert not _demo_results(mine / "results.json") and not _demo_figure(mine)
     started = tmp_path / "started"  # a demo killed while building its data: only the marker tells its settings
     started.mkdir()
     (started / ".ambient_mri_demo").write_text('{"size": 32, "coils": 8}')
