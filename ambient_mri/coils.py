@@ -36,10 +36,6 @@ def default_kernel_width(calib_width: int) -> int:
     return int(max(3, min(5, (calib_width - 2) // 2)))
 
 
-def _to_numpy(x, name: str) -> tuple[np.ndarray, bool]:
-    return as_array(x, name), isinstance(x, torch.Tensor)
-
-
 def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = None, thresh: float = 0.02,
             crop: float = 0.95, max_iter: int = 100, mask=None, device=None, show_pbar: bool = False,
             **sigpy_options):
@@ -61,7 +57,7 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     unknown = sorted(set(sigpy_options) - (set(inspect.signature(sigpy.mri.app.EspiritCalib).parameters) - {"ksp"}))
     if unknown:
         raise AmbientMRIError(f"espirit: unknown option(s) {', '.join(unknown)} for sigpy's EspiritCalib")
-    k, is_torch = _to_numpy(kspace, "espirit: kspace")
+    k, is_torch = as_array(kspace, "espirit: kspace"), isinstance(kspace, torch.Tensor)
     if not np.iscomplexobj(k) or k.ndim not in (3, 4):
         raise AmbientMRIError(f"espirit expects complex (C, H, W) or (S, C, H, W) k-space, got {k.dtype} {k.shape}")
     if not np.isfinite(k).all():
@@ -72,7 +68,7 @@ def espirit(kspace, calib_width: int | None = None, kernel_width: int | None = N
     batch = k if k.ndim == 4 else k[None]
     masks = [None] * len(batch)
     if mask is not None:
-        m, _ = _to_numpy(mask, "espirit: mask")
+        m = as_array(mask, "espirit: mask")
         m = np.asarray(m, dtype=np.float32)
         if not np.isfinite(m).all():
             raise AmbientMRIError("espirit: mask contains NaN or Inf")

@@ -100,7 +100,8 @@ def prepare_scan(k: np.ndarray, m: np.ndarray, rows: int | None, maps=None, coil
             raise AmbientMRIError("maps contain NaN or Inf")
         if not (np.abs(maps).reshape(maps.shape[0] if maps.ndim == 4 else 1, -1).max(1) > 0).all():
             raise AmbientMRIError("maps are all zero (for a slice): no coil sees anything")
-        level = float(np.median(np.sqrt((np.abs(maps) ** 2).sum(-3))[(maps != 0).any(-3)]))
+        rss = np.sqrt((np.abs(maps) ** 2).sum(-3))
+        level = float(np.median(rss[rss > 0]))  # over the maps' support: ESPIRiT's are zero outside it
         if not 1 / MAPS_RSS_TOLERANCE < level < MAPS_RSS_TOLERANCE:
             # SENSE's image is the object over the maps' scale: PSNR against an RSS reference would judge the scale
             warnings.warn(f"maps: their root-sum-of-squares over the coils is {level:.3g} (median where they are "
