@@ -86,6 +86,8 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
     policy.check_count("num", num)
     policy.check_run(policy.METHODS["fast"], steps, 1, batch_size, seed)  # a diffusion method: counts and seed
     policy.check_options({"sigma_min": sigma_min, "sigma_max": sigma_max})
+    if not isinstance(heun, (bool, np.bool_)):  # heun="no" is truthy and would run Heun
+        raise AmbientMRIError(f"heun must be True or False, got {heun!r}")
     r = policy.as_record(model)
     if r.is_mri and r.ambient:
         raise AmbientMRIError("generation from an ambient MRI model needs coil maps and a k-space Ã; "
@@ -253,6 +255,8 @@ def memorization_probe(model, images, keep: float = 0.1, mask=None, method: str 
 
     C, _, _ = _check_model(model)
     x = _as_images(images, "images", C)
+    # the whole reference, not only its kept pixels (inpaint's check): it is what the result is scored against
+    _check_scale(x, options.get("sigma_n", 0.0), "images", model)
     m = probe_mask(x.shape, keep, seed, x.shape[0]) if mask is None else _as_images(mask, "mask")
     res = inpaint(model, x, m, method=method, steps=steps, seed=seed, device=device, progress=progress, **options)
     rec = res.image.numpy()

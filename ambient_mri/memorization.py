@@ -90,6 +90,9 @@ def load_samples(path) -> np.ndarray:
         except OSError as e:
             raise DataFileError(pngs[0], f"cannot be read as an image ({e})") from None
         return read_image_files(pngs, p, grayscale=gray).images
+    if p.is_file():
+        raise DataFileError(p, "is neither a .npy file nor a folder; give samples.npy (np.save), a folder written by "
+                               "`ambient-mri sample` or a folder of sample*.png images")
     raise DataFileError(p, "no such samples folder or .npy file")
 
 

@@ -1721,6 +1721,24 @@ def test_image_api_reads_arrays_as_given_and_refuses_a_sigma_n_beyond_the_scale(
         inpaint(net, img.astype(object), mask)
 
 
+def test_probe_sample_and_load_samples_take_their_arguments_as_meant(tmp_path):
+    """memorization_probe scored a 0..255 reference with an all-zero mask (nothing kept, so inpaint's check of the
+    kept pixels passed) at PSNR -37; sample_images(heun="no") ran Heun; a .npz was called 'no such file'."""
+    from ambient_mri.image_recon import memorization_probe, sample_images
+    from ambient_mri.memorization import load_samples
+
+    net = _pixel_model(tmp_path / "pix.pt")
+    img = np.random.default_rng(0).uniform(0, 255, (1, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(am.AmbientMRIError, match="images: values reach 25"):
+        memorization_probe(net, img, mask=np.zeros((1, 1, 8, 8), np.float32), steps=2)
+    assert np.isfinite(memorization_probe(net, img / 127.5 - 1, steps=2)["mean_psnr"])
+    with pytest.raises(am.AmbientMRIError, match="heun must be True or False, got 'no'"):
+        sample_images(net, 1, steps=2, heun="no")
+    np.savez(tmp_path / "s.npz", a=np.zeros((2, 8, 8)))
+    with pytest.raises(am.DataFileError, match=r"s.npz: is neither a .npy file nor a folder"):
+        load_samples(tmp_path / "s.npz")
+
+
 def test_sixteen_bit_pgm_images_load_and_single_thresholds_and_size_arrays_are_taken(tmp_path):
     """The 32-bit TIFF refusal also refused 16-bit PGMs (Pillow opens them in mode I); a single threshold and an
     image_size given as a numpy array had become errors (a review)."""
