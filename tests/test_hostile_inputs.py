@@ -1351,6 +1351,27 @@ def test_a_finished_run_resumed_with_fewer_steps_or_without_its_model(tmp_path):
     assert am.load_model(run_dir / "model.pt").record.operator == "pixel"
 
 
+def test_a_resume_rewrites_a_model_left_from_the_step_before(tmp_path):
+    """checkpoint.pt is written before model.pt and the preview: a kill between them left step 2's model.pt beside
+    step 4's checkpoint, and the finished resume kept it (whole, loadable, 2 steps behind) and lost the preview
+    (a kill-and-resume audit)."""
+    from ambient_mri.model import safe_load
+
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs", training__steps=4)
+    run_dir = train(_image_recipe(tmp_path, tmp_path / "imgs", training__steps=2), progress=False)
+    older = (run_dir / "model.pt").read_bytes()
+    train(r, progress=False)
+    final = safe_load(run_dir / "model.pt")["state_dict"]
+    (run_dir / "model.pt").write_bytes(older)
+    (run_dir / "preview_0000004.png").unlink()
+    train(r, progress=False)
+    again = safe_load(run_dir / "model.pt")["state_dict"]
+    assert all(torch.equal(again[k], v) for k, v in final.items())
+    assert (run_dir / "preview_0000004.png").is_file()
+    assert safe_load(run_dir / "checkpoint.pt")["step"] == 4
+
+
 def test_sample_into_the_models_training_folder_is_refused(tmp_path, capsys):
     """sample --output inside the training folder of an image model put sample_*.png and grid.png among its
     training images: the next run there would train on them (an audit)."""

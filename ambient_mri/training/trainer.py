@@ -370,12 +370,17 @@ def _written_by_a_run(path: Path) -> bool:
     return sum(len(values[k]) if k in sections else 1 for k in values) >= RUN_RECIPE_FIELDS
 
 
-def _whole_model(path: Path) -> bool:
+def _model_of(path: Path, ema) -> bool:
+    """Whether ``path`` is a whole model file holding exactly these EMA weights: checkpoint.pt is written before
+    model.pt, so a kill between the two leaves the previous checkpoint's model (whole, but steps behind)."""
     try:
-        safe_load(path)
-    except DataFileError:
+        saved = safe_load(path).get("state_dict")
+    except (DataFileError, AttributeError):
         return False
-    return True
+    own = ema.state_dict()
+    return isinstance(saved, dict) and saved.keys() == own.keys() and all(
+        isinstance(saved[k], torch.Tensor) and saved[k].shape == v.shape and torch.equal(saved[k], v.cpu())
+        for k, v in own.items())
 
 
 def check_run_dir(run_dir: Path, r: Recipe, recipe, resume) -> None:
@@ -542,8 +547,9 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
         check_ranks_agree(start, data_info, device)
     if rank == 0:
         trim_log(run_dir / "log.jsonl", start)
-        if start >= t.steps and not _whole_model(run_dir / MODEL):  # a finished run's model.pt removed or damaged
-            log.info("%s missing or damaged: written again from %s", run_dir / MODEL, CHECKPOINT)
+        if start > 0 and not _model_of(run_dir / MODEL, ema):  # removed, damaged, or left from the step before
+            log.info("%s missing, damaged or not of step %d: written again from %s", run_dir / MODEL, start,
+                     CHECKPOINT)
             save_model(ema, run_dir / MODEL)
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
@@ -552,6 +558,9 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     n_train = len(data) - r.data.holdout
+    last_preview = run_dir / f"preview_{start:07d}.png"
+    if rank == 0 and start > 0 and not last_preview.is_file():  # killed after model.pt, before its preview
+        preview(ema, data, n_train, r, last_preview, device)
     plan = StepPlan(np.arange(n_train), t.batch_size, start, t.steps, t.seed, rank, world,
                     getattr(data, "groups", None))
     loader = DataLoader(data, batch_sampler=plan, num_workers=loader_workers(t.num_workers, device),
