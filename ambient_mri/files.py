@@ -224,38 +224,61 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _holder(lock: Path) -> dict:
+    try:
+        other = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return other if isinstance(other, dict) else {}
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # e.g. NFS mounted without a lock manager
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
-    """Hold ``folder/.ambient_mri.lock`` for the block: a second run on the same output is refused by name. A
-    lock left by a run that no longer exists (same host, dead pid) is taken over."""
+    """Hold ``folder/.ambient_mri.lock`` for the block: a second run on the same output is refused by name.
+    The lock is an exclusive ``flock`` on that file, which the kernel drops however the holder ends, so a killed
+    run's lock never blocks the next run and two runs restarted at once cannot both take it over (a dead pid's
+    file removed and made again by hand was racy, and a kill before the pid was written blocked every later run).
+    On a file system without locks, the file's pid is checked instead (a dead one on this host is taken over)."""
+    import fcntl
+
     folder = make_folder(folder)
     lock = folder / LOCK_NAME
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
-    for _ in range(2):
+    while True:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                other = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                other = {}
-            pid, host = other.get("pid"), other.get("host")
-            if isinstance(pid, int) and host == me["host"] and not _alive(pid):
-                with contextlib.suppress(OSError):
-                    lock.unlink()
-                continue
-            raise DataFileError(folder, f"another run is writing here (`{other.get('command', '?')}`, pid {pid} on "
-                                f"{host}); wait for it to finish, or delete {lock} if no such run exists") from None
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as e:
             raise DataFileError(folder, f"cannot create the lock file {LOCK_NAME} ({os_reason(e)})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            other = _holder(lock)
+            pid, host = other.get("pid"), other.get("host")
+            free = e.errno in _NO_LOCKS and not (isinstance(pid, int) and (host != me["host"] or _alive(pid)))
+            if not free:
+                os.close(fd)
+                if e.errno not in _NO_LOCKS and not isinstance(e, BlockingIOError):
+                    raise DataFileError(folder, f"cannot lock {LOCK_NAME} ({os_reason(e)})") from None
+                who = f"`{other['command']}`, pid {pid} on {host}" if "command" in other else "just starting"
+                raise DataFileError(folder, f"another run is writing here ({who}); wait for it to finish, or delete "
+                                    f"{lock} if no such run exists") from None
+        try:  # the holder may have removed the file between our open and our lock: then lock the new one
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(me).encode())
     try:
         yield lock
     finally:
         with contextlib.suppress(OSError):
-            lock.unlink()
+            lock.unlink()  # before the lock is dropped, so a run waiting on this file sees it gone and retries
+        os.close(fd)
 
 
 def _resolved(p: str | os.PathLike) -> Path:
