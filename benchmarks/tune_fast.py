@@ -55,7 +55,8 @@ def main() -> None:
     calib = build_calibration(work / "data", size=args.size, coils=args.coils, slices=args.slices)
     grid = [{"cg_iters": n, "rho": rho, "eta": eta} for n in args.cg_iters for rho in args.rho for eta in args.eta]
     name = {i: " ".join(f"{k}={v:g}" for k, v in c.items()) for i, c in enumerate(grid)}
-    tasks = [{"R": R, "cf": demo_center_fraction(args.size, R), "label": f"{key} {name[i]}", "method": "fast",
+    tasks = [{"set": "calib", "R": R, "cf": demo_center_fraction(args.size, R), "label": f"{key} {name[i]}",
+              "method": "fast",
               "model": key, "opts": {"steps": args.steps, "num_samples": args.num_samples, **c},
               "folder": str(work / "calib_recon" / f"r{R}" / f"{key}_{name[i].replace(' ', '_')}"),
               "raw_val": str(calib), "models": {k: str(v) for k, v in models.items()}, "device": args.device,
