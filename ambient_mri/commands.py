@@ -13,10 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .devices import check_threads
-from .errors import AmbientMRIError, DataFileError
+from .errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from .files import (
     check_finite_number,
     check_seed,
+    content_digest,
     input_files,
     make_folder,
     refuse_overwrite,
@@ -61,16 +62,18 @@ def recon_settings(args, source: Path, model_digest: str | None) -> str:
 
 
 def finished(out: Path, accepted: set[str]) -> bool:
-    """An output counts as done only when it is a whole reconstruction file made with one of these settings."""
+    """An output counts as done only when it is a whole reconstruction file made with one of these settings, whose
+    datasets still hold what was written (``content_digest``; outputs of versions before it are redone once)."""
     import h5py
 
     try:
         with h5py.File(out, "r") as f:
-            rec = f["reconstruction"]
-            stored = f.attrs.get("settings")
+            stored, digest = (f.attrs.get(k) for k in ("settings", "content_sha256"))
             stored = stored.decode() if isinstance(stored, bytes) else stored
-            return stored in accepted and rec.ndim == 3 and bool(np.isfinite(rec[()]).all())
-    except (OSError, KeyError, ValueError, TypeError):
+            digest = digest.decode() if isinstance(digest, bytes) else digest
+            return (stored in accepted and f["reconstruction"].ndim == 3
+                    and digest == content_digest({name: f[name][()] for name in f}))
+    except (*H5_DAMAGE, ValueError, TypeError):
         return False
 
 
@@ -278,7 +281,7 @@ def _refuse_foreign_metrics(out: Path) -> None:
         except (OSError, ValueError) as e:  # unreadable or not text: cannot be judged, so it is kept
             raise DataFileError(out / name, f"exists and cannot be read ({type(e).__name__}); not overwritten "
                                 "(choose another --output)") from None
-        if not is_ours(text):
+        if text and not is_ours(text):  # an empty file holds nothing to lose (a write killed before its first byte)
             raise DataFileError(out / name, "exists and was not written by evaluate; not overwritten (choose another "
                                 "--output)")
 

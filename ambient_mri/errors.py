@@ -28,6 +28,11 @@ class DataFileError(AmbientMRIError):
         return type(self), (self.path, self.problem)
 
 
+# What h5py raises on a damaged file: OSError where it cannot open it (truncated, not HDF5), RuntimeError or
+# KeyError where metadata read after opening is damaged ("Unable to synchronously check link existence").
+H5_DAMAGE = (OSError, RuntimeError, KeyError)
+
+
 class RecipeError(AmbientMRIError):
     """A training recipe with an unknown key or a bad value."""
 

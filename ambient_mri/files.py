@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import numbers
 import os
@@ -95,6 +96,19 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def content_digest(datasets: dict) -> str:
+    """SHA-256 of named arrays (name, dtype, shape, bytes, in name order): stored with an output and checked before
+    a rerun skips it, so an output damaged in place since (same size, readable) is redone, not kept."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(datasets):
+        a = np.ascontiguousarray(datasets[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def write_h5(path: str | os.PathLike, datasets: dict, attrs: dict | None = None) -> None:
     """One HDF5 file of ``datasets`` (bytes become ASCII strings, as fastMRI's ``ismrmrd_header``) and ``attrs``,
     written atomically."""
@@ -139,7 +153,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")  # what a folder of HDF5 files may hold; folder commands take *.h5
 
 
-def refuse_unless_truncated_h5(path: str | os.PathLike, err: OSError, option: str = "--output") -> None:
+def refuse_unless_truncated_h5(path: str | os.PathLike, err: Exception, option: str = "--output") -> None:
     """For an output file h5py could not open (``err``): redo it only if it is empty or begins with the HDF5
     signature (a truncated HDF5 file, what a damaged earlier output looks like); anything else (a text file, a
     NIfTI, a user's raw scan named .h5, a file another program holds locked or that cannot be read) is someone's
@@ -341,8 +355,6 @@ def source_fingerprint(path: str | os.PathLike) -> dict:
     evenly over it (the first and the last among them; 1 MiB read at most). Two different scans of one size and
     mtime (tar, ``cp -p`` and rsync keep mtimes) differ in every block of their k-space, so an output made from the
     other one is redone, not kept."""
-    import hashlib
-
     path = Path(path)
     h = hashlib.sha256()
     try:

@@ -10,7 +10,7 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .arrays import as_array, as_tensor
-from .errors import AmbientMRIError, DataFileError
+from .errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from .files import check_count
 
 METRICS = ("PSNR", "SSIM", "NMSE")
@@ -90,7 +90,7 @@ def _read(path: Path, key: str) -> np.ndarray:
             if d.dtype.kind not in "biufc":  # compound {re, im} or strings: numpy would fail deep inside
                 raise DataFileError(path, f"{key} has dtype {d.dtype}: expected real or complex numbers")
             return d[()]
-    except OSError as e:
+    except H5_DAMAGE as e:
         raise DataFileError(path, f"cannot be read as HDF5 ({e})") from None
 
 
@@ -108,7 +108,7 @@ def _target_key(target_file: Path) -> str:
                     return key
             raise DataFileError(target_file, "has no reference (reconstruction_rss or reconstruction_esc; fastMRI's "
                                 f"test and challenge files carry none; it has {', '.join(f.keys()) or 'nothing'})")
-    except OSError as e:
+    except H5_DAMAGE as e:
         raise DataFileError(target_file, f"cannot be read as HDF5 ({e})") from None
 
 
@@ -165,7 +165,7 @@ def recorded_settings(recon_file) -> dict | None:
             s = f.attrs.get("settings")
         s = json.loads(s.decode() if isinstance(s, bytes) else s)
         return s if isinstance(s, dict) else None
-    except (OSError, TypeError, ValueError, AttributeError):
+    except (*H5_DAMAGE, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -19,8 +19,8 @@ import torch
 
 from . import baselines
 from .devices import resolve_device
-from .errors import AmbientMRIError, DataFileError, volume_warnings
-from .files import ensure_space, refuse_unless_truncated_h5, write_h5
+from .errors import H5_DAMAGE, AmbientMRIError, DataFileError, volume_warnings
+from .files import content_digest, ensure_space, refuse_unless_truncated_h5, write_h5
 from .masks import COLUMN_KINDS, DEFAULT_CENTER_FRACTION, acs_width, kspace_mask
 from .metrics import center_crop
 from .operators import MultiCoilMRI
@@ -331,7 +331,7 @@ def check_not_foreign(out: Path, option: str = "--output") -> None:
     try:
         with h5py.File(out, "r") as f:  # ours: a reconstruction with the method (and settings) reconstruct records
             foreign = "reconstruction" not in f or not ({"settings", "method"} & set(f.attrs))
-    except OSError as err:
+    except H5_DAMAGE as err:
         refuse_unless_truncated_h5(out, err, option)  # a truncated reconstruction is redone; a text file is not
         return
     if foreign:
@@ -400,7 +400,7 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
         datasets["std"] = res.std
     acquired = sum(res.extra["acquired_columns"])  # the columns used: marked ones without data were dropped
     attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(k.shape[0] * k.shape[-1] / acquired),
-             "warnings": json.dumps(below)}
+             "warnings": json.dumps(below), "content_sha256": content_digest(datasets)}
     write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path
 

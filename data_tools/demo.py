@@ -43,7 +43,7 @@ import numpy as np
 
 from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.devices import ensure_memory
-from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from ambient_mri.files import refuse_unless_truncated_h5, write_json
 
 from .prepare import prepare_fastmri
@@ -206,7 +206,7 @@ def check_own_volume(path: Path) -> None:
     try:
         with h5py.File(path, "r") as f:
             ours = "mni152_slices" in f.attrs
-    except OSError as e:
+    except H5_DAMAGE as e:
         refuse_unless_truncated_h5(path, e, "--output")
         return
     if not ours:
@@ -221,7 +221,7 @@ def is_complete(path: Path) -> bool:
         with h5py.File(path, "r") as f:
             f["kspace"][-1:], f["reconstruction_rss"][-1:]
         return True
-    except (OSError, KeyError):
+    except H5_DAMAGE:
         return False
 
 
@@ -249,7 +249,7 @@ def _check_augmented(raw_train: Path, augmented: dict, record: dict) -> None:
         try:
             with h5py.File(path, "r") as f:
                 found = f.attrs.get("augment")
-        except OSError as e:
+        except H5_DAMAGE as e:
             raise AmbientMRIError(f"{path}: cannot read ({e}); delete it or use another --output") from None
         found = found.decode() if isinstance(found, bytes) else found
         if path not in augmented or found != want:

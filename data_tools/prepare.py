@@ -43,8 +43,8 @@ import numpy as np
 from ambient_mri.coils import sense_combine
 from ambient_mri.data.calibration import apply_compression, prepare_slice, row_crop
 from ambient_mri.data.fastmri import FastMRIVolume, read_fastmri
-from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE, read_prepared_header
-from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.data.prepared import FORMAT, REFERENCE_FORMAT, SCALE_RULE, lines_problem, read_prepared_header
+from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from ambient_mri.files import (
     atomic_path,
     ensure_space,
@@ -194,7 +194,7 @@ def _stored_settings(path: Path, kind: str = FORMAT) -> str | None:
                 raise DataFileError(path, f"exists and is not a {what}; it will not be overwritten (move it, "
                                     "or use another --output)")
             return s.decode() if isinstance(s, bytes) else (None if s is None else str(s))
-    except OSError as err:
+    except H5_DAMAGE as err:
         refuse_unless_truncated_h5(path, err)
         return None
 
@@ -368,8 +368,13 @@ def _made_from(path: Path, fingerprint: str, prepared: bool = False) -> bool:
         with h5py.File(path, "r") as hf:
             stored = hf.attrs.get("source_fingerprint")
             stored = stored.decode() if isinstance(stored, bytes) else stored
-            return stored == fingerprint and "scale" in hf and hf["scale"].shape[0] > 0
-    except (OSError, KeyError, ValueError):
+            if stored != fingerprint or "scale" not in hf or hf["scale"].shape[0] == 0:
+                return False
+            if prepared:  # the small index data, slice by slice as training checks them
+                lines, mask, scale = hf["lines"][()], hf["mask"][()], hf["scale"][()]
+                return all(lines_problem(lines[s], mask[s], float(scale[s])) is None for s in range(len(scale)))
+            return True
+    except (*H5_DAMAGE, ValueError):
         return False
 
 

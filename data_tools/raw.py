@@ -65,7 +65,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ambient_mri.errors import AmbientMRIError, DataFileError
+from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from ambient_mri.files import (
     HDF5_SIGNATURE,
     make_folder,
@@ -313,7 +313,7 @@ def _read_ismrmrd(path: Path) -> _Scan:
                                                int(head["number_of_samples"]))
         except AmbientMRIError:  # a DataFileError is a ValueError: already names the file and the problem
             raise
-        except (OSError, ValueError) as err:
+        except (*H5_DAMAGE, ValueError) as err:
             raise DataFileError(path, f"ISMRMRD readout data cannot be read (truncated?): {err}") from None
 
     noise_data = None
@@ -764,7 +764,7 @@ def _stored_settings(path: Path) -> str | None:
             return s.decode() if isinstance(s, bytes) else str(s)
     except AmbientMRIError:  # a DataFileError is a ValueError: never let the clause below swallow it
         raise
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         refuse_unless_truncated_h5(path, err)
         return None
     except (KeyError, ValueError):

@@ -651,6 +651,10 @@ def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, ca
     code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
     assert json.loads((out / "metrics.json").read_text())["volumes"]
     assert code == 1 and "exists and was not drawn by evaluate" in err  # its record of the figures is gone: kept
+    for name in ("metrics.csv", "metrics.json"):  # emptied (a write killed before its first byte): redone
+        (out / name).write_text("")
+        assert run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)[0] in (0, 1)
+        assert (out / name).stat().st_size > 0
 
 
 def _write(path: Path, **datasets) -> None:
@@ -1623,6 +1627,50 @@ def test_review_mends_reconstruct_and_evaluate(recon_dirs, tmp_path, capsys):
             _write(t / v, reconstruction_rss=f["reconstruction_rss"][()])
     code, _, err = run(["evaluate", "--target", str(t), "--recon", str(out)], capsys)
     assert code == 0 and (out / "metrics.csv").is_file() and (out / "vol0.png").is_file(), err
+
+
+def _zero_tail(path: Path) -> None:
+    """Zero the last 4 KiB in place (same size): h5py opens the file, then raises RuntimeError on its metadata."""
+    n = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(n - 4096)
+        f.write(b"\0" * 4096)
+
+
+def test_files_with_damaged_metadata_are_named_and_our_own_are_redone(recon_dirs, tmp_path, capsys):
+    """h5py's RuntimeError on damaged metadata was not caught: evaluate stopped with a traceback and scored none of
+    the other volumes, reconstruct could never redo its own damaged output (listed as 'unexpected RuntimeError' on
+    every rerun), and a damaged input gave the same. Outputs damaged in place (readable, same size) were kept:
+    a reconstruction with zeroed slices, a prepared file whose lines training refuses (a kill-and-resume audit)."""
+    raw, out = recon_dirs
+    t = tmp_path / "t"
+    t.mkdir()
+    for v in ("vol0.h5", "vol1.h5"):
+        with h5py.File(raw / v, "r") as f:
+            _write(t / v, reconstruction_rss=f["reconstruction_rss"][()])
+    _zero_tail(out / "vol0.h5")
+    with pytest.raises(RuntimeError):
+        with h5py.File(out / "vol0.h5", "r") as f:
+            "reconstruction" in f  # noqa: B015 - the membership test is what raises
+    code, _, err = run(["evaluate", "--target", str(t), "--recon", str(out)], capsys)
+    assert code == 1 and "vol0.h5: cannot be read as HDF5" in err and (out / "vol1.png").is_file()
+    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
+    assert code == 0 and "1 volume(s) reconstructed" in stdout and "1 already there" in stdout
+    assert run(["evaluate", "--target", str(t), "--recon", str(out)], capsys)[0] == 0
+    with h5py.File(out / "vol1.h5", "a") as f:  # damaged in place since: readable, finite, same settings
+        f["reconstruction"][0] = 0
+    code, stdout, _ = run(["reconstruct", "--input", str(raw), "--output", str(out), *ZF], capsys)
+    assert code == 0 and "1 volume(s) reconstructed" in stdout and "1 already there" in stdout
+    with h5py.File(out / "vol1.h5", "r") as f:
+        assert f["reconstruction"][0].max() > 0
+    prepare_fastmri(raw, tmp_path / "prep", **PREP)
+    with h5py.File(tmp_path / "prep" / "train" / "vol1.h5", "a") as f:  # training refuses it; prepare skipped it
+        f["lines"][...] = 0
+    res = prepare_fastmri(raw, tmp_path / "prep", **PREP)
+    assert [r.status for r in res.results] == ["skipped", "prepared"]
+    _zero_tail(raw / "vol1.h5")
+    code, _, err = run(["reconstruct", "--input", str(raw), "--output", str(tmp_path / "again"), *ZF], capsys)
+    assert code == 1 and "vol1.h5: damaged HDF5 file" in err
 
 
 def test_out_of_memory_and_invisible_augmentation_are_clear_errors(tmp_path, monkeypatch):

@@ -59,13 +59,16 @@ class FastMRIVolume:
         self._pid: int | None = None
         _check_path(self.path)
         with self._h5() as hf:
-            shape = _kspace_shape(self.path, hf)
-            self.multicoil = len(shape) == 4
-            self.target_key = _pick_target_key(self.path, hf, self.multicoil, target_key)
-            target_shape = _target_shape(self.path, hf, self.target_key, shape)
-            self.mask = _read_mask(self.path, hf, shape[-1])
-            self.header = read_header(self.path, hf, shape, target_shape)
-            self.attrs = {k: _plain(v) for k, v in hf.attrs.items()}
+            try:
+                shape = _kspace_shape(self.path, hf)
+                self.multicoil = len(shape) == 4
+                self.target_key = _pick_target_key(self.path, hf, self.multicoil, target_key)
+                target_shape = _target_shape(self.path, hf, self.target_key, shape)
+                self.mask = _read_mask(self.path, hf, shape[-1])
+                self.header = read_header(self.path, hf, shape, target_shape)
+                self.attrs = {k: _plain(v) for k, v in hf.attrs.items()}
+            except (RuntimeError, KeyError) as err:  # h5py on damaged metadata
+                raise DataFileError(self.path, f"damaged HDF5 file ({err})") from err
         self.kspace = LazyH5Array(self, KSPACE_KEY, shape, np.complex64, check_finite=True)
         self.target = (
             None if target_shape is None else LazyH5Array(self, self.target_key, target_shape, np.float32)

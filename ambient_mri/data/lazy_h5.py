@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from ..errors import DataFileError
+from ..errors import H5_DAMAGE, DataFileError
 
 if TYPE_CHECKING:
     from .fastmri import FastMRIVolume
@@ -50,7 +50,11 @@ class LazyH5Array:
 
     def __getitem__(self, index) -> np.ndarray:
         with self._volume._h5() as hf:
-            out = self._read(hf[self.key], index)
+            try:
+                ds = hf[self.key]
+            except (RuntimeError, KeyError) as err:  # damaged metadata
+                raise DataFileError(self._volume.path, f"could not read {self.key} (damaged file): {err}") from err
+            out = self._read(ds, index)
         out = np.array(out, dtype=self.dtype, copy=True)  # detach from h5py buffers (issue 215)
         if self.check_finite:
             self._raise_if_not_finite(out, index)
@@ -67,7 +71,7 @@ class LazyH5Array:
     def _read(self, ds: h5py.Dataset, index):
         try:
             return self._select(ds, index)
-        except OSError as err:
+        except H5_DAMAGE as err:
             raise DataFileError(
                 self._volume.path, f"could not read {self.key}[{_fmt(index)}]: {err}"
             ) from err

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import AmbientMRIError, DataFileError
+from ..errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from .calibration import zero_filled
 
 FORMAT = "ambient_mri.prepared/1"
@@ -81,7 +81,7 @@ def read_prepared_header(path: str | os.PathLike) -> dict:
             attrs = {k: _attr(v) for k, v in hf.attrs.items()}
             shapes = {k: tuple(hf[k].shape) for k in ("kspace", "lines", "mask", "maps", "scale")}
             scale = np.asarray(hf["scale"][()], np.float64).reshape(-1)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         raise DataFileError(path, f"cannot open as HDF5 (not an HDF5 file, or corrupt): {err}") from err
     S, C, H, L = shapes["kspace"]
     W = int(attrs.get("width", shapes["mask"][-1]))
@@ -105,6 +105,20 @@ def _summary(values: list):
         return sorted(distinct)
     except TypeError:
         return distinct
+
+
+def lines_problem(lines: np.ndarray, mask: np.ndarray, scale: float) -> str | None:
+    """What is wrong with one prepared slice's index data (lines (W,) padded with -1, its mask (W,), its scale),
+    or None: training refuses such a slice, so ``prepare`` redoes a file holding one."""
+    W = mask.shape[-1]
+    n = int((lines >= 0).sum())
+    if not (np.isfinite(scale) and scale > 0):
+        return f"scale is {scale} (expected > 0)"
+    if lines[:n].min(initial=0) < 0 or lines[:n].max(initial=0) >= W or (lines[n:] >= 0).any():
+        return f"lines out of range for width {W}"
+    if not np.array_equal(np.flatnonzero(mask), np.sort(lines[:n])):
+        return "mask does not match the stored lines"
+    return None
 
 
 class PreparedSlices(Dataset):
@@ -177,22 +191,17 @@ class PreparedSlices(Dataset):
                 mask = np.array(hf["mask"][s], dtype=np.float32)
                 maps = np.array(hf["maps"][s], dtype=np.complex64)
                 scale = float(hf["scale"][s])
-        except (OSError, KeyError, ValueError, TypeError) as err:
+        except (*H5_DAMAGE, ValueError, TypeError) as err:
             raise DataFileError(path, f"slice {s}: cannot be read (file corrupt or changed since the dataset was "
                                 f"indexed): {err}") from err
         W = mask.shape[-1]
-        n = int((lines >= 0).sum())
         problem = None
         if not (np.isfinite(k).all() and np.isfinite(maps).all()):
             problem = "kspace or maps contain NaN or Inf"
-        elif not (np.isfinite(scale) and scale > 0):
-            problem = f"scale is {scale} (expected > 0)"
         elif not maps.any():  # A = 0: the loss would be zero whatever the network does
             problem = "maps are all zero (no coil sees anything)"
-        elif lines[:n].min(initial=0) < 0 or lines[:n].max(initial=0) >= W or (lines[n:] >= 0).any():
-            problem = f"lines out of range for width {W}"
-        elif not np.array_equal(np.flatnonzero(mask), np.sort(lines[:n])):
-            problem = "mask does not match the stored lines"
+        else:
+            problem = lines_problem(lines, mask, scale)
         if problem:
             raise DataFileError(path, f"slice {s}: {problem}")
         y = zero_filled(k, lines, W) / np.float32(scale)
