@@ -43,7 +43,8 @@ class BelowZeroFilledWarning(UserWarning):
     are mostly noise), "unchecked_lambda" (no line to hold out, the default λ used), "strong_lambda" (L1's held-out
     lines chose a strong λ); to every method but zero_filled: "maps" (the coil maps do not explain the acquired
     data), "maps_support" (the maps are zero where the image is bright); to the learned methods: "maps_unchecked"
-    (no image row has enough samples to check the maps). One category, so
+    (no image row has enough samples to check the maps), "prior_energy" (the image puts far more energy into the
+    missing k-space columns than the acquired ones predict). One category, so
     ``warnings.filterwarnings(..., category=BelowZeroFilledWarning)`` or ``pytest.warns`` can select them."""
 
     def __init__(self, message: str, reason: str):

@@ -31,6 +31,7 @@ from .scan import (
     REFINE_SLICE_MISFIT,
     check_inputs,
     maps_misfit,
+    missing_energy_ratio,
     model_rows,
     outer_line_snr,
     prepare_scan,
@@ -40,6 +41,7 @@ from .scan import (
     warn_if_maps_misfit,
     warn_if_maps_unchecked,
     warn_if_noise_dominated,
+    warn_if_prior_overfills,
     warn_if_support_cuts,
     warn_if_underdetermined,
     zero_filled_rss,
@@ -312,6 +314,9 @@ def reconstruct(kspace, mask, model=None, maps=None, method: str = "adps", steps
     if method != "zero_filled":
         check_bounded(img, y, mps, method)
     img = (img * scales[:, None, None]).astype(np.complex64)
+    if m.diffusion:
+        extra["missing_energy"] = missing_energy_ratio(img, msk)
+        warn_if_prior_overfills(extra["missing_energy"], method)
     tsize = target_size or (min(H, W), W)
     mag = center_crop(np.abs(img), tsize).astype(np.float32)
     if std is not None:

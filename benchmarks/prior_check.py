@@ -60,6 +60,7 @@ from ambient_mri import baselines, recon  # noqa: E402
 from ambient_mri.data import read_fastmri  # noqa: E402
 from ambient_mri.masks import kspace_mask  # noqa: E402
 from ambient_mri.metrics import evaluate_volume  # noqa: E402
+from ambient_mri.scan import missing_energy_ratio  # noqa: E402
 
 
 def demo_cases(demo: Path):
@@ -79,6 +80,7 @@ def map_refinement_cases(name: str):
 
 
 HELDOUT: dict = {}
+LAST_IMAGE = None
 _diffusion = recon._diffusion
 
 
@@ -114,11 +116,13 @@ def noisy_cases(source: str):
 
 
 def run(method: str, k, m, target, model, seed: int = 0) -> tuple[float, dict, list[str], np.ndarray]:
+    global LAST_IMAGE
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = am.reconstruct(k, m, method=method, progress=False, target_size=target.shape[-2:],
                              **({"model": model, "seed": seed} if method == "fast" else {}))
     kinds = sorted({w.message.reason for w in caught if isinstance(w.message, am.BelowZeroFilledWarning)})
+    LAST_IMAGE = res.image
     return round(evaluate_volume(target, res.magnitude)["PSNR"], 3), res.extra, kinds, res.magnitude
 
 
@@ -127,7 +131,8 @@ def spread(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(((a - b) / 2) ** 2)) / np.sqrt(np.mean(((a + b) / 2) ** 2)))
 
 
-def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False) -> list[dict]:
+def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False,
+             only: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"{'case':24s} {'R':>2s} {'ZF':>6s} {'SENSE':>6s} {'fast':>6s} | {'fast/SENSE':>10s} {'fast/zero':>9s} "
           f"{'SENSE/zero':>10s} {'snr':>6s}  fast warnings")
@@ -135,6 +140,8 @@ def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False) -> l
         source = {"noisy-mni": "mni_axial", "noisy-epi": "epi"}.get(name)
         cases = demo_cases(demo) if name == "demo" else noisy_cases(source) if source else map_refinement_cases(name)
         for case, set_name, k_full, t, R, acs, seed in cases:
+            if only and f"{case}:{R}" not in only and case not in only:
+                continue
             m = kspace_mask("random", k_full.shape[-2:], R, acs / k_full.shape[-1], seed=seed)[0]
             k = k_full * m
             row = {"case": case, "set": set_name, "R": R, "acs_lines": acs, "coils": int(k.shape[1])}
@@ -143,6 +150,9 @@ def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False) -> l
                 row[method], extra, row[f"{method}_warnings"], mag = run(method, k, m, t, model)
                 if method == "sense":
                     row["outer_line_snr"] = extra.get("outer_line_snr")
+                if method != "zero_filled":  # fast's is reconstruct's own (extra); CG-SENSE's for comparison
+                    masks = np.broadcast_to(m, (len(k), m.size))
+                    row[f"{method}_missing_energy"] = missing_energy_ratio(LAST_IMAGE, masks)
             if with_spread:  # a second sample (seed 1): does the prior disagree with itself where it fails?
                 row["fast_seed1"], _, _, mag1 = run("fast", k, m, t, model, seed=1)
                 row["spread"] = spread(mag, mag1)
@@ -158,6 +168,7 @@ def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False) -> l
             print(f"{case[:24]:24s} {R:2d} {row['zero_filled']:6.2f} {row['sense']:6.2f} {row['fast']:6.2f} | "
                   f"{row.get('fast_over_sense', nan):10.3f} {row.get('fast_over_zero', nan):9.3f} "
                   f"{row.get('sense_over_zero', nan):10.3f} {nan if snr is None else snr:6.2f}  "
+                  f"E {row['fast_missing_energy'] or nan:5.2f}/{row['sense_missing_energy'] or nan:5.2f}  "
                   f"{','.join(row['fast_warnings']) or '-'}"
                   + (f"  spread {row['spread']:.4f}" if with_spread else ""), flush=True)
     return rows
@@ -171,6 +182,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-heldout", action="store_true", help="skip the held-out solves (PSNRs and warnings only)")
     p.add_argument("--spread", action="store_true", help="also a second fast sample (seed 1) and the two "
                    "samples' spread")
+    p.add_argument("--cases", nargs="+", help="only these cases (CASE or CASE:R)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prior_check.json"))
     args = p.parse_args(argv)
     tic = time.perf_counter()
@@ -180,13 +192,13 @@ def main(argv=None) -> dict:
     if not args.no_heldout:
         recon._diffusion = _diffusion_and_heldout
     try:
-        rows = run_sets(args.sets, demo, model, args.spread)
+        rows = run_sets(args.sets, demo, model, args.spread, args.cases)
     finally:
         recon._diffusion = _diffusion
     record = {"benchmark": "prior_check", "machine": machine_info("cpu"),
               "settings": {"sets": args.sets, "model": str(model_path), "model_training_steps":
                            training_steps(model_path), "fast": "reconstruct's defaults, seed 0",
-                           "heldout": not args.no_heldout, "spread": args.spread},
+                           "heldout": not args.no_heldout, "spread": args.spread, "cases": args.cases},
               "rows": rows}
     return write_record(record, Path(args.out), tic)
 

@@ -845,3 +845,45 @@ def test_learned_method_warns_when_no_row_can_check_the_maps(demo):
                 reconstruct(sim.kspace * mask, mask, method="sense", lam=1e-3, progress=False)
             reasons = {getattr(w.message, "reason", None) for w in caught}
             assert "underdetermined" in reasons and "maps_unchecked" not in reasons, reasons
+
+
+def test_missing_energy_ratio_measures_what_a_prior_adds_to_the_missing_columns():
+    """1 for an image whose missing columns follow the acquired ones' spectrum, 0 for zero-filled, large where the
+    missing columns carry extra energy (noise a prior made up); None without columns to fit or to judge."""
+    from ambient_mri.scan import MAX_MISSING_ENERGY, missing_energy_ratio, warn_if_prior_overfills
+
+    W, H = 64, 32
+    d = np.maximum(np.abs(np.arange(W) - W // 2), 0.5)
+    rng = np.random.default_rng(0)
+    phase = np.exp(2j * np.pi * rng.random((2, H, W)))
+    spectrum = (d ** -1.5)[None, None, :] * phase                      # an exact power law in |k|
+    mask = kspace_mask("random", (H, W), 4, 8 / W, seed=0)[0] != 0
+    masks = np.broadcast_to(mask, (2, W))
+    img = am.ifft2c(spectrum.astype(np.complex64))
+    assert missing_energy_ratio(img, masks) == pytest.approx(1.0, rel=1e-3)
+    assert missing_energy_ratio(am.ifft2c((spectrum * mask).astype(np.complex64)), masks) < 1e-9
+    made_up = spectrum * (1 + 3 * ~mask)                                # 4x the amplitude where the mask lacks lines
+    ratio = missing_energy_ratio(am.ifft2c(made_up.astype(np.complex64)), masks)
+    assert ratio == pytest.approx(16.0, rel=1e-3) and ratio > MAX_MISSING_ENERGY
+    with pytest.warns(am.BelowZeroFilledWarning, match="16.0x the energy the acquired lines predict") as w:
+        warn_if_prior_overfills(round(ratio), "fast")
+    assert w[0].message.reason == "prior_energy"
+    assert missing_energy_ratio(img, np.ones((2, W), bool)) is None      # fully sampled: nothing to judge
+    acs_only = np.zeros(W, bool)
+    acs_only[W // 2 - 4: W // 2 + 4] = True
+    assert missing_energy_ratio(img, np.broadcast_to(acs_only, (2, W))) is None  # nothing outside the ACS to fit
+
+
+def test_learned_methods_report_and_warn_on_the_energy_they_add(demo, monkeypatch):
+    import ambient_mri.recon as recon_module
+
+    k = demo["kspace"]
+    mask = kspace_mask("random", k.shape[-2:], 3, 0.1875, seed=0)[0]   # 6 ACS lines and 4 outside them
+    res = reconstruct(k, mask, model=demo["model"], method="fast", steps=2, progress=False)
+    assert res.extra["missing_energy"] > 0
+    assert "missing_energy" not in reconstruct(k, mask, method="sense", progress=False).extra
+    monkeypatch.setattr("ambient_mri.scan.MAX_MISSING_ENERGY", res.extra["missing_energy"] / 2)
+    assert recon_module.warn_if_prior_overfills.__module__ == "ambient_mri.scan"
+    with pytest.warns(am.BelowZeroFilledWarning, match="fast: the image puts") as w:
+        reconstruct(k, mask, model=demo["model"], method="fast", steps=2, progress=False)
+    assert any(x.message.reason == "prior_energy" for x in w)
