@@ -255,7 +255,8 @@ def run_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     The lock is an exclusive ``flock`` on that file, which the kernel drops however the holder ends, so a killed
     run's lock never blocks the next run and two runs restarted at once cannot both take it over (a dead pid's
     file removed and made again by hand was racy, and a kill before the pid was written blocked every later run).
-    On a file system without locks, the file's pid is checked instead (a dead one on this host is taken over)."""
+    On a file system without locks the file itself is the lock, created exclusively; a dead pid's on this host is
+    taken over."""
     import fcntl
 
     folder = make_folder(folder)
@@ -263,35 +264,53 @@ def run_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
     while True:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            fd, created = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(lock, os.O_RDWR), False
+            except FileNotFoundError:  # its holder removed it in between
+                continue
+            except OSError as e:
+                raise DataFileError(folder, f"cannot open the lock file {LOCK_NAME} ({os_reason(e)})") from None
         except OSError as e:
             raise DataFileError(folder, f"cannot create the lock file {LOCK_NAME} ({os_reason(e)})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except OSError as e:
-            other = _holder(lock)
-            pid, host = other.get("pid"), other.get("host")
-            free = e.errno in _NO_LOCKS and not (isinstance(pid, int) and (host != me["host"] or _alive(pid)))
-            if not free:
+            if e.errno in _NO_LOCKS and created:  # no locks here: the exclusive create made the file ours
+                locked = False
+            else:
                 os.close(fd)
                 if e.errno not in _NO_LOCKS and not isinstance(e, BlockingIOError):
                     raise DataFileError(folder, f"cannot lock {LOCK_NAME} ({os_reason(e)})") from None
+                other = _holder(lock)
+                pid, host = other.get("pid"), other.get("host")
+                dead = isinstance(pid, int) and host == me["host"] and not _alive(pid)
+                if dead and e.errno in _NO_LOCKS:  # a killed run's file, without a lock to tell: taken over
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
+                    continue
                 who = f"`{other['command']}`, pid {pid} on {host}" if "command" in other else "just starting"
-                raise DataFileError(folder, f"another run is writing here ({who}); wait for it to finish, or delete "
-                                    f"{lock} if no such run exists") from None
+                gone = " (that process has ended; one it started may still hold the lock)" if dead else ""
+                raise DataFileError(folder, f"another run is writing here ({who}){gone}; wait for it to finish, or "
+                                    f"delete {lock} if no such run exists") from None
+        if not locked:
+            break
         try:  # the holder may have removed the file between our open and our lock: then lock the new one
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, json.dumps(me).encode())
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
         yield lock
     finally:
-        with contextlib.suppress(OSError):
-            lock.unlink()  # before the lock is dropped, so a run waiting on this file sees it gone and retries
+        with contextlib.suppress(OSError):  # only our own file: a run that removed this folder may have let another
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:  # run make it again, with its own lock
+                lock.unlink()  # before the lock is dropped, so a run waiting on this file sees it gone and retries
         os.close(fd)
 
 

@@ -86,7 +86,7 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
     policy.check_count("num", num)
     policy.check_run(policy.METHODS["fast"], steps, 1, batch_size, seed)  # a diffusion method: counts and seed
     policy.check_options({"sigma_min": sigma_min, "sigma_max": sigma_max})
-    if not isinstance(heun, (bool, np.bool_)):  # heun="no" is truthy and would run Heun
+    if not (isinstance(heun, (bool, np.bool_)) or (isinstance(heun, int) and heun in (0, 1))):  # "no" is truthy
         raise AmbientMRIError(f"heun must be True or False, got {heun!r}")
     r = policy.as_record(model)
     if r.is_mri and r.ambient:

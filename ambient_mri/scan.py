@@ -353,21 +353,23 @@ MAX_MISSING_ENERGY = 4.0
 def missing_energy_ratio(img: np.ndarray, msk: np.ndarray) -> float | None:
     """Energy an image (S, H, W) puts on the k-space columns its column masks (S, W) lack, over what a power law in
     the distance from the centre, fitted to the log energies of the acquired columns outside the ACS block, predicts
-    there (slices with one mask pooled); None when no mask has 2 such columns and a missing one."""
+    there (slices with one mask pooled); None when no mask has such columns at 2 distances from the centre (at one,
+    the fit is degenerate: an exact power law scored up to 23) and a missing one."""
     from .masks import acs_columns
     from .operators import fft2c
 
-    e = (np.abs(fft2c(np.ascontiguousarray(img))) ** 2).sum(axis=-2)        # (S, W)
+    e = (np.abs(fft2c(np.ascontiguousarray(img))) ** 2).sum(axis=-2).reshape(-1, img.shape[-1])   # (S, W)
     W = e.shape[-1]
     d = np.maximum(np.abs(np.arange(W) - W // 2), 0.5)
-    acquired = np.asarray(msk).reshape(-1, W) != 0
+    acquired = np.broadcast_to(np.asarray(msk).reshape(-1, W) != 0, e.shape)
     num = den = 0.0
     for row in np.unique(acquired, axis=0):
         outer, missing = row & ~acs_columns(row), ~row
-        if outer.sum() < 2 or not missing.any():
+        if len(np.unique(d[outer])) < 2 or not missing.any():
             continue
         es = e[(acquired == row).all(axis=1)].sum(axis=0)
-        beta, alpha = np.polyfit(np.log(d[outer]), np.log(np.maximum(es[outer], 1e-30)), 1)
+        design = np.stack([np.log(d[outer]), np.ones(int(outer.sum()))], axis=1)
+        (beta, alpha), *_ = np.linalg.lstsq(design, np.log(np.maximum(es[outer], 1e-30)), rcond=None)
         num += float(es[missing].sum())
         den += float(np.exp(alpha + beta * np.log(d[missing])).sum())
     return num / den if den > 0 else None

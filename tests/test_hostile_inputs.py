@@ -298,6 +298,45 @@ def _hold_lock(folder, start, hold, queue):
         queue.put(None)
 
 
+def test_a_run_ending_never_removes_another_runs_lock(tmp_path, monkeypatch):
+    """A failed first run removes its folder while holding the lock; a run that made the folder again took a new
+    lock file, which the first one then deleted by path, letting a third run in (a review). A lock whose pid
+    could not be written is released, not held for the rest of the process. Without file locks (NFS mounted
+    nolock) the exclusive create is the lock: an empty file (its run just starting) is not taken over."""
+    import fcntl
+
+    folder = tmp_path / "run"
+    first = files.run_lock(folder, "first")
+    first.__enter__()
+    shutil.rmtree(folder)
+    second = files.run_lock(folder, "second")
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert (folder / files.LOCK_NAME).is_file()
+    with pytest.raises(am.DataFileError, match="another run is writing here \\(`second`"):
+        files.run_lock(folder, "third").__enter__()
+    second.__exit__(None, None, None)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "disk full")))
+    with pytest.raises(OSError):
+        files.run_lock(folder, "full disk").__enter__()
+    monkeypatch.setattr(os, "write", real_write)
+    with files.run_lock(folder, "after"):
+        pass
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
+    with files.run_lock(folder, "nolock"):
+        with pytest.raises(am.DataFileError, match="another run is writing here \\(`nolock`"):
+            files.run_lock(folder, "nolock again").__enter__()
+    (folder / files.LOCK_NAME).write_text("")
+    with pytest.raises(am.DataFileError, match="another run is writing here \\(just starting\\)"):
+        files.run_lock(folder, "nolock, empty file").__enter__()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (folder / files.LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
+                                                      "command": "killed"}))
+    with files.run_lock(folder, "nolock, dead run"):
+        assert json.loads((folder / files.LOCK_NAME).read_text())["command"] == "nolock, dead run"
+
+
 def test_runs_restarted_at_once_never_hold_one_lock_together(tmp_path):
     """Taking over a dead run's lock (read its pid, delete the file, create it again) was not atomic: with four
     runs restarted at the same instant, two held the lock together in 5 of 40 trials (an audit)."""
@@ -1405,6 +1444,9 @@ def test_a_resume_rewrites_a_model_left_from_the_step_before(tmp_path):
     older = (run_dir / "model.pt").read_bytes()
     train(r, progress=False)
     final = safe_load(run_dir / "model.pt")["state_dict"]
+    inode = (run_dir / "model.pt").stat().st_ino
+    train(r, progress=False)                                      # the checkpoint's own model.pt: left alone
+    assert (run_dir / "model.pt").stat().st_ino == inode
     (run_dir / "model.pt").write_bytes(older)
     (run_dir / "preview_0000004.png").unlink()
     train(r, progress=False)
@@ -1841,6 +1883,7 @@ def test_probe_sample_and_load_samples_take_their_arguments_as_meant(tmp_path):
     assert np.isfinite(memorization_probe(net, img / 127.5 - 1, steps=2)["mean_psnr"])
     with pytest.raises(am.AmbientMRIError, match="heun must be True or False, got 'no'"):
         sample_images(net, 1, steps=2, heun="no")
+    assert torch.equal(sample_images(net, 1, steps=2, heun=0), sample_images(net, 1, steps=2, heun=False))
     np.savez(tmp_path / "s.npz", a=np.zeros((2, 8, 8)))
     with pytest.raises(am.DataFileError, match=r"s.npz: is neither a .npy file nor a folder"):
         load_samples(tmp_path / "s.npz")
