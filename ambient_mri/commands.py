@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import sys
@@ -18,6 +17,7 @@ from .files import (
     check_finite_number,
     check_seed,
     content_digest,
+    file_sha256,
     input_files,
     make_folder,
     refuse_overwrite,
@@ -33,13 +33,7 @@ from .sampling.policy import MRI_METHODS as METHODS
 
 
 def _model_digest(path: str | None) -> str | None:
-    if not path:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path) if path else None
 
 
 def recon_settings(args, source: Path, model_digest: str | None) -> str:

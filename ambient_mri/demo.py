@@ -16,7 +16,6 @@ Reduced setting (CI): ``ambient-mri demo --output DIR --minutes 0.2 --size 32 --
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from .devices import check_threads, resolve_device
 from .errors import AmbientMRIError
-from .files import check_finite_number, make_folder, save_figure, write_json
+from .files import check_finite_number, file_sha256, make_folder, save_figure, write_json
 from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
@@ -118,10 +117,6 @@ def _demo_results(path: Path) -> bool:
     return _read_table(path)[0]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _demo_figure(out: Path) -> bool:
     """Whether results.png is absent or the one the demo's results.json records (its SHA-256; a table of an older
     version, of a run stopped before the figure was recorded, or cut short records none readable, and its figure
@@ -132,7 +127,7 @@ def _demo_figure(out: Path) -> bool:
     ours, table = _read_table(out / "results.json")
     if not ours or not (out / "results.json").exists():
         return False
-    return table is None or "figure_sha256" not in table or table["figure_sha256"] == _sha256(png)
+    return table is None or "figure_sha256" not in table or table["figure_sha256"] == file_sha256(png)
 
 
 def _check_settings(root: Path, size: int, coils: int) -> None:
@@ -233,7 +228,7 @@ def _run_demo(args) -> int:
              "seconds": round(time.time() - tic, 1)}
     write_json(out / "results.json", table)  # first: a run stopped while drawing leaves a figure it may redraw
     _figure(out, paths["raw_val"])
-    write_json(out / "results.json", {**table, "figure_sha256": _sha256(out / "results.png")})
+    write_json(out / "results.json", {**table, "figure_sha256": file_sha256(out / "results.png")})
     print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
     return 0
 

@@ -96,6 +96,15 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a whole file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def content_digest(datasets: dict) -> str:
     """SHA-256 of named arrays (name, dtype, shape, bytes, in name order): stored with an output and checked before
     a rerun skips it, so an output damaged in place since (same size, readable) is redone, not kept."""

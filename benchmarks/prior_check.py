@@ -80,7 +80,6 @@ def map_refinement_cases(name: str):
 
 
 HELDOUT: dict = {}
-LAST_IMAGE = None
 _diffusion = recon._diffusion
 
 
@@ -115,15 +114,13 @@ def noisy_cases(source: str):
     yield from noise_warning.heldout_cases(source)
 
 
-def run(method: str, k, m, target, model, seed: int = 0) -> tuple[float, dict, list[str], np.ndarray]:
-    global LAST_IMAGE
+def run(method: str, k, m, target, model, seed: int = 0) -> tuple[float, dict, list[str], np.ndarray, np.ndarray]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = am.reconstruct(k, m, method=method, progress=False, target_size=target.shape[-2:],
                              **({"model": model, "seed": seed} if method == "fast" else {}))
     kinds = sorted({w.message.reason for w in caught if isinstance(w.message, am.BelowZeroFilledWarning)})
-    LAST_IMAGE = res.image
-    return round(evaluate_volume(target, res.magnitude)["PSNR"], 3), res.extra, kinds, res.magnitude
+    return round(evaluate_volume(target, res.magnitude)["PSNR"], 3), res.extra, kinds, res.magnitude, res.image
 
 
 def spread(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,14 +144,14 @@ def run_sets(sets: list[str], demo: Path, model, with_spread: bool = False,
             row = {"case": case, "set": set_name, "R": R, "acs_lines": acs, "coils": int(k.shape[1])}
             HELDOUT.clear()
             for method in ("zero_filled", "sense", "fast"):
-                row[method], extra, row[f"{method}_warnings"], mag = run(method, k, m, t, model)
+                row[method], extra, row[f"{method}_warnings"], mag, image = run(method, k, m, t, model)
                 if method == "sense":
                     row["outer_line_snr"] = extra.get("outer_line_snr")
                 if method != "zero_filled":  # fast's is reconstruct's own (extra); CG-SENSE's for comparison
                     masks = np.broadcast_to(m, (len(k), m.size))
-                    row[f"{method}_missing_energy"] = missing_energy_ratio(LAST_IMAGE, masks)
+                    row[f"{method}_missing_energy"] = missing_energy_ratio(image, masks)
             if with_spread:  # a second sample (seed 1): does the prior disagree with itself where it fails?
-                row["fast_seed1"], _, _, mag1 = run("fast", k, m, t, model, seed=1)
+                row["fast_seed1"], _, _, mag1, _ = run("fast", k, m, t, model, seed=1)
                 row["spread"] = spread(mag, mag1)
             nan = float("nan")
             if HELDOUT and sum(HELDOUT["zero"]) > 0:    # else no line could be held out
