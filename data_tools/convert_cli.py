@@ -37,7 +37,7 @@ def run_convert(args) -> int:
         summary = convert(args.input, args.output, prewhiten=not args.no_prewhiten,
                           progress=not getattr(args, "quiet", False))
     except AmbientMRIError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"ambient-mri convert: error: {err}", file=sys.stderr)
         return 2
     print(summary.report())
     return 1 if summary.bad else 0

@@ -68,10 +68,12 @@ import numpy as np
 from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from ambient_mri.files import (
     HDF5_SIGNATURE,
+    HDF5_SUFFIXES,
     make_folder,
     refuse_overwrite,
     refuse_unless_truncated_h5,
     remove_temps,
+    removed_if_left_empty,
     run_lock,
     source_fingerprint,
     unusable_reason,
@@ -211,14 +213,19 @@ def _parse_ismrmrd_xml(path: Path, raw):
         raw = raw.item() if raw.size == 1 else raw.tobytes()
     if isinstance(raw, str):
         raw = raw.encode("utf-8")
-    try:
-        return ismrmrd.xsd.CreateFromDocument(raw)
-    except Exception:  # noqa: BLE001 - older headers carry elements the current schema lacks: parse leniently
+    # xsdata warns (from deep in site-packages, naming no file) about values it cannot convert, e.g. a
+    # non-integer accessionNumber: those become notes of this file's result
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
-            parser = XmlParser(config=ParserConfig(fail_on_unknown_properties=False))
-            return parser.from_bytes(bytes(raw), ismrmrd.xsd.ismrmrdHeader)
-        except Exception as err:  # noqa: BLE001
-            raise DataFileError(path, f"the ISMRMRD XML header cannot be parsed: {err}") from None
+            hdr = ismrmrd.xsd.CreateFromDocument(raw)
+        except Exception:  # noqa: BLE001 - older headers carry elements the current schema lacks: parse leniently
+            try:
+                parser = XmlParser(config=ParserConfig(fail_on_unknown_properties=False))
+                hdr = parser.from_bytes(bytes(raw), ismrmrd.xsd.ismrmrdHeader)
+            except Exception as err:  # noqa: BLE001
+                raise DataFileError(path, f"the ISMRMRD XML header cannot be parsed: {err}") from None
+    return hdr, sorted({f"XML header: {w.message}" for w in caught})
 
 
 def _ismrmrd_group(path: Path, hf: h5py.File) -> h5py.Group:
@@ -247,7 +254,7 @@ def _read_ismrmrd(path: Path) -> _Scan:
             xml = grp["xml"][0]
         except (OSError, ValueError, IndexError) as err:
             raise DataFileError(path, f"the ISMRMRD XML header cannot be read: {err}") from None
-        hdr = _parse_ismrmrd_xml(path, xml)
+        hdr, header_notes = _parse_ismrmrd_xml(path, xml)
         if "data" not in grp or not isinstance(grp["data"], h5py.Dataset):
             raise DataFileError(path, "ISMRMRD file without acquisitions ('data' missing)")
         ds = grp["data"]
@@ -327,7 +334,7 @@ def _read_ismrmrd(path: Path) -> _Scan:
     if pi is not None and pi.accelerationFactor is not None:
         accel = float(pi.accelerationFactor.kspace_encoding_step_1)
     mi, si = hdr.measurementInformation, hdr.subjectInformation
-    notes = []
+    notes = list(header_notes)
     if calib_only.any():
         notes.append(f"{int(calib_only.sum())} calibration-only readouts ignored")
 
@@ -642,6 +649,9 @@ def _check_counters(path: Path, scan: _Scan) -> None:
 
 def _assemble(path: Path, scan: _Scan, prewhiten: bool) -> _Assembled:
     _check_counters(path, scan)
+    if min(scan.recon) < 1:  # the target would be an empty image
+        raise DataFileError(path, f"the header's recon matrix is {scan.recon[0]} x {scan.recon[1]}; it must be at "
+                            "least 1 x 1")
     C = int(scan.channels[0])
     e1 = scan.counters["e1"]
     lo_line, hi_line = int(e1.min()), int(e1.max())
@@ -778,6 +788,8 @@ def _fastmri_content(source: Path, scan, asm, settings: str, fmt: str) -> tuple[
     lines = np.flatnonzero(mask)
     if not lines.size:
         raise DataFileError(source, "no phase-encode line holds acquired samples")
+    if not np.any(asm.kspace):  # a "fully sampled" all-zero reference would fail only later, in reconstruct
+        raise DataFileError(source, "every acquired sample is zero: the file holds no signal")
     extent = int(lines[-1] - lines[0] + 1)
     # no gap, through the centre line, and at least half of k-space (partial Fourier down to 4/8): one line, or a
     # few central lines alone, are an undersampled scan whose "reference" would be a blurred image
@@ -910,6 +922,9 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, prewhiten: bool
                             "raw data: choose another --output")
     if output.exists() and not output.is_dir():
         raise DataFileError(output, "--output must be a folder, and this is an existing file")
+    if output.suffix.lower() in HDF5_SUFFIXES and not output.is_dir():
+        raise DataFileError(output, "--output is a folder for the converted files (one per scan, OUTPUT/<input "
+                            "stem>.h5), not a file name")
     names: dict[str, Path] = {}
     plan: list[tuple[Path, Path | None, str]] = []
     for f in files:
@@ -921,8 +936,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, prewhiten: bool
         plan.append((f, output / name, why))
     refuse_overwrite(files, [output] + [o for _, o, _ in plan])
     summary = ConvertSummary(str(input), str(output))
-    make_folder(output)
-    with run_lock(output, f"convert {input} -> {output}"):
+    with removed_if_left_empty(output), run_lock(make_folder(output), f"convert {input} -> {output}"):
         remove_temps(output, [o.name for _, o, _ in plan])
         for f, out, why in plan:
             if progress:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -515,3 +516,47 @@ def test_a_twix_end_marker_of_length_zero_is_the_end_not_corruption(tmp_path):
     (tmp_path / "gre0.dat").write_bytes(bytes(data))
     summary = convert(tmp_path / "gre0.dat", tmp_path / "out")
     assert [r.status for r in summary.results] == ["converted"], summary.report()
+
+
+def test_an_empty_recon_matrix_an_all_zero_scan_and_header_warnings_are_named(tmp_path, capsys):
+    """A recon matrix of 0 x 0 failed with numpy's "zero-size array to reduction operation"; an all-zero scan
+    converted as a fully sampled file with an all-zero reference; xsdata's warning about a header value was printed
+    from site-packages naming no file; --output out.h5 made a folder of that name and a run whose every file was bad
+    left an empty output folder (an audit)."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    k = known_kspace(S=1)
+    zero = write_ismrmrd(raw / "zero.h5", np.zeros_like(k))
+    recon0 = write_ismrmrd(raw / "recon0.h5", k)
+    with h5py.File(recon0, "r+") as f:
+        xml = f["dataset/xml"][0]
+        xml = (xml if isinstance(xml, bytes) else xml.encode()).decode()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # xsdata on the test header's accessionNumber
+            hdr = X.CreateFromDocument(xml)
+        hdr.encoding[0].reconSpace.matrixSize.x = hdr.encoding[0].reconSpace.matrixSize.y = 0
+        f["dataset/xml"][0] = X.ToXML(hdr)
+    summary = convert(raw, tmp_path / "out")
+    reasons = {Path(r.source).name: r.reason for r in summary.bad}
+    assert "recon matrix is 0 x 0" in reasons["recon0.h5"], reasons
+    assert "every acquired sample is zero" in reasons["zero.h5"], reasons
+    assert not (tmp_path / "out").exists()  # nothing converted: no empty folder left behind
+    zero.unlink()
+    recon0.unlink()
+    odd = write_ismrmrd(raw / "odd.h5", k)
+    with h5py.File(odd, "r+") as f:
+        xml = f["dataset/xml"][0]
+        xml = (xml if isinstance(xml, bytes) else xml.encode()).decode()
+        f["dataset/xml"][0] = xml.replace("<accessionNumber>ACC-9</accessionNumber>",
+                                          "<accessionNumber>not-a-number</accessionNumber>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the header's warning is a note of the file's result, not a raw warning
+        got = convert_file(odd, tmp_path / "out" / "odd.h5")
+    assert got.status == "converted" and any("XML header" in n for n in got.notes), got.notes
+    parser = argparse.ArgumentParser()
+    add_convert_parser(parser.add_subparsers())
+    args = parser.parse_args(["convert", "--input", str(odd), "--output", str(tmp_path / "conv.h5")])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ambient-mri convert: error:") and "not a file name" in err, err
+    assert not (tmp_path / "conv.h5").exists()
