@@ -326,6 +326,10 @@ def run_evaluate(args) -> int:
     print(f"metrics.csv, metrics.json and {len(figures)} PNG(s) in {out}")
     if len(rows) < res["targets"]:
         print(f"warning: the mean is over {len(rows)} of {res['targets']} target volumes", file=sys.stderr)
+    if res["without_target"]:
+        names = res["without_target"]
+        print(f"note: {len(names)} reconstruction(s) in {args.recon} have no target of that name in {args.target}, "
+              f"not scored: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}", file=sys.stderr)
     _report_bad(bad, "volume(s) or figure(s)")
     return 1 if bad else 0
 

@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .arrays import as_array, as_tensor
 from .errors import H5_DAMAGE, AmbientMRIError, DataFileError
-from .files import check_count
+from .files import check_count, input_files
 
 METRICS = ("PSNR", "SSIM", "NMSE")
 
@@ -123,9 +123,10 @@ def scored_pair(target_file, recon_file, target_key: str | None = None) -> tuple
     for path, a, what in ((target_file, gt, key), (recon_file, pred, "reconstruction")):
         if a.ndim not in (2, 3) or 0 in a.shape:
             raise DataFileError(path, f"{what} has shape {a.shape}: expected a non-empty volume (S, H, W)")
-        if what == "reconstruction" and a.dtype.kind not in "fc":  # uint8 display images: PSNR -44, no word
+        if a.dtype.kind not in "fc":  # uint8 display images: PSNR -44 (or 12 for a uint8 target), no word
+            kind = "references" if path == target_file else "reconstructions"
             raise DataFileError(path, f"{what} is of dtype {a.dtype}: expected float (or complex) magnitudes in the "
-                                "scale of the k-space, as fastMRI's reconstructions are")
+                                f"scale of the k-space, as fastMRI's {kind} are")
         if not np.isfinite(a).all():
             raise DataFileError(path, f"{what} contains NaN or Inf")
     top = (np.abs(gt) if np.iscomplexobj(gt) else gt).max()  # a complex target is scored by its magnitude
@@ -174,15 +175,24 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
     (``evaluate_file``). target_key: default ``reconstruction_rss`` (``reconstruction_esc`` when a file has no rss).
 
     Returns {"volumes": [{"file", "PSNR", "SSIM", "NMSE"}, ...], "mean": {...}, "targets": number of target
-    files, "missing": target names without a reconstruction, "failed": [{"file", "reason"}]}; the mean is over
-    "volumes" only. ``strict``: the first bad file raises; otherwise every bad file is listed in "failed".
+    files (those that cannot be used, e.g. HDF5 not named *.h5, included), "missing": target names without a
+    reconstruction, "failed": [{"file", "path", "reason"}], "without_target": names of the reconstructions no target
+    is named as}; the mean is over "volumes" only. ``strict``: the first bad file raises; otherwise every bad file
+    is listed in "failed".
     """
     target_dir, recon_dir = Path(target_dir), Path(recon_dir)
     for d in (target_dir, recon_dir):
         if not d.is_dir():
             raise AmbientMRIError(f"{d}: not a directory")
-    targets = sorted(p for p in target_dir.glob("*.h5") if not p.name.startswith("."))
-    rows, missing, failed = [], [], []
+    targets, unusable = input_files(target_dir, what="fastMRI reference files")
+    rows, missing = [], []
+    # a target folder's files that are not *.h5 or cannot be read, and reconstructions without a target, are
+    # listed: a mean of "1/1" must not hide them
+    failed = [{"file": f.name, "path": str(f), "reason": why} for f, why in unusable]
+    if strict and unusable:
+        raise DataFileError(*unusable[0])
+    names = {t.name for t in targets} | {f.stem + ".h5" for f, _ in unusable}  # a listed target's own output
+    orphans = sorted(p.name for p in recon_dir.glob("*.h5") if not p.name.startswith(".") and p.name not in names)
     for tgt_file in targets:
         rec_file = recon_dir / tgt_file.name
         if not rec_file.exists() and not rec_file.is_symlink():
@@ -224,7 +234,8 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
         which = "; ".join(f"{k} {', '.join(v)}" for k, v in differ.items())
         warnings.warn(f"the reconstructions in {recon_dir} were made with different settings ({which}): the mean "
                       "mixes them; each volume's are in its row's made_with (metrics.json)", stacklevel=2)
-    return {"volumes": rows, "mean": mean, "targets": len(targets), "missing": missing, "failed": failed}
+    return {"volumes": rows, "mean": mean, "targets": len(targets) + len(unusable), "missing": missing,
+            "failed": failed, "without_target": orphans}
 
 
 # --------------------------------------------------------------------------------------------------

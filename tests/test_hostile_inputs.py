@@ -674,6 +674,29 @@ def test_evaluate_scores_the_good_volumes_and_lists_the_rest(recon_dirs, tmp_pat
     assert [r["file"] for r in res["volumes"]] == ["vol0.h5"] and res["missing"] == ["vol2.h5"]
 
 
+def test_evaluate_lists_misnamed_targets_and_reconstructions_without_a_target(recon_dirs, capsys):
+    """A target named *.hdf5 was skipped and a reconstruction with no target never mentioned, under a "mean of
+    1/1" and exit 0; a uint8 target was scored (PSNR 12 where the float one gives 24) (an audit)."""
+    import h5py
+
+    raw, out = recon_dirs
+    (raw / "vol1.h5").rename(raw / "vol1.hdf5")
+    shutil.copy(out / "vol0.h5", out / "orphan.h5")
+    code, stdout, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+    assert code == 1 and "mean of 1/2" in stdout, (stdout, err)
+    assert "vol1.hdf5: an HDF5 file not named *.h5" in err
+    assert "have no target of that name" in err and "orphan.h5" in err
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["without_target"] == ["orphan.h5"] and [r["file"] for r in res["volumes"]] == ["vol0.h5"]
+    (raw / "vol1.hdf5").rename(raw / "vol1.h5")
+    with h5py.File(raw / "vol1.h5", "r+") as f:
+        t = f["reconstruction_rss"][()]
+        del f["reconstruction_rss"]
+        f["reconstruction_rss"] = np.round(255 * t / t.max()).astype(np.uint8)
+    code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+    assert code == 1 and "vol1.h5: reconstruction_rss is of dtype uint8" in err, err
+
+
 def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, capsys):
     """A user's own metrics.csv / metrics.json in the recon folder (evaluate's default --output) were replaced."""
     raw, out = recon_dirs

@@ -237,7 +237,7 @@ def _target_shape(path: Path, hf: h5py.File, key: str | None, kshape: tuple[int,
         raise DataFileError(
             path, f"target {key!r} has shape {getattr(ds, 'shape', None)}, expected (slices, h, w)"
         )
-    if ds.dtype.kind not in "fiu":
+    if ds.dtype.kind != "f":  # integers (8-bit display images) are on another scale than the k-space
         raise DataFileError(path, f"target {key!r} has dtype {ds.dtype}, expected real float32")
     if ds.shape[0] != kshape[0]:
         raise DataFileError(
