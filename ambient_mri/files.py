@@ -146,9 +146,16 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
 
 @contextlib.contextmanager
 def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
-    """Those of ``folders`` (outermost first) that do not exist yet are removed, innermost first, if they are
-    empty when the block ends, however it ends: a command that writes nothing leaves no folder behind."""
-    created = [Path(d) for d in folders if not Path(d).exists()]
+    """Those of ``folders`` (outermost first) that do not exist yet, and their parents that do not either, are
+    removed, innermost first, if they are empty when the block ends, however it ends: a command that writes
+    nothing leaves no folder behind."""
+    created: list[Path] = []
+    for d in map(Path, folders):
+        missing = []
+        while not d.exists() and d != d.parent:  # mkdir(parents=True) makes these too
+            missing.append(d)
+            d = d.parent
+        created += [m for m in reversed(missing) if m not in created]
     try:
         yield
     finally:

@@ -403,3 +403,18 @@ def test_an_integer_reconstruction_and_study_options_out_of_range_are_named(tmp_
                     ({"identity_k": -3}, "identity_k must be an integer >= 1")):
         with pytest.raises(am.AmbientMRIError, match=msg):
             study({"a": train[:2]}, train, **kw)
+
+
+def test_folders_a_command_made_and_left_empty_are_removed_with_their_new_parents(tmp_path):
+    """prepare into data/brain_r4 with every file refused removed brain_r4 but left the data/ it had made (a docs
+    audit); a parent that existed before, or that now holds something, stays."""
+    from ambient_mri.files import removed_if_left_empty
+
+    out = tmp_path / "data" / "brain_r4"
+    with removed_if_left_empty(out, out / "train"):
+        (out / "train").mkdir(parents=True)
+    assert not (tmp_path / "data").exists() and tmp_path.is_dir()
+    with removed_if_left_empty(out, out / "train"):
+        (out / "train").mkdir(parents=True)
+        (tmp_path / "data" / "notes.txt").write_text("kept")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["notes.txt"]
