@@ -267,6 +267,16 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     if kind == "lines" or (kind is None and _is_column_mask(m)):
         out = _further_columns(m, extra_lines, delta, acs_lines, rng)
     else:
+        if kind is None and m.ndim == 2 and m.shape[0] >= 4 and m.mean() <= 0.5:
+            # every row acquiring one central block of >= 4 columns, at most half of all samples acquired:
+            # per-slice column masks, almost surely (a pixel mask keeping p <= 0.5 has such blocks in 4 rows with
+            # probability p^16 < 2e-5); as pixels, Ã would drop samples of their ACS blocks
+            block = min(calibration_width(row) for row in m)
+            if block >= 4:
+                warnings.warn(f"further_mask: this {m.shape} mask looks like per-slice column masks (every row "
+                              f"acquires a central block of {block} or more columns) and is taken as one pixel mask, "
+                              "which drops ACS samples: pass it as (S, 1, W) or with kind='lines' (kind='pixels' "
+                              "if it is a pixel mask)", stacklevel=2)
         if extra_lines is not None:
             raise AmbientMRIError("extra_lines needs a column mask; use delta for pixel masks")
         out = m * (rng.uniform(size=m.shape) >= delta)

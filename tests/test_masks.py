@@ -142,3 +142,23 @@ def test_further_mask_never_drops_acs_lines_whatever_the_arguments():
             further_mask(bad, delta=0.5)
     with pytest.raises(am.AmbientMRIError, match="p must be a number"):
         am.masks.pixel_mask((4, 4), "0.5")
+
+
+def test_further_mask_warns_when_per_slice_column_masks_come_as_one_pixel_mask():
+    """An (S, W) stack of different per-slice column masks was taken, in silence, as one pixel mask, and Ã dropped
+    ACS samples (a docs audit); a real pixel mask, or the same masks as (S, 1, W), get no warning."""
+    import warnings
+
+    from ambient_mri.masks import acs_columns, further_mask, kspace_mask
+
+    masks = np.stack([kspace_mask("random", (64, 64), 4, 8 / 64, seed=(s, 1))[0] for s in range(6)])
+    assert len({m.tobytes() for m in masks}) > 1  # per-slice masks that differ
+    with pytest.warns(UserWarning, match=r"looks like per-slice column masks.*kind='lines'"):
+        pixels = further_mask(masks, delta=0.5, seed=0)
+    assert (pixels * acs_columns(masks[0]) != acs_columns(masks[0])).any()  # why it warns: ACS samples dropped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lines = further_mask(masks[:, None], delta=0.5, seed=0)[:, 0]
+        assert (lines * acs_columns(masks[0]) == acs_columns(masks[0])).all()
+        further_mask(masks, delta=0.5, seed=0, kind="lines")
+        further_mask((np.random.default_rng(0).uniform(size=(64, 64)) < 0.5).astype(np.float32), delta=0.2, seed=0)
