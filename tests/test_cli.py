@@ -218,6 +218,9 @@ def test_demo_reduced_runs_end_to_end(tmp_path):
     assert "ambient-mri: warning: random: the 6 ACS lines" in p.stderr and "below the 8 asked for" in p.stderr
     assert "UserWarning" not in p.stderr   # the package's warnings are one line, without a source line
     assert (out / "results.png").stat().st_size > 10_000
+    # 0.2 minutes train far fewer steps than the README's table: the demo says so (a docs audit)
+    steps = res["settings"]["training_steps"]
+    assert 0 < steps < 1060 and f"the model trained {steps} steps; the README's table is from 1060" in p.stdout
 
 
 def test_demo_claims_only_its_own_folders(tmp_path, capsys):
