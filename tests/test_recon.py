@@ -796,6 +796,12 @@ def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path,
                      method="zero_filled")
     (m,) = seen
     assert not m[:4].any() and not m[-4:].any() and m[4:-4].sum() >= 10
+    import h5py  # a file's own mask on the padding alone was refused as "nothing was acquired" (an audit)
+
+    with h5py.File(tmp_path / "pad.h5", "r+") as f:
+        f["mask"] = 1 - keep
+    with pytest.raises(am.DataFileError, match=r"every acquired column \(8\) lies in the k-space padding"):
+        reconstruct_file(tmp_path / "pad.h5", tmp_path / "out2" / "pad.h5", method="zero_filled")
 
 
 def test_learned_methods_use_the_refined_maps_and_warn_on_maps_that_do_not_fit(demo):
