@@ -150,7 +150,9 @@ def removed_if_left_empty(*folders: str | os.PathLike) -> Iterator[None]:
     removed, innermost first, if they are empty when the block ends, however it ends: a command that writes
     nothing leaves no folder behind."""
     created: list[Path] = []
-    for d in map(Path, folders):
+    # resolved first: in "typo/../existing/out" the name "typo/.." is missing but its folder is not (the missing
+    # tail holds no symlink to resolve). A parent another run makes in the meantime and fills stays.
+    for d in (Path(os.path.realpath(f)) for f in folders):
         missing = []
         while not d.exists() and d != d.parent:  # mkdir(parents=True) makes these too
             missing.append(d)
@@ -203,7 +205,8 @@ def remove_temps(folder: str | os.PathLike, names: Iterable[str] = (), patterns:
 
 
 def input_files(path: str | os.PathLike, pattern: str = "*.h5", limit: int | None = None,
-                what: str = "fastMRI .h5 files") -> tuple[list[Path], list[tuple[Path, str]]]:
+                what: str = "fastMRI .h5 files", hint: str = "rename it, or give it as --input on its own"
+                ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The inputs of a folder command: one file, or a folder's ``pattern`` files (sorted, no hidden ones), split
     into usable files and (file, reason) for unusable ones (a dangling symlink, a folder, no permission), which
     commands list as bad instead of skipping in silence."""
@@ -214,8 +217,8 @@ def input_files(path: str | os.PathLike, pattern: str = "*.h5", limit: int | Non
     elif path.is_dir():
         files = sorted(p for p in path.glob(pattern) if not p.name.startswith("."))
         if pattern == "*.h5":  # HDF5 files under another suffix were skipped in silence
-            misnamed = [(p, unusable_reason(p) or "an HDF5 file not named *.h5: folder commands take *.h5 files "
-                         "(rename it, or give it as --input on its own)") for p in sorted(path.iterdir())
+            misnamed = [(p, unusable_reason(p) or f"an HDF5 file not named *.h5: folder commands take *.h5 files "
+                         f"({hint})") for p in sorted(path.iterdir())
                         if not p.name.startswith(".") and p.suffix.lower() in HDF5_SUFFIXES
                         and p not in files]  # glob ignores case on macOS
     elif path.is_symlink():

@@ -184,7 +184,7 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
     for d in (target_dir, recon_dir):
         if not d.is_dir():
             raise AmbientMRIError(f"{d}: not a directory")
-    targets, unusable = input_files(target_dir, what="fastMRI reference files")
+    targets, unusable = input_files(target_dir, what="fastMRI reference files", hint="rename it to *.h5")
     rows, missing = [], []
     # a target folder's files that are not *.h5 or cannot be read, and reconstructions without a target, are
     # listed: a mean of "1/1" must not hide them
@@ -217,9 +217,10 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
         rows.append(row)
     if not rows:
         why = "; ".join(f"{f['path']}: {f['reason']}" for f in failed[:3])
-        if not why and missing:
-            names = sorted(p.name for p in recon_dir.glob("*.h5"))
-            why = (f"{len(names)} .h5 file(s) there, none named as a target" if names else "no .h5 file there")
+        if missing:  # also beside listed bad files: the likelier cause is a folder of other names
+            there = sorted(p.name for p in recon_dir.glob("*.h5"))
+            why = "; ".join(filter(None, [why, f"{len(there)} .h5 file(s) there, none named as a target" if there
+                                          else "no .h5 file there"]))
         raise AmbientMRIError(f"no reconstruction in {recon_dir} could be scored against a target file in "
                               f"{target_dir}" + (f" ({why})" if why else ""))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in METRICS}

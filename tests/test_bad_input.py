@@ -418,3 +418,7 @@ def test_folders_a_command_made_and_left_empty_are_removed_with_their_new_parent
         (out / "train").mkdir(parents=True)
         (tmp_path / "data" / "notes.txt").write_text("kept")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["notes.txt"]
+    (tmp_path / "users_empty").mkdir()  # "typo/.." is missing by name, but resolves to a folder that was there
+    with removed_if_left_empty(tmp_path / "typo" / ".." / "users_empty" / "out"):
+        (tmp_path / "users_empty" / "out").mkdir()
+    assert (tmp_path / "users_empty").is_dir() and not (tmp_path / "users_empty" / "out").exists()

@@ -684,7 +684,7 @@ def test_evaluate_lists_misnamed_targets_and_reconstructions_without_a_target(re
     shutil.copy(out / "vol0.h5", out / "orphan.h5")
     code, stdout, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
     assert code == 1 and "mean of 1/2" in stdout, (stdout, err)
-    assert "vol1.hdf5: an HDF5 file not named *.h5" in err
+    assert "vol1.hdf5: an HDF5 file not named *.h5" in err and "rename it to *.h5" in err and "--input" not in err
     assert "have no target of that name" in err and "orphan.h5" in err
     res = json.loads((out / "metrics.json").read_text())
     assert res["without_target"] == ["orphan.h5"] and [r["file"] for r in res["volumes"]] == ["vol0.h5"]
