@@ -4,9 +4,6 @@ ambient_mri/cli.py by ``add_convert_parser``)."""
 from __future__ import annotations
 
 import argparse
-import sys
-
-from ambient_mri.errors import AmbientMRIError
 
 
 def add_convert_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,11 +30,8 @@ def run_convert(args) -> int:
     """0: every file converted (or already done); 1: some files were bad (listed); 2: refused to run."""
     from .raw import convert
 
-    try:
-        summary = convert(args.input, args.output, prewhiten=not args.no_prewhiten,
-                          progress=not getattr(args, "quiet", False))
-    except AmbientMRIError as err:
-        print(f"ambient-mri convert: error: {err}", file=sys.stderr)
-        return 2
+    # a refusal (AmbientMRIError) is printed by cli.main with exit status 2
+    summary = convert(args.input, args.output, prewhiten=not args.no_prewhiten,
+                      progress=not getattr(args, "quiet", False))
     print(summary.report())
     return 1 if summary.bad else 0

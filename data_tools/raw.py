@@ -215,8 +215,10 @@ def _parse_ismrmrd_xml(path: Path, raw):
         raw = raw.encode("utf-8")
     # xsdata warns (from deep in site-packages, naming no file) about values it cannot convert, e.g. a
     # non-integer accessionNumber: those become notes of this file's result
+    from xsdata.exceptions import ConverterWarning
+
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.filterwarnings("always", category=ConverterWarning)
         try:
             hdr = ismrmrd.xsd.CreateFromDocument(raw)
         except Exception:  # noqa: BLE001 - older headers carry elements the current schema lacks: parse leniently
@@ -225,7 +227,11 @@ def _parse_ismrmrd_xml(path: Path, raw):
                 hdr = parser.from_bytes(bytes(raw), ismrmrd.xsd.ismrmrdHeader)
             except Exception as err:  # noqa: BLE001
                 raise DataFileError(path, f"the ISMRMRD XML header cannot be parsed: {err}") from None
-    return hdr, sorted({f"XML header: {w.message}" for w in caught})
+    for w in caught:  # any other warning goes on as if never caught
+        if not issubclass(w.category, ConverterWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return hdr, sorted({"XML header: " + " ".join(str(w.message).split()) for w in caught
+                        if issubclass(w.category, ConverterWarning)})
 
 
 def _ismrmrd_group(path: Path, hf: h5py.File) -> h5py.Group:
