@@ -377,12 +377,7 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
         cf = DEFAULT_CENTER_FRACTION if center_fraction is None else center_fraction
         m = kspace_mask(mask or "random", k.shape[-2:], acceleration, cf,
                         seed=Path(in_path).name)[0]
-    pad = vol.padding_mask()
-    if np.any(m) and not np.any(m * pad):
-        raise DataFileError(in_path, f"every acquired column ({int(np.count_nonzero(m))}) lies in the k-space padding "
-                            f"its header declares (padding_left {vol.header['padding_left']}, padding_right "
-                            f"{vol.header['padding_right']}): the header and the mask disagree")
-    m = m * pad  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
+    m = vol.acquired(m)  # zero-padded columns were never acquired (as prepare, and fastmri's apply_mask)
     h, w = vol.header.get("recon_size", (min(k.shape[-2], k.shape[-1]), k.shape[-1]))[:2]
     if w > k.shape[-1]:  # fastMRI's "FLAIR 203" rule (transforms, varnet): a recon wider than the k-space -> W x W
         h = w = k.shape[-1]

@@ -262,14 +262,14 @@ def _prepare_volume(source: Path, output: Path, opts: PrepareOptions, tic: float
         if crop_columns:
             raise DataFileError(source, "carries its own mask (prospectively undersampled); its columns cannot be "
                                 f"cropped from {W0} to {W} (drop the width from --image-size)")
-        masks = np.broadcast_to(vol.mask * vol.padding_mask(), (S, W)).astype(np.float32)
+        masks = np.broadcast_to(vol.acquired(vol.mask), (S, W)).astype(np.float32)
         seed_rule = "mask from the file"
         acs = int(vol.attrs.get("num_low_frequency", acs_width(vol.mask[None])))
         kind, R, cf = "file", float(vol.attrs.get("acceleration", achieved_acceleration(vol.mask[None]))), acs / W
     else:
         masks, seed_rule, acs = slice_masks(name, W, S, opts)
         if not crop_columns:
-            masks = masks * vol.padding_mask()
+            masks = vol.acquired(masks)
         kind, R, cf = opts.mask, float(opts.acceleration), float(opts.center_fraction)
     if not masks.any(axis=1).all():
         raise DataFileError(source, "a slice has no acquired columns")

@@ -802,6 +802,10 @@ def test_reconstruct_file_never_counts_zero_padded_columns_as_acquired(tmp_path,
         f["mask"] = 1 - keep
     with pytest.raises(am.DataFileError, match=r"every acquired column \(8\) lies in the k-space padding"):
         reconstruct_file(tmp_path / "pad.h5", tmp_path / "out2" / "pad.h5", method="zero_filled")
+    from data_tools.prepare import prepare_fastmri  # the same words from prepare (it said "no acquired columns")
+
+    (refused,) = prepare_fastmri(tmp_path / "pad.h5", tmp_path / "prep", progress=False).refused
+    assert "every acquired column (8) lies in the k-space padding" in refused.reason, refused.reason
 
 
 def test_learned_methods_use_the_refined_maps_and_warn_on_maps_that_do_not_fit(demo):

@@ -97,6 +97,16 @@ class FastMRIVolume:
             keep[right:] = 0
         return keep
 
+    def acquired(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` (..., W) without the header's zero-padded columns (never acquired, as fastMRI's apply_mask);
+        DataFileError when every column it marks lies there: the header and the mask disagree."""
+        keep = self.padding_mask()
+        if np.any(mask) and not np.any(mask * keep):
+            raise DataFileError(self.path, f"every acquired column ({int(np.count_nonzero(mask))}) lies in the "
+                                f"k-space padding its header declares (padding_left {self.header['padding_left']}, "
+                                f"padding_right {self.header['padding_right']}): the header and the mask disagree")
+        return mask * keep
+
     def __len__(self) -> int:
         return self.num_slices
 
@@ -237,7 +247,7 @@ def _target_shape(path: Path, hf: h5py.File, key: str | None, kshape: tuple[int,
         raise DataFileError(
             path, f"target {key!r} has shape {getattr(ds, 'shape', None)}, expected (slices, h, w)"
         )
-    if ds.dtype.kind != "f":  # integers (8-bit display images) are on another scale than the k-space
+    if ds.dtype.kind not in "fiu":
         raise DataFileError(path, f"target {key!r} has dtype {ds.dtype}, expected real float32")
     if ds.shape[0] != kshape[0]:
         raise DataFileError(
