@@ -240,11 +240,13 @@ def _run_demo(args) -> int:
 
 
 def _trained_steps(run: Path) -> int | None:
-    """The last step in the run's log.jsonl (None when it cannot be read)."""
+    """The step of the run's checkpoint (written when training stops for time; log.jsonl only every log_every
+    steps), None when it cannot be read."""
+    from .model import safe_load
+
     try:
-        lines = (run / "log.jsonl").read_text().strip().splitlines()
-        return int(json.loads(lines[-1])["step"]) if lines else None
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(safe_load(run / "checkpoint.pt", mmap=True)["step"])
+    except (AmbientMRIError, KeyError, TypeError, ValueError):
         return None
 
 

@@ -267,10 +267,11 @@ def further_mask(mask, extra_lines: int | None = None, delta: float | None = Non
     if kind == "lines" or (kind is None and _is_column_mask(m)):
         out = _further_columns(m, extra_lines, delta, acs_lines, rng)
     else:
-        if kind is None and m.ndim == 2 and m.shape[0] >= 4 and m.mean() <= 0.5:
-            # every row acquiring one central block of >= 4 columns, at most half of all samples acquired:
-            # per-slice column masks, almost surely (a pixel mask keeping p <= 0.5 has such blocks in 4 rows with
-            # probability p^16 < 2e-5); as pixels, Ã would drop samples of their ACS blocks
+        if kind is None and m.ndim == 2 and 4 <= m.shape[0] < m.shape[1] and m.mean() <= 0.5:
+            # fewer rows than columns (images are square or taller), every row acquiring one central block of >= 4
+            # columns, at most half of all samples acquired: most likely per-slice column masks (a uniform pixel
+            # mask keeping p <= 0.5 has such blocks in 4 rows with probability p^16 < 2e-5; a variable-density one
+            # with sampled central columns can, hence only a warning); as pixels, Ã drops samples of the ACS blocks
             block = min(calibration_width(row) for row in m)
             if block >= 4:
                 warnings.warn(f"further_mask: this {m.shape} mask looks like per-slice column masks (every row "
