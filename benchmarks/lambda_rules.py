@@ -7,12 +7,17 @@ non-ACS lines); the reference is used here, and only here, to score every λ of 
     held-out     nibabel's example4d BOLD EPI (one real subject, another scanner and contrast), 64 x 64, 12 coils;
                  MNI152 coronal slices, 128 x 128, 16 coils; and the real Siemens twix GRE phantom (2 coils, 160 x
                  160, fully sampled) of tests/data, undersampled with 20 ACS lines
+    new sources  dipy's b0 EPI, dipy's T1 coronal slice, pydicom's MR_small (added after the rules were fixed)
+    fresh        map_refinement's fresh and fresh2 cases (a Siemens abdomen, dipy diffusion series, nibabel's T1
+                 crop, a neck angiogram, a Philips phantom; their own coils, noise, ACS counts and mask seeds),
+                 only with ``--fresh``: never looked at while any λ rule was chosen
 
 For every volume and R: zero-filled PSNR, PSNR at each λ of the grid, the chosen λ and its PSNR, the gap to the
 grid's best (target: < 0.5 dB). Prints a table and writes benchmarks/results/lambda_rules.json.
 
     python benchmarks/lambda_rules.py [--slices 4] [--volumes NAME ... [--merge]] \
         [--out benchmarks/results/lambda_rules.json]   # --merge: those volumes' rows replace theirs in --out
+    python benchmarks/lambda_rules.py --fresh --out benchmarks/results/lambda_rules_fresh.json
     python benchmarks/lambda_rules.py --score-rules benchmarks/results/lambda_rules.json \
         --out benchmarks/results/lambda_rules_alternatives.json   # other rules on the same curves, seconds
 """
@@ -90,6 +95,22 @@ def volumes(slices: int, names: list[str] | None = None) -> list[dict]:
 
 
 NEW_SOURCES = "new sources (never tuned on)"
+FRESH = "fresh (held out from every λ rule)"
+
+
+def fresh_volumes(names: list[str] | None = None) -> list[dict]:
+    """map_refinement's fresh and fresh2 cases, one volume per case with its Rs, ACS counts and mask seeds."""
+    import map_refinement
+
+    out: dict = {}
+    for case, _, k, t, R, acs, seed, _ in [*map_refinement.fresh_cases(), *map_refinement.fresh2_cases()]:
+        if names is not None and case not in names:
+            continue
+        v = out.setdefault(case, {"name": case, "set": FRESH, "coils": int(k.shape[1]), "kspace": k, "target": t,
+                                  "R": (), "acs": {}, "seed": seed[1]})
+        v["R"] += (R,)
+        v["acs"][R] = acs
+    return list(out.values())
 
 
 def new_source_volumes(slices: int, names: list[str] | None = None) -> list[dict]:
@@ -123,7 +144,8 @@ def psnr(v: dict, res) -> float:
 
 def mask(v: dict, R: int) -> np.ndarray:
     """The column mask (W,) of volume ``v`` at R: fastMRI random lines with the volume's ACS count at R, seeded."""
-    return kspace_mask("random", v["kspace"].shape[-2:], R, v["acs"][R] / v["kspace"].shape[-1], seed=(R, 11))[0]
+    return kspace_mask("random", v["kspace"].shape[-2:], R, v["acs"][R] / v["kspace"].shape[-1],
+                       seed=(R, v.get("seed", 11)))[0]
 
 
 def run(v: dict, R: int, method: str) -> dict:
@@ -151,8 +173,10 @@ def run(v: dict, R: int, method: str) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     summary = {}
-    for part in ("calibration", "held-out", NEW_SOURCES):
-        sel = [r for r in rows if r["set"].startswith(part) and (part == NEW_SOURCES or r["set"] != NEW_SOURCES)]
+    for part in ("calibration", "held-out", NEW_SOURCES, FRESH):
+        sel = [r for r in rows if r["set"] == part or part == "held-out" and r["set"].startswith(part)]
+        if not sel:
+            continue
         summary[part] = {"within_0.5_dB": f"{sum(r['gap_db'] < 0.5 for r in sel)}/{len(sel)}",
                          "below_zero_filled": [f"{r['volume']} R={r['R']} {r['method']}" for r in sel
                                                if r["chosen_psnr"] < r["zero_filled"]],
@@ -183,11 +207,11 @@ def score_rules(path: Path, out: Path) -> dict:
     rules.update({f"largest λ within {t:g}": (t, True) for t in (0.01, 0.02, 0.05)})
     table = {}
     for name, (tol, largest) in rules.items():
-        parts = {"calibration": [], "held-out": [], NEW_SOURCES: []}
+        parts = {"calibration": [], "held-out": [], NEW_SOURCES: [], FRESH: []}
         for r in rows:
             lams = list(r["psnr_per_lambda"])
             got = r["psnr_per_lambda"][lams[pick_within(r["validation_error"], tol, largest)]]
-            parts[r["set"] if r["set"] in (NEW_SOURCES, "calibration") else "held-out"].append(
+            parts[r["set"] if r["set"] in (NEW_SOURCES, FRESH, "calibration") else "held-out"].append(
                 (round(r["best_psnr"] - got, 3), got < r["zero_filled"]))
         table[name] = {k: {"within_0.5_dB": f"{sum(g < 0.5 for g, _ in v)}/{len(v)}",
                            "worst_gap_db": max(g for g, _ in v), "below_zero_filled": sum(b for _, b in v)}
@@ -212,6 +236,8 @@ def main(argv=None) -> dict:
     p.add_argument("--score-rules", metavar="JSON", default=None,
                    help="score other λ rules on the validation curves of an earlier run (no new solves) and write "
                         "them to --out")
+    p.add_argument("--fresh", action="store_true", help="the fresh set only (map_refinement's fresh and fresh2 "
+                                                        "cases; with --volumes, those of its cases)")
     p.add_argument("--merge", action="store_true", help="with --volumes: replace those volumes' rows in the "
                                                         "record at --out, keep the others")
     args = p.parse_args(argv)
@@ -236,7 +262,7 @@ def main(argv=None) -> dict:
     rows = []
     print(f"{'volume':<22} {'set':<12} {'R':>2} {'method':<10} {'ZF':>6} {'best λ':>7} {'best':>6} "
           f"{'chosen λ':>8} {'chosen':>6} {'gap':>5}")
-    for v in volumes(args.slices, args.volumes):
+    for v in fresh_volumes(args.volumes) if args.fresh else volumes(args.slices, args.volumes):
         for R in v["R"]:
             for method in args.methods:
                 r = run(v, R, method)
@@ -264,7 +290,8 @@ def main(argv=None) -> dict:
                            "sense_grid": list(SENSE_GRID),
                            "l1_grid": list(L1_GRID),
                            "l1_l2": "the Tikhonov λ of the non-ACS lines' rule (baselines.tikhonov_floor)",
-                           "sense_rule": "geometric mean of the best λ on non-ACS lines and on all lines"},
+                           "sense_rule": "geometric mean of the best λ on non-ACS lines and on all lines",
+                           "fresh": args.fresh},
               "rows": rows, "summary": summary}
     if args.merge:
         result["machine"], result["seconds"] = earlier["machine"], earlier["seconds"]
