@@ -19,6 +19,7 @@ from .devices import resolve_device
 from .errors import AmbientMRIError
 from .masks import seed_from
 from .operators import Identity, LinearOperator, PixelMask
+from .record import MAX_SIGMA_N
 from .sampling import generate, policy
 from .sampling.policy import _GEN_TAG, image_prior, sigma_floor
 from .sampling.prior import Prior
@@ -131,9 +132,6 @@ def _as_images(x, name: str, channels: int | None = None) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise AmbientMRIError(f"{name}: contains NaN or Inf")
     return t
-
-
-MAX_SIGMA_N = 2.0  # the width of [-1, 1]; or the model's own training σ_n where that is higher
 
 
 def _check_scale(x: torch.Tensor, sigma_n: float, name: str, model=None) -> None:

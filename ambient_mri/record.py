@@ -17,6 +17,7 @@ from .errors import AmbientMRIError
 
 OPERATORS = ("multicoil", "singlecoil", "pixel", "identity")  # what a training record may name
 MRI_OPERATORS = OPERATORS[:2]  # complex images (B, H, W); the others real (B, C, H, W)
+MAX_SIGMA_N = 2.0  # image noise: the width of [-1, 1] (training's bound; inference also takes a model's own σ_n)
 
 VERSION = 2
 KNOWN_VERSIONS = (1, 2)

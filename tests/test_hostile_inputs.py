@@ -1406,6 +1406,37 @@ def test_a_diverged_run_stops_without_writing_a_model(tmp_path):
     assert not (tmp_path / "runs").exists()  # a first run's folders go with it
 
 
+def test_weights_that_overflow_are_never_saved_and_extreme_recipe_values_are_refused(tmp_path, monkeypatch):
+    """lr 1e6 left a finite loss while the weights overflowed: the run exited 0 with NaN in model.pt and
+    checkpoint.pt; lr 1e308 failed inside torch's Adam; sigma_n 1e9 and input_cg 1e6 were taken; a recipe nested
+    3000 deep raised RecursionError from PyYAML (an audit)."""
+    import ambient_mri.training.trainer as trainer
+    from ambient_mri.training.recipe import load_recipe
+
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    real = trainer.step_loss
+
+    def overflow_after_first(fwd, model, *a, **k):  # what a huge lr does to the weights, on step 2
+        loss = real(fwd, model, *a, **k)
+        if a[2] >= 1:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(trainer, "step_loss", overflow_after_first)
+    with pytest.raises(am.AmbientMRIError, match=r"training diverged: at step 2 .* hold NaN or Inf"):
+        train(_image_recipe(tmp_path, tmp_path / "a.npy", training__steps=2), progress=False)
+    assert not list((tmp_path / "runs").glob("*/model.pt")) and not list((tmp_path / "runs").glob("*/checkpoint.pt"))
+    for over, msg in (({"training__lr": 1e308}, r"training.lr: must be in \(0, 1\]"),
+                      ({"corruption__sigma_n": 1e9}, r"corruption.sigma_n: must be in \[0, 2\]")):
+        with pytest.raises(am.RecipeError, match=msg):
+            train(_image_recipe(tmp_path, tmp_path / "a.npy", **over), progress=False)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(am.RecipeError, match="deep.yaml: not a YAML recipe .nested too deeply"):
+        load_recipe(deep)
+
+
 class _UnreadableInWorkers(torch.utils.data.Dataset):
     """A training set whose examples raise the reader's DataFileError in a loader worker (a file truncated
     mid-run), while the main process still reads them."""

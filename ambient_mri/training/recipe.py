@@ -15,7 +15,9 @@ import yaml
 from ..data.augment import AugmentConfig
 from ..errors import RecipeError
 from ..files import MAX_SEED
-from ..record import MRI_OPERATORS, OPERATORS
+from ..record import MAX_SIGMA_N, MRI_OPERATORS, OPERATORS
+
+MAX_INPUT_CG = 100  # CG steps on the network input, run at every network call
 
 
 @dataclass
@@ -192,8 +194,8 @@ def validate(recipe: Recipe) -> Recipe:
         raise RecipeError(f"corruption.delta: must be in (0, 1), got {c.delta}")
     if not 0 <= c.p < 1:
         raise RecipeError(f"corruption.p: must be in [0, 1), got {c.p}")
-    if c.sigma_n < 0:
-        raise RecipeError(f"corruption.sigma_n: must be >= 0, got {c.sigma_n}")
+    if not 0 <= c.sigma_n <= MAX_SIGMA_N:  # images live in [-1, 1]; more noise than that leaves nothing to learn
+        raise RecipeError(f"corruption.sigma_n: must be in [0, {MAX_SIGMA_N:g}], got {c.sigma_n}")
     for ch in c.cond:
         if ch not in COND_CHANNELS:
             raise RecipeError(f"corruption.cond: unknown channel {ch!r}; choose from {', '.join(COND_CHANNELS)}")
@@ -202,8 +204,8 @@ def validate(recipe: Recipe) -> Recipe:
             raise RecipeError(f"training.{name}: must be >= 1, got {getattr(t, name)}")
     if t.num_workers is not None and t.num_workers < 0:
         raise RecipeError(f"training.num_workers: must be >= 0 (or null for automatic), got {t.num_workers}")
-    if t.lr <= 0:
-        raise RecipeError(f"training.lr: must be > 0, got {t.lr}")
+    if not 0 < t.lr <= 1:  # Adam's step size: EDM trains at 1e-4..1e-3; above 1 torch overflows or the run diverges
+        raise RecipeError(f"training.lr: must be in (0, 1], got {t.lr}")
     if t.consistency_weight > 0 and "mask" in c.cond:  # the consistency term runs the network without a mask
         raise RecipeError("training.consistency_weight cannot be combined with corruption.cond [mask]: the "
                           "consistency loss evaluates the network on noisy images without a mask channel")
@@ -213,8 +215,8 @@ def validate(recipe: Recipe) -> Recipe:
     if not 0 <= t.seed <= MAX_SEED:
         raise RecipeError(f"training.seed: must be in [0, {MAX_SEED}], got {t.seed}")
     _validate_ranges(recipe)
-    if recipe.network.input_cg < 0:
-        raise RecipeError(f"network.input_cg: must be >= 0, got {recipe.network.input_cg}")
+    if not 0 <= recipe.network.input_cg <= MAX_INPUT_CG:  # each step runs them on every network call
+        raise RecipeError(f"network.input_cg: must be in [0, {MAX_INPUT_CG}], got {recipe.network.input_cg}")
     if recipe.network.input_cg and c.operator not in MRI_OPERATORS:
         raise RecipeError(f"network.input_cg: CG on the input applies to MRI operators, not {c.operator!r}")
     if t.amp not in ("auto", "bf16", "none"):
@@ -361,6 +363,8 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        except RecursionError:  # PyYAML's composer recurses once per nesting level
+            raise RecipeError(f"{path}: not a YAML recipe (nested too deeply to read)") from None
         except RecipeError as e:  # a key given twice
             raise RecipeError(f"{path}: {e}") from None
         except UnicodeDecodeError:

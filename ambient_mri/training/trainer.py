@@ -296,7 +296,14 @@ def ema_update(ema, model, t, step: int) -> None:
 def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, n_train: int, device,
                     data_info: dict | None = None) -> None:
     """checkpoint.pt (the resume state, with the recipe and the data summary a resume is checked against),
-    model.pt (EMA weights) and a preview PNG, each written atomically."""
+    model.pt (EMA weights) and a preview PNG, each written atomically. Weights holding NaN or Inf are never
+    written: the run stops as diverged and the previous checkpoint stays."""
+    bad = [f"{which}.{name}" for net, which in ((model, "model"), (ema, "ema")) for name, p in net.state_dict().items()
+           if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:  # a loss that stayed finite while the weights overflowed (e.g. a huge lr) passed check_divergence
+        raise AmbientMRIError(f"training diverged: at step {step} {len(bad)} weight tensor(s) hold NaN or Inf "
+                              f"(e.g. {bad[0]}); this step's checkpoint and model are not written. Lower "
+                              "training.lr, or check training.P_mean / P_std and the data")
     ensure_space(run_dir, 4 * 5 * sum(p.numel() for p in model.parameters()), "a checkpoint and a model file")
     atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                        "step": step, "recipe": r.to_dict(), "data": plain_values(data_info or {})},
