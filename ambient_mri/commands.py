@@ -122,7 +122,10 @@ def run_reconstruct(args) -> int:
         from .scan import check_multicoil_model
 
         opts["model"] = load_model(args.model)
-        check_multicoil_model(opts["model"])
+        try:
+            check_multicoil_model(opts["model"])
+        except AmbientMRIError as e:  # name the file: "model was trained for 'pixel'" left the reader guessing
+            raise DataFileError(args.model, str(e)) from None
         digest = _model_digest(args.model)
     done = kept = 0
     with removed_if_left_empty(out):

@@ -1437,6 +1437,16 @@ def test_weights_that_overflow_are_never_saved_and_extreme_recipe_values_are_ref
         load_recipe(deep)
 
 
+def test_reconstruct_names_the_model_file_trained_for_images(raw, tmp_path, capsys):
+    """'model was trained for the 'pixel' operator, not multi-coil MRI' did not say which file (an audit)."""
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).random((6, 8, 8)).astype(np.float32))
+    model = train(_image_recipe(tmp_path, tmp_path / "a.npy"), progress=False) / "model.pt"
+    code, _, err = run(["reconstruct", "--input", str(raw), "--output", str(tmp_path / "rec"), "--method", "fast",
+                        "--model", str(model)], capsys)
+    assert code == 2 and f"{model}: model was trained for the 'pixel' operator" in err, err
+    assert not (tmp_path / "rec").exists()
+
+
 class _UnreadableInWorkers(torch.utils.data.Dataset):
     """A training set whose examples raise the reader's DataFileError in a loader worker (a file truncated
     mid-run), while the main process still reads them."""
