@@ -1384,25 +1384,38 @@ def _pngs(folder: Path, n: int = 6, size: int = 8) -> Path:
     return folder
 
 
-def test_a_failed_first_run_never_removes_a_folder_its_path_resolves_to(tmp_path):
+def _always_nan(monkeypatch):
+    """Every step's loss NaN: a run that diverges from its first step."""
+    import ambient_mri.training.trainer as trainer
+
+    real = trainer.step_loss
+    monkeypatch.setattr(trainer, "step_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+
+
+def test_a_failed_first_run_never_removes_a_folder_its_path_resolves_to(tmp_path, monkeypatch):
     """run_folder tested `created` on the unresolved path: "out/new/.." did not exist until make_folder made
     out/new, so an existing folder counted as new and a diverged run removed it, with the user's files."""
     _pngs(tmp_path / "imgs")
     keep = tmp_path / "out" / "keep"
     keep.mkdir(parents=True)
     (keep / "notes.txt").write_text("precious")
-    r = _image_recipe(tmp_path, tmp_path / "imgs", training__P_mean=1e300)
+    _always_nan(monkeypatch)
+    r = _image_recipe(tmp_path, tmp_path / "imgs")
     r.update(output=str(tmp_path / "out" / "new" / ".."), name="keep")
     with pytest.raises(am.AmbientMRIError, match="training diverged: the loss was NaN or Inf"):
         train(r, progress=False)
     assert (keep / "notes.txt").read_text() == "precious" and not (keep / "model.pt").exists()
 
 
-def test_a_diverged_run_stops_without_writing_a_model(tmp_path):
-    """P_mean 1e300 gave NaN on every step; the run wrote checkpoints of an untrained model and exited 0."""
+def test_a_diverged_run_stops_without_writing_a_model(tmp_path, monkeypatch):
+    """P_mean 1e300 gave NaN on every step; the run wrote checkpoints of an untrained model and exited 0 (such a
+    P_mean is refused now, below; a NaN loss on every step stands in for it)."""
     _pngs(tmp_path / "imgs")
+    with pytest.raises(am.RecipeError, match=r"training.P_mean: must be in \[-30, ln\(1e5\) - 5 P_std\]"):
+        train(_image_recipe(tmp_path, tmp_path / "imgs", training__P_mean=800), progress=False)
+    _always_nan(monkeypatch)
     with pytest.raises(am.AmbientMRIError, match="training diverged"):
-        train(_image_recipe(tmp_path, tmp_path / "imgs", training__P_mean=1e300), progress=False)
+        train(_image_recipe(tmp_path, tmp_path / "imgs"), progress=False)
     assert not (tmp_path / "runs").exists()  # a first run's folders go with it
 
 

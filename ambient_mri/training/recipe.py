@@ -249,6 +249,10 @@ def _validate_ranges(recipe: Recipe) -> None:
         ("network.dropout", n.dropout, 0 <= n.dropout < 1, "in [0, 1)"),
         ("network.sigma_data", n.sigma_data, 0 < n.sigma_data <= 1e3, "in (0, 1000] (EDM: 0.5)"),
         ("training.P_std", t.P_std, t.P_std > 0, "> 0"),
+        # σ = exp(P_mean + P_std n): 5 standard deviations up must stay a number (P_mean 800 overflowed float in the
+        # preview, after the checkpoint was written, and again on every resume)
+        ("training.P_mean", t.P_mean, -30 <= t.P_mean and t.P_mean + 5 * t.P_std <= math.log(1e5),
+         "in [-30, ln(1e5) - 5 P_std] (σ up to 1e5 within 5 P_std; EDM: -1.2 with P_std 1.2)"),
         ("training.grad_clip", t.grad_clip, t.grad_clip > 0, "> 0"),
         ("training.ema_halflife_images", t.ema_halflife_images, t.ema_halflife_images > 0, "> 0"),
         ("training.ema_rampup_ratio", t.ema_rampup_ratio, t.ema_rampup_ratio is None or t.ema_rampup_ratio > 0,
