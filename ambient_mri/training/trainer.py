@@ -296,14 +296,7 @@ def ema_update(ema, model, t, step: int) -> None:
 def save_checkpoint(run_dir: Path, model, ema, opt, step: int, r: Recipe, data, n_train: int, device,
                     data_info: dict | None = None) -> None:
     """checkpoint.pt (the resume state, with the recipe and the data summary a resume is checked against),
-    model.pt (EMA weights) and a preview PNG, each written atomically. Weights holding NaN or Inf are never
-    written: the run stops as diverged and the previous checkpoint stays."""
-    bad = [f"{which}.{name}" for net, which in ((model, "model"), (ema, "ema")) for name, p in net.state_dict().items()
-           if p.is_floating_point() and not torch.isfinite(p).all()]
-    if bad:  # a loss that stayed finite while the weights overflowed (e.g. a huge lr) passed check_divergence
-        raise AmbientMRIError(f"training diverged: at step {step} {len(bad)} weight tensor(s) hold NaN or Inf "
-                              f"(e.g. {bad[0]}); this step's checkpoint and model are not written. Lower "
-                              "training.lr, or check training.P_mean / P_std and the data")
+    model.pt (EMA weights) and a preview PNG, each written atomically."""
     ensure_space(run_dir, 4 * 5 * sum(p.numel() for p in model.parameters()), "a checkpoint and a model file")
     atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                        "step": step, "recipe": r.to_dict(), "data": plain_values(data_info or {})},
@@ -509,6 +502,18 @@ def optimise(loss: torch.Tensor, model, opt, t, step: int) -> torch.Tensor:
 MAX_NONFINITE_STEPS = 20
 
 
+def check_finite_weights(model, ema, step: int) -> None:
+    """Raise when the weights or their EMA hold NaN or Inf, before a checkpoint: a loss that stayed finite while
+    the weights overflowed (e.g. a huge lr) passes ``check_divergence``. Every rank checks its (identical) copy, so
+    all stop together."""
+    bad = [f"{which}.{name}" for net, which in ((model, "model"), (ema, "ema")) for name, p in net.state_dict().items()
+           if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise AmbientMRIError(f"training diverged: at step {step} {len(bad)} weight tensor(s) hold NaN or Inf "
+                              f"(e.g. {bad[0]}); this step's checkpoint and model are not written. Lower "
+                              "training.lr, or check training.P_mean / P_std and the data")
+
+
 def check_divergence(worst: int, steps_this_run: int, step: int) -> None:
     """Raise once ``worst`` consecutive steps had a non-finite loss: MAX_NONFINITE_STEPS, or all of a shorter call
     (``steps_this_run``: the steps this call plans, or has done when it stops early), before the step's checkpoint
@@ -612,6 +617,8 @@ def _loop(r: Recipe, data, data_info: dict, run_dir: Path, device, rank: int, wo
             save_now = done % t.checkpoint_every == 0 or done == t.steps or out_of_time  # alike on every rank
             if save_now or done % t.log_every == 0:
                 check_divergence(int(worst_bad.item()), (done if out_of_time else t.steps) - start, done)
+            if save_now:
+                check_finite_weights(model, ema, done)
             if rank == 0 and save_now:
                 save_checkpoint(run_dir, model, ema, opt, done, r, data, n_train, device, data_info)
             if world > 1 and done % t.checkpoint_every == 0:
