@@ -20,6 +20,7 @@ from .files import (
     file_sha256,
     input_files,
     make_folder,
+    refuse_file_name_for_folder,
     refuse_overwrite,
     remove_temps,
     removed_if_left_empty,
@@ -104,9 +105,7 @@ def run_reconstruct(args) -> int:
                               f"{', '.join(COLUMN_KINDS)}")
     resolve_device(args.device, "--device")
     out = Path(args.output)
-    if out.suffix.lower() in (".h5", ".hdf5") and not out.is_dir():
-        raise AmbientMRIError(f"--output {out} is a folder for the reconstructions (one file per volume, named as "
-                              "its input), not a file name")
+    refuse_file_name_for_folder(out, "the reconstructions (one file per volume, named as its input)")
     files, bad = input_files(args.input)
     single = Path(args.input).is_file()
     refuse_overwrite(files + [f for f, _ in bad], [out] + [out / f.name for f in files])

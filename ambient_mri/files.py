@@ -171,6 +171,14 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5")  # what a folder of HDF5 files may hold; folder commands take *.h5
 
 
+def refuse_file_name_for_folder(out: str | os.PathLike, what: str) -> None:
+    """An --output folder named like an HDF5 file (``out.h5``) that is not a folder yet is a mistaken file name:
+    refused, so no folder of that name is made. ``what``: what the folder holds, for the message."""
+    out = Path(out)
+    if out.suffix.lower() in HDF5_SUFFIXES and not out.is_dir():
+        raise DataFileError(out, f"--output is a folder for {what}, not a file name")
+
+
 def refuse_unless_truncated_h5(path: str | os.PathLike, err: Exception, option: str = "--output") -> None:
     """For an output file h5py could not open (``err``): redo it only if it is empty or begins with the HDF5
     signature (a truncated HDF5 file, what a damaged earlier output looks like); anything else (a text file, a

@@ -68,8 +68,8 @@ import numpy as np
 from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from ambient_mri.files import (
     HDF5_SIGNATURE,
-    HDF5_SUFFIXES,
     make_folder,
+    refuse_file_name_for_folder,
     refuse_overwrite,
     refuse_unless_truncated_h5,
     remove_temps,
@@ -928,9 +928,7 @@ def convert(input: str | os.PathLike, output: str | os.PathLike, prewhiten: bool
                             "raw data: choose another --output")
     if output.exists() and not output.is_dir():
         raise DataFileError(output, "--output must be a folder, and this is an existing file")
-    if output.suffix.lower() in HDF5_SUFFIXES and not output.is_dir():
-        raise DataFileError(output, "--output is a folder for the converted files (one per scan, OUTPUT/<input "
-                            "stem>.h5), not a file name")
+    refuse_file_name_for_folder(output, "the converted files (one per scan, OUTPUT/<input stem>.h5)")
     names: dict[str, Path] = {}
     plan: list[tuple[Path, Path | None, str]] = []
     for f in files:
