@@ -309,6 +309,21 @@ def test_inconsistent_image_shapes(good, tmp_path):
         PreparedSlices(tmp_path / "x" / "train")
 
 
+def test_training_folder_names_every_bad_file(good, tmp_path):
+    prepare_fastmri(good, tmp_path / "x", limit=1, **OPTS)
+    prepare_fastmri(good, tmp_path / "y", image_size=(24, 24), **OPTS)
+    folder = tmp_path / "x" / "train"
+    shutil.copy(tmp_path / "y" / "train" / "vol_b.h5", folder / "vol_b.h5")  # other image rows
+    shutil.copy(good / "vol_a.h5", folder / "vol_c.h5")  # an official fastMRI file, not a prepared one
+    (folder / "vol_d.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataFileError) as err:
+        PreparedSlices(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder}: 3 of the files read cannot be used")
+    assert "vol_b.h5: image shape" in msg and "vol_c.h5: not a prepared file" in msg
+    assert "vol_d.h5: cannot open as HDF5" in msg and "vol_a.h5:" not in msg
+
+
 # --------------------------------------------------------------------------------------------------
 # CLI and demo
 # --------------------------------------------------------------------------------------------------

@@ -149,13 +149,19 @@ class PreparedSlices(Dataset):
         self.paths: list[str] = []
         headers = []
         file_idx, slice_idx = [], []
+        bad: list[DataFileError] = []  # every unusable file is named at once, not one per attempt
         for path in paths:
-            h = read_prepared_header(path)
+            try:
+                h = read_prepared_header(path)
+            except DataFileError as err:
+                bad.append(err)
+                continue
             if headers and h["image_shape"][0] != headers[0]["image_shape"][0]:
-                raise DataFileError(
+                bad.append(DataFileError(
                     path, f"image shape {h['image_shape']} differs from {headers[0]['image_shape']} in "
                     f"{self.paths[0]} in its rows; files of a training folder may differ in k-space width and coils "
-                    "(each step trains on one shape), not in image rows (prepare with one --image-size H)")
+                    "(each step trains on one shape), not in image rows (prepare with one --image-size H)"))
+                continue
             self.paths.append(str(path))
             headers.append(h)
             n = h["slices"]
@@ -163,6 +169,12 @@ class PreparedSlices(Dataset):
             slice_idx.append(np.arange(n, dtype=np.int32))
             if limit is not None and sum(len(f) for f in file_idx) >= limit:
                 break
+        if len(bad) == 1:
+            raise bad[0]
+        if bad:
+            listing = "\n".join(f"  {Path(e.path).name}: {e.problem}" for e in bad)
+            raise DataFileError(self.root, f"{len(bad)} of the files read cannot be used for training (move them "
+                                f"out of the folder or prepare them again):\n{listing}")
         self._file = np.concatenate(file_idx)[:limit]
         self._slice = np.concatenate(slice_idx)[:limit]
         self._headers = headers
