@@ -305,26 +305,29 @@ def run_evaluate(args) -> int:
     w = csv.DictWriter(buf, fieldnames=CSV_HEADER.split(","), extrasaction="ignore")
     w.writeheader()
     w.writerows(rows + [{"file": "mean", **m}])
-    earlier, ours = _earlier_figures(out)
-    bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]
-    bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
-    result = {**res, "volumes": [_finite_or_none(r) for r in rows], "mean": _finite_or_none(m), "figures": []}
-    write_text(out / "metrics.csv", buf.getvalue())  # the metrics first: a figure that fails cannot lose them
-    write_json(out / "metrics.json", {**result, "figures": earlier})  # until redrawn, the earlier figures stand
-    figures = []
-    for r in rows:
-        png = f"{Path(r['file']).stem}.png"
-        if (out / png).exists() and png not in ours:  # someone's file where the figure goes: left alone
-            bad.append((out / png, "exists and was not drawn by evaluate: not overwritten (figure not written)"))
-            continue
-        try:
-            _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / png)
-            figures.append(png)
-        except Exception as e:  # noqa: BLE001 - the metrics stand; the figure is listed as failed
-            bad.append((out / png, f"figure not written ({type(e).__name__}: {e})"))
-    for name in set(earlier) - set(figures):  # an earlier run's figure of a volume that now fails would mislead
-        (out / name).unlink(missing_ok=True)
-    write_json(out / "metrics.json", {**result, "figures": figures})
+    # a reconstruct still writing into this folder is refused here, before metrics of a half-done folder land
+    with run_lock(out, f"evaluate {args.recon} against {args.target}"):
+        remove_temps(out, ["metrics.csv", "metrics.json", *(f"{Path(r['file']).stem}.png" for r in rows)])
+        earlier, ours = _earlier_figures(out)
+        bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]
+        bad += [(Path(args.recon) / name, "no reconstruction for this target") for name in res["missing"]]
+        result = {**res, "volumes": [_finite_or_none(r) for r in rows], "mean": _finite_or_none(m), "figures": []}
+        write_text(out / "metrics.csv", buf.getvalue())  # the metrics first: a figure that fails cannot lose them
+        write_json(out / "metrics.json", {**result, "figures": earlier})  # until redrawn, the earlier figures stand
+        figures = []
+        for r in rows:
+            png = f"{Path(r['file']).stem}.png"
+            if (out / png).exists() and png not in ours:  # someone's file where the figure goes: left alone
+                bad.append((out / png, "exists and was not drawn by evaluate: not overwritten (figure not written)"))
+                continue
+            try:
+                _volume_png(Path(args.target) / r["file"], Path(args.recon) / r["file"], out / png)
+                figures.append(png)
+            except Exception as e:  # noqa: BLE001 - the metrics stand; the figure is listed as failed
+                bad.append((out / png, f"figure not written ({type(e).__name__}: {e})"))
+        for name in set(earlier) - set(figures):  # an earlier run's figure of a volume that now fails would mislead
+            (out / name).unlink(missing_ok=True)
+        write_json(out / "metrics.json", {**result, "figures": figures})
     print(f"metrics.csv, metrics.json and {len(figures)} PNG(s) in {out}")
     if len(rows) < res["targets"]:
         print(f"warning: the mean is over {len(rows)} of {res['targets']} target volumes", file=sys.stderr)

@@ -697,6 +697,21 @@ def test_evaluate_lists_misnamed_targets_and_reconstructions_without_a_target(re
     assert code == 1 and "vol1.h5: reconstruction_rss is of dtype uint8" in err, err
 
 
+def test_evaluate_waits_for_no_one_and_clears_only_its_own_temporaries(recon_dirs, capsys):
+    """evaluate wrote beside a reconstruct still running in the same folder, and a killed evaluate's temporaries
+    stayed for ever (a data-safety audit)."""
+    raw, out = recon_dirs
+    with files.run_lock(out, "reconstruct still running"):
+        code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+    assert code == 2 and "another run is writing here" in err and "reconstruct still running" in err
+    assert not (out / "metrics.json").exists() and not (out / "metrics.csv").exists()
+    for name in (".metrics.json.k1ll3d.tmp", ".vol0.png.k1ll3d.tmp", ".notes.txt.x.tmp"):
+        (out / name).write_text("half")
+    assert run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)[0] == 0
+    assert [p.name for p in temps(out)] == [".notes.txt.x.tmp"]  # someone else's: left alone
+    assert (out / "metrics.json").is_file() and not (out / files.LOCK_NAME).exists()
+
+
 def test_evaluate_never_overwrites_metrics_files_it_did_not_write(recon_dirs, capsys):
     """A user's own metrics.csv / metrics.json in the recon folder (evaluate's default --output) were replaced."""
     raw, out = recon_dirs
