@@ -44,7 +44,7 @@ import numpy as np
 from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.devices import ensure_memory
 from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
-from ambient_mri.files import refuse_unless_truncated_h5, write_json
+from ambient_mri.files import refuse_unless_truncated_h5, remove_temps, run_lock, write_json
 
 from .prepare import prepare_fastmri
 from .simulate import make_fastmri_volume
@@ -139,39 +139,42 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
                               "move it, or use another --output")
     for path in [*volumes, *augmented]:
         check_own_volume(path)
-    _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
-    if augmented:
-        _simulate_augmented(augmented, train_ids, aug, aug_record, size, coils, noise_std, axis)
+    with run_lock(out, f"prepare demo -> {out}"):  # two builds of one folder would write the same volumes
+        for path in [*volumes, *augmented, out / "demo.json"]:  # what a killed build left half-written
+            remove_temps(path.parent, [path.name])
+        _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)
+        if augmented:
+            _simulate_augmented(augmented, train_ids, aug, aug_record, size, coils, noise_std, axis)
 
-    cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
-    runs = [
-        (raw_train, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="train")),
-        (raw_val, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="val")),
-        (raw_val, out / "prepared_r8", dict(acceleration=8, center_fraction=cf8, split="val")),
-        (raw_train, out / "prepared_full", dict(acceleration=1, center_fraction=cf4, split="train")),
-    ]
-    for src, dst, kw in runs:
-        summary = prepare_fastmri(src, dst, mask="random", per_slice_mask=True, workers=workers,
-                                  progress=progress, **kw)
-        if summary.refused:
-            raise AmbientMRIError("demo preparation failed:\n" + summary.report())
+        cf4, cf8 = demo_center_fraction(size, 4), demo_center_fraction(size, 8)
+        runs = [
+            (raw_train, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="train")),
+            (raw_val, out / "prepared_r4", dict(acceleration=4, center_fraction=cf4, split="val")),
+            (raw_val, out / "prepared_r8", dict(acceleration=8, center_fraction=cf8, split="val")),
+            (raw_train, out / "prepared_full", dict(acceleration=1, center_fraction=cf4, split="train")),
+        ]
+        for src, dst, kw in runs:
+            summary = prepare_fastmri(src, dst, mask="random", per_slice_mask=True, workers=workers,
+                                      progress=progress, **kw)
+            if summary.refused:
+                raise AmbientMRIError("demo preparation failed:\n" + summary.report())
 
-    paths = {
-        "root": out, "raw_train": raw_train, "raw_val": raw_val,
-        "r4_train": out / "prepared_r4" / "train", "r4_val": out / "prepared_r4" / "val",
-        "r4_val_reference": out / "prepared_r4" / "val_reference",
-        "r8_val": out / "prepared_r8" / "val", "r8_val_reference": out / "prepared_r8" / "val_reference",
-        "full_train": out / "prepared_full" / "train",
-    }
-    record = {
-        "source": f"MNI152 2009a T1 template (nilearn), {axis} slices", "image_size": [size, size],
-        "kspace_size": [2 * size, size], "coils": coils, "noise_std": noise_std,
-        "train_slices": train_ids, "val_slices": val_ids, "mask": "random, per slice",
-        "augment": aug_record if aug.copies else None,
-        "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
-        "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
-    }
-    write_json(out / "demo.json", record)
+        paths = {
+            "root": out, "raw_train": raw_train, "raw_val": raw_val,
+            "r4_train": out / "prepared_r4" / "train", "r4_val": out / "prepared_r4" / "val",
+            "r4_val_reference": out / "prepared_r4" / "val_reference",
+            "r8_val": out / "prepared_r8" / "val", "r8_val_reference": out / "prepared_r8" / "val_reference",
+            "full_train": out / "prepared_full" / "train",
+        }
+        record = {
+            "source": f"MNI152 2009a T1 template (nilearn), {axis} slices", "image_size": [size, size],
+            "kspace_size": [2 * size, size], "coils": coils, "noise_std": noise_std,
+            "train_slices": train_ids, "val_slices": val_ids, "mask": "random, per slice",
+            "augment": aug_record if aug.copies else None,
+            "r4": {"acceleration": 4, "center_fraction": cf4}, "r8": {"acceleration": 8, "center_fraction": cf8},
+            "paths": {k: str(v) for k, v in paths.items()}, "seconds": round(time.time() - tic, 2),
+        }
+        write_json(out / "demo.json", record)
     return paths
 
 

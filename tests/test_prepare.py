@@ -380,6 +380,16 @@ def test_demo_tiny(tmp_path, capsys):
     own.write_bytes(data[: len(data) // 2])
     build_demo(tmp_path, size=32, coils=4, slices=10)
     assert own.read_bytes() == data
+    # a killed build's temporaries are cleared by the next one (they stayed for ever); nobody else's are
+    (own.parent / ".demo_val_00.h5.k1ll3d.tmp").write_bytes(b"half")
+    (tmp_path / ".demo.json.k1ll3d.tmp").write_text("half")
+    (own.parent / ".notes.tmp").write_text("mine")
+    from ambient_mri.files import run_lock
+
+    with run_lock(tmp_path, "prepare demo elsewhere"), pytest.raises(AmbientMRIError, match="another run is writing"):
+        build_demo(tmp_path, size=32, coils=4, slices=10)
+    build_demo(tmp_path, size=32, coils=4, slices=10)
+    assert sorted(p.name for p in tmp_path.rglob(".*.tmp")) == [".notes.tmp"]
 
 
 def test_row_crop_matches_2d_crop():
