@@ -19,8 +19,7 @@ from .operators import (
     fft2c,
     ifft2c,
 )
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401 - the package's version, as every package has it
 
 _LAZY = {"train": ".training.trainer", "reconstruct": ".recon", "reconstruct_file": ".recon",
          "load_model": ".model"}

@@ -46,6 +46,7 @@ from .scan import (
     warn_if_underdetermined,
     zero_filled_rss,
 )
+from .version import __version__
 
 METHODS = policy.MRI_METHODS
 CLASSICAL = baselines.METHODS
@@ -405,7 +406,8 @@ def reconstruct_file(in_path, out_path, mask: str | None = None, acceleration: f
         datasets["std"] = res.std
     acquired = sum(res.extra["acquired_columns"])  # the columns used: marked ones without data were dropped
     attrs = {"method": res.method, "nfe": res.nfe, "acceleration": float(k.shape[0] * k.shape[-1] / acquired),
-             "warnings": json.dumps(below), "content_sha256": content_digest(datasets)}
+             "warnings": json.dumps(below), "content_sha256": content_digest(datasets),
+             "ambient_mri_version": __version__}  # not in settings: an upgrade alone does not redo finished files
     write_h5(out_path, datasets, attrs | ({} if settings is None else {"settings": settings}))
     return out_path
 

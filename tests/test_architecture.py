@@ -159,3 +159,11 @@ def test_import_ambient_mri_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
+def test_package_version_matches_pyproject():
+    """Output files record ``ambient_mri.__version__``: it must be the version pip installed."""
+    import ambient_mri
+
+    text = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == ambient_mri.__version__

@@ -79,7 +79,7 @@ def test_reconstruct_and_evaluate_agree_with_fastmri(tmp_path, targets, capsys):
         assert [f.name for f in files] == ["vol0.h5", "vol1.h5"]
         with h5py.File(files[0], "r") as f:
             assert f["reconstruction"].shape == (3, 64, 64) and f["reconstruction"].dtype == np.float32
-            assert f.attrs["method"] == method
+            assert f.attrs["method"] == method and f.attrs["ambient_mri_version"] == am.__version__
         ours = evaluate_dirs(targets, out)["mean"]
         theirs = evaluate(argparse.Namespace(target_path=targets, predictions_path=out, acquisition=None,
                                              acceleration=None), "reconstruction_rss").means()
