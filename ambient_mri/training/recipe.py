@@ -182,6 +182,8 @@ def validate(recipe: Recipe) -> Recipe:
     if not recipe.name or os.path.isabs(recipe.name) or any(p.strip() in ("", ".", "..") for p in parts):
         raise RecipeError(f"name: folder names below output (the run folder is output/name), without '.' or '..' "
                           f"parts, got {recipe.name!r}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in recipe.name):  # a newline split every log line naming the run
+        raise RecipeError(f"name: control characters (newline, tab, NUL, ...) in a folder name, got {recipe.name!r}")
     if any(len(p.encode()) > 255 for p in parts):  # the file system's limit per folder name
         longest = max(len(p.encode()) for p in parts)
         raise RecipeError(f"name: each folder name may hold at most 255 bytes, got {longest}")
