@@ -1848,7 +1848,8 @@ def test_overrides_and_names_that_gave_tracebacks_or_reset_a_section(tmp_path):
                            (["name.x=1"], "name is a value, not a section"), ([5], "a list of 'key=value' strings"),
                            ("steps=2", "a list of 'key=value' strings"), ({5: 2}, "a list of 'key=value' strings"),
                            ([f"name={'x' * 300}"], "at most 255 bytes"), (["name=' '"], "without '.' or '..'"),
-                           (['name="a\\nb"'], "control characters"), (['name="a\\x00b"'], "control characters")):
+                           (['name="a\\nb"'], "control characters"), (['name="a\\x00b"'], "control characters"),
+                           (["corruption.cond=[mask, ones, mask]"], "channel\\(s\\) mask given more than once")):
         with pytest.raises(am.RecipeError, match=msg):
             load_recipe(recipe, overrides)
 

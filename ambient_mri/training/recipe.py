@@ -201,6 +201,9 @@ def validate(recipe: Recipe) -> Recipe:
     for ch in c.cond:
         if ch not in COND_CHANNELS:
             raise RecipeError(f"corruption.cond: unknown channel {ch!r}; choose from {', '.join(COND_CHANNELS)}")
+    repeated = sorted({ch for ch in c.cond if c.cond.count(ch) > 1})
+    if repeated:  # a second copy of a channel adds weights and no information
+        raise RecipeError(f"corruption.cond: channel(s) {', '.join(repeated)} given more than once")
     for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
         if getattr(t, name) < 1:
             raise RecipeError(f"training.{name}: must be >= 1, got {getattr(t, name)}")
