@@ -295,6 +295,8 @@ def test_bad_input(tmp_path, good):
         PreparedSlices(tmp_path / "empty")
     with pytest.raises(DataFileError, match="ambient-mri prepare"):
         PreparedSlices(tmp_path / "missing")
+    with pytest.raises(DataFileError, match=r"a_file: a file, not a folder: .*give its folder"):
+        PreparedSlices(tmp_path / "a_file")
     with pytest.raises(DataFileError, match=r"vol_a\.h5: not a prepared file"):
         PreparedSlices(good)  # official fastMRI files, not prepared ones
 

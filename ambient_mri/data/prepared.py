@@ -135,6 +135,9 @@ class PreparedSlices(Dataset):
 
     def __init__(self, root: str | os.PathLike, limit: int | None = None):
         self.root = Path(root)
+        if self.root.is_file():  # "no such folder" read as if the file were missing
+            raise DataFileError(self.root, f"a file, not a folder: training reads every prepared file of a folder; "
+                                f"give its folder ({self.root.parent})")
         if not self.root.is_dir():
             raise DataFileError(self.root, f"no such folder of prepared files; {HOW_TO_PREPARE}")
         paths = sorted(p for p in self.root.glob("*.h5") if p.is_file() and not p.name.startswith("."))
