@@ -1999,3 +1999,16 @@ def test_sixteen_bit_pgm_images_load_and_single_thresholds_and_size_arrays_are_t
     assert abs((s.images.mean() + 1) / 2 - 30000 / 65535) < 1e-4
     assert check_thresholds(0.9) == (0.9,)
     assert load_images(str(folder), image_size=np.array([4, 4])).images.shape == (1, 1, 4, 4)
+
+
+def test_an_acs_block_wider_than_the_training_kspace_names_the_recipe_section():
+    """corruption.acs_lines 1000 on 32-column k-space stopped training with "acs_lines must be an integer in
+    [0, 32]": no recipe section, no example (an audit)."""
+    from ambient_mri.data.measurements import ArrayMeasurements, WithFurtherCorruption
+
+    mask = torch.zeros(4, 1, 1, 32)
+    mask[..., ::2] = 1
+    data = WithFurtherCorruption(ArrayMeasurements(torch.zeros(4, 8, 32, dtype=torch.complex64), mask),
+                                 extra_lines=2, acs_lines=1000)
+    with pytest.raises(am.AmbientMRIError, match=r"^corruption: acs_lines must be .* training example 1\)$"):
+        data[1]

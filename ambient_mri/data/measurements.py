@@ -62,5 +62,8 @@ class WithFurtherCorruption(Dataset):
         seed = None if self.redraw else (self.seed, 7919, int(item.get("index", i)))
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
-        item["mask_tilde"] = further_mask(item["mask"], seed=seed, **self.opts)
+        try:
+            item["mask_tilde"] = further_mask(item["mask"], seed=seed, **self.opts)
+        except AmbientMRIError as e:  # e.g. acs_lines wider than this example's k-space: name the recipe section
+            raise AmbientMRIError(f"corruption: {e} (the further mask Ã of training example {i})") from None
         return item
