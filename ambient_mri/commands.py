@@ -289,7 +289,7 @@ def run_evaluate(args) -> int:
     refuse_overwrite(list(Path(args.target).glob("*.h5")) + list(Path(args.recon).glob("*.h5")),
                      [out / "metrics.csv", out / "metrics.json"])
     _refuse_foreign_metrics(out)
-    res = evaluate_dirs(args.target, args.recon, strict=False)
+    res = evaluate_dirs(args.target, args.recon, strict=False, progress=None)  # a bar on terminals only
     make_folder(out)
     rows = res["volumes"]
     print(f"{'volume':<32} {'PSNR':>8} {'SSIM':>8} {'NMSE':>9}")
@@ -315,7 +315,7 @@ def run_evaluate(args) -> int:
         write_text(out / "metrics.csv", buf.getvalue())  # the metrics first: a figure that fails cannot lose them
         write_json(out / "metrics.json", {**result, "figures": earlier})  # until redrawn, the earlier figures stand
         figures = []
-        for r in rows:
+        for r in tqdm(rows, desc="figures", unit="volume", disable=None, leave=False):
             png = f"{Path(r['file']).stem}.png"
             if (out / png).exists() and png not in ours:  # someone's file where the figure goes: left alone
                 bad.append((out / png, "exists and was not drawn by evaluate: not overwritten (figure not written)"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tqdm import tqdm
 
 from .arrays import as_array, as_tensor
 from .errors import H5_DAMAGE, AmbientMRIError, DataFileError
@@ -170,7 +171,8 @@ def recorded_settings(recon_file) -> dict | None:
         return None
 
 
-def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True) -> dict:
+def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True,
+                  progress: bool | None = False) -> dict:
     """Evaluate every reconstruction in ``recon_dir`` against the same-named file in ``target_dir``
     (``evaluate_file``). target_key: default ``reconstruction_rss`` (``reconstruction_esc`` when a file has no rss).
 
@@ -178,7 +180,7 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
     files (those that cannot be used, e.g. HDF5 not named *.h5, included), "missing": target names without a
     reconstruction, "failed": [{"file", "path", "reason"}], "without_target": names of the reconstructions no target
     is named as}; the mean is over "volumes" only. ``strict``: the first bad file raises; otherwise every bad file
-    is listed in "failed".
+    is listed in "failed". ``progress``: a bar per volume (None: on terminals only).
     """
     target_dir, recon_dir = Path(target_dir), Path(recon_dir)
     for d in (target_dir, recon_dir):
@@ -193,7 +195,8 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
         raise DataFileError(*unusable[0])
     names = {t.name for t in targets} | {f.stem + ".h5" for f, _ in unusable}  # a listed target's own output
     orphans = sorted(p.name for p in recon_dir.glob("*.h5") if not p.name.startswith(".") and p.name not in names)
-    for tgt_file in targets:
+    for tgt_file in tqdm(targets, desc="evaluate", unit="volume", disable=None if progress is None else not progress,
+                         leave=False):
         rec_file = recon_dir / tgt_file.name
         if not rec_file.exists() and not rec_file.is_symlink():
             missing.append(tgt_file.name)

@@ -2012,3 +2012,15 @@ def test_an_acs_block_wider_than_the_training_kspace_names_the_recipe_section():
                                  extra_lines=2, acs_lines=1000)
     with pytest.raises(am.AmbientMRIError, match=r"^corruption: acs_lines must be .* training example 1\)$"):
         data[1]
+
+
+def test_evaluate_shows_progress_only_when_asked(recon_dirs, capsys):
+    """A folder of fastMRI validation volumes took minutes of SSIM with nothing on the screen."""
+    from ambient_mri.metrics import evaluate_dirs
+
+    raw, out = recon_dirs
+    evaluate_dirs(raw, out)
+    assert capsys.readouterr().err == ""
+    evaluate_dirs(raw, out, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate:" in err and "/2 [" in err
