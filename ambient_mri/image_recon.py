@@ -107,6 +107,11 @@ def sample_images(model, num: int, steps: int = 18, seed: int = 0, batch_size: i
                      progress=progress)
         out.append(x.cpu())
     x = torch.cat(out)
+    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+    if bad:  # NaN survives clamp_ and came out as black PNGs with exit 0
+        raise AmbientMRIError(f"{bad} of {num} samples are not finite (NaN or Inf) with sigma_min {s_min:g}: the "
+                              "last steps divide by σ (raise sigma_min; EDM's default is 0.002), or the model's "
+                              "weights overflow; nothing is returned")
     return x if complex_ else x.clamp_(-1, 1)
 
 

@@ -415,3 +415,13 @@ def test_sample_and_memorization_commands(trained, tmp_path):
     assert [s["nearest"] for s in c["per_sample"]] == [0, 4, 7, 9] and c["ssim"]["mean"] == pytest.approx(1.0)
     assert res["models"]["ambient"]["num_samples"] == 3 and res["train"]["num_images"] == 12
     assert image_cli(["memorization", "--samples", str(tmp_path / "nothing"), "--train", "faces"]) == 2
+
+
+def test_sampling_that_gives_nan_writes_nothing(trained, tmp_path):
+    """--sigma-min 1e-300 divided by σ≈0 in the last step: all-NaN samples.npy and black PNGs, exit 0 (an audit)."""
+    out = tmp_path / "nan"
+    assert image_cli(["sample", "--model", str(trained["runs"]["noisy"] / "model.pt"), "--num", "2", "--output",
+                      str(out), "--steps", "3", "--sigma-min", "1e-300", "--no-progress"]) == 2
+    assert not out.exists()
+    with pytest.raises(AmbientMRIError, match="2 of 2 samples are not finite .*raise sigma_min"):
+        im.sample_images(trained["models"]["noisy"], 2, steps=3, sigma_min=1e-300)
