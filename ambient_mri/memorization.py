@@ -31,7 +31,7 @@ import numpy as np
 from .arrays import as_array
 from .data.images import ImageSet, from_model_scale, image_set_from_array, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
-from .files import check_count, make_folder, npy_problem, save_figure, write_json
+from .files import check_count, make_folder, npy_problem, remove_temps, run_lock, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -341,17 +341,17 @@ def _safe_name(label: str) -> str:
 STUDY_JSON = "memorization.json"
 
 
-def study_folder(output, labels) -> None:
+def study_folder(output, labels) -> set[str]:
     """Check ``output`` before a study is written there: histogram.png, memorization.json or neighbours_*.png that
     an earlier study did not record writing (its memorization.json lists its figures) are someone's files:
-    refused, nothing touched; and two labels must not share a figure name."""
+    refused, nothing touched; and two labels must not share a figure name. -> the earlier study's figure names."""
     names = [_safe_name(lab) for lab in labels]
     if len(set(names)) != len(names):
         raise AmbientMRIError(f"labels {list(labels)} give the same figure name (neighbours_<label>.png with other "
                               "characters as _): choose labels that differ in letters, digits, - _ .")
     out = Path(output)
     if not out.is_dir():
-        return
+        return set()
     ours: set[str] = set()
     try:
         meta = json.loads((out / STUDY_JSON).read_text())
@@ -364,6 +364,7 @@ def study_folder(output, labels) -> None:
     if foreign:
         raise DataFileError(out, f"holds {', '.join(foreign)}, which no earlier memorization study here recorded "
                             "writing; they will not be overwritten (choose another --output)")
+    return ours - {STUDY_JSON}
 
 
 def write_study(result: dict, output, num_pairs: int = 8) -> dict:
@@ -371,17 +372,22 @@ def write_study(result: dict, output, num_pairs: int = 8) -> dict:
     first); returns their paths."""
     out = Path(output)
     check_count("num_pairs", num_pairs)  # matplotlib's error came after the JSON was written
-    study_folder(out, list(result["models"]))
-    make_folder(out)
+    study_folder(out, list(result["models"]))  # someone's files refused before the folder or its lock is made
     paths = {"histogram": str(out / "histogram.png"),
              **{f"neighbours_{name}": str(out / f"neighbours_{_safe_name(name)}.png") for name in result["models"]}}
     clean = {k: v for k, v in result.items() if k != "_arrays"}
     clean["figures"] = paths
-    # the numbers and the figures' names first: a run stopped while drawing leaves figures a rerun may replace
-    write_json(out / STUDY_JSON, clean)
-    plot_histogram(result, paths["histogram"])
-    for name in result["models"]:
-        plot_neighbours(result, name, paths[f"neighbours_{name}"], num_pairs)
+    # two studies written into one folder at once mixed one's JSON with the other's figures
+    with run_lock(make_folder(out), "memorization study"):
+        earlier = study_folder(out, list(result["models"]))
+        remove_temps(out, [STUDY_JSON, "histogram.png"], ["neighbours_*.png"])
+        for name in earlier - {Path(p).name for p in paths.values()}:  # unlisted, it would later read as someone's
+            (out / name).unlink(missing_ok=True)
+        # the numbers and the figures' names first: a run stopped while drawing leaves figures a rerun may replace
+        write_json(out / STUDY_JSON, clean)
+        plot_histogram(result, paths["histogram"])
+        for name in result["models"]:
+            plot_neighbours(result, name, paths[f"neighbours_{name}"], num_pairs)
     paths["json"] = str(out / STUDY_JSON)
     return paths
 

@@ -1194,6 +1194,22 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
             mem.write_study(result, tmp_path / "stopped")
     assert (tmp_path / "stopped" / "histogram.png").is_file()
     assert mem.write_study(result, tmp_path / "stopped")["json"].endswith("memorization.json")
+    # reruns with other labels: the earlier figures went stale beside a JSON that no longer listed them, and the
+    # third run refused the command's own neighbours_a.png as someone's (an audit); a killed study's temporaries
+    # stayed; two studies at once mixed one's JSON with the other's figures
+    two = mem.study({"a": load_samples(tmp_path / "copies.npy"), "b": load_samples(tmp_path / "copies.npy")},
+                    str(tmp_path / "train.npy"))
+    relabel = tmp_path / "relabel"
+    mem.write_study(two, relabel)
+    mem.write_study(result, relabel)
+    assert sorted(p.name for p in relabel.glob("*.png")) == ["histogram.png", "neighbours_copies.png"]
+    (relabel / ".histogram.png.k1ll3d.tmp").write_bytes(b"half")
+    (relabel / ".my_notes.tmp").write_text("mine")
+    mem.write_study(two, relabel)
+    assert sorted(p.name for p in relabel.glob("*.png")) == ["histogram.png", "neighbours_a.png", "neighbours_b.png"]
+    assert [p.name for p in relabel.glob(".*.tmp")] == [".my_notes.tmp"]
+    with files.run_lock(relabel, "another study"), pytest.raises(am.DataFileError, match="another run is writing"):
+        mem.write_study(result, relabel)
     np.save(tmp_path / "far.npy", (over * 100).astype(np.float32))
     with pytest.raises(am.DataFileError, match="outside the value range"):
         load_samples(tmp_path / "far.npy")
