@@ -107,6 +107,11 @@ def training_images_like(train, samples: np.ndarray, limit: int | None = None) -
         iset = ImageSet(images, [""] * len(images), [str(i) for i in range(len(images))], "array")
     else:
         iset = load_images(str(train), image_size=(H, W), grayscale=C == 1, limit=limit)
+        x = iset.images
+        if C == 3 and x.shape[1] == 3 and (x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all():
+            # grey files are read as RGB with three equal channels: refused, as a grey .npy already is
+            raise AmbientMRIError(f"training images {train} are grey, samples {C}x{H}x{W} are colour: compare "
+                                  "colour samples with colour training images")
     if iset.images.shape[1:] != (C, H, W):
         raise AmbientMRIError(f"training images are {'x'.join(map(str, iset.images.shape[1:]))}, samples "
                               f"{C}x{H}x{W}")

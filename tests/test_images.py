@@ -425,3 +425,17 @@ def test_sampling_that_gives_nan_writes_nothing(trained, tmp_path):
     assert not out.exists()
     with pytest.raises(AmbientMRIError, match="2 of 2 samples are not finite .*raise sigma_min"):
         im.sample_images(trained["models"]["noisy"], 2, steps=3, sigma_min=1e-300)
+
+
+def test_grey_training_files_against_colour_samples_are_refused(tmp_path):
+    """A grey image folder (or the faces) was read as RGB and compared with colour samples, although a grey .npy
+    was refused and the docs promise it (an audit)."""
+    from ambient_mri.memorization import training_images_like
+
+    write_pngs(tmp_path / "grey", n=4)
+    write_pngs(tmp_path / "rgb", n=4, colour=True)
+    samples = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    for train in (tmp_path / "grey", "faces"):
+        with pytest.raises(AmbientMRIError, match="are grey, samples 3x.* are colour"):
+            training_images_like(str(train), samples)
+    assert training_images_like(str(tmp_path / "rgb"), samples).images.shape == (4, 3, SIZE, SIZE)
