@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -431,8 +432,26 @@ def check_seed(seed, name: str = "seed") -> None:
         raise AmbientMRIError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
 
 
-def npy_problem(err: Exception) -> str:
-    """Why ``np.load(..., allow_pickle=False)`` refused a file, without numpy's advice to load it unsafely."""
-    if "pickle" in str(err):
+# what np.load (allow_pickle=False) and reading an .npz member raise on a bad file: empty -> EOFError, a damaged
+# archive -> BadZipFile, anything else numpy cannot parse -> ValueError or OSError
+NPY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def npy_problem(err: Exception, path: str | os.PathLike) -> str:
+    """Why ``np.load(path, allow_pickle=False)`` (or an .npz member) failed, without numpy's advice to load it
+    unsafely."""
+    if isinstance(err, EOFError):
+        return "is empty or cut short: no array data"
+    if isinstance(err, zipfile.BadZipFile):
+        return f"is a damaged .npz archive ({err})"
+    if "pickle" in str(err):  # an object array, or numpy's fallback for a file without its header
+        try:
+            with open(path, "rb") as f:
+                head = f.read(6)
+        except OSError:
+            head = b""
+        # an .npy header, or the PROTO opcode every pickle since protocol 2 starts with
+        if not (head == b"\x93NUMPY" or head[:1] == b"\x80"):
+            return "is not a numpy file (no .npy header, not an .npz archive): save arrays with np.save / np.savez"
         return "holds Python objects (a pickle), which are never loaded: save a plain numeric array (np.save)"
     return f"cannot be read as a numpy array ({err})"

@@ -31,7 +31,7 @@ import numpy as np
 from .arrays import as_array
 from .data.images import ImageSet, from_model_scale, image_set_from_array, load_images, read_image_files
 from .errors import AmbientMRIError, DataFileError
-from .files import check_count, make_folder, npy_problem, remove_temps, run_lock, save_figure, write_json
+from .files import NPY_ERRORS, check_count, make_folder, npy_problem, remove_temps, run_lock, save_figure, write_json
 from .metrics import batch_ssim, nearest_neighbours
 
 THRESHOLDS = (0.90, 0.95, 0.99)
@@ -72,8 +72,8 @@ def load_samples(path) -> np.ndarray:
     if p.is_file() and p.suffix == ".npy":
         try:
             a = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataFileError(p, npy_problem(e)) from None
+        except NPY_ERRORS as e:
+            raise DataFileError(p, npy_problem(e, p)) from None
         try:  # the study warns about [0, 1] values, once, where it compares them
             return model_scale_images(a, str(p), warn=False)
         except AmbientMRIError as e:

@@ -1379,6 +1379,27 @@ def test_a_pickled_npy_is_refused_without_advice_to_load_it_unsafely(tmp_path):
     with pytest.raises(am.DataFileError) as e:
         load_samples(tmp_path / "obj.npy")
     assert "obj.npy: holds Python objects" in str(e.value) and "allow_pickle" not in str(e.value)
+    # empty, truncated, damaged .npz and files that are no numpy file at all: numpy's EOFError and BadZipFile
+    # came out as tracebacks, and random bytes were said to hold a pickle (an audit)
+    import pickle
+
+    from ambient_mri.data.images import read_image_array
+
+    np.savez(tmp_path / "good.npz", images=np.zeros((4, 8, 8), np.float32))
+    data = (tmp_path / "good.npz").read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF
+    npz = {"empty.npz": b"", "cut.npz": data[: len(data) // 2], "flipped.npz": bytes(flipped)}
+    npy = {"empty.npy": b"", "noise.npy": os.urandom(64), "pickle.npy": pickle.dumps({"a": 1}, protocol=4)}
+    for name, content in {**npz, **npy}.items():
+        (tmp_path / name).write_bytes(content)
+    for name, pattern in (("empty.npz", "is empty or cut short"), ("cut.npz", "is a damaged .npz"),
+                          ("flipped.npz", "is a damaged .npz"), ("empty.npy", "is empty or cut short"),
+                          ("noise.npy", "is not a numpy file"), ("pickle.npy", "holds Python objects")):
+        readers = [read_image_array] + ([load_samples] if name.endswith(".npy") else [])
+        for read in readers:
+            with pytest.raises(am.DataFileError, match=f"{name}: {pattern}"):
+                read(tmp_path / name)
 
 
 def test_atomic_path_removes_its_temporary_on_any_failure(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from ..devices import ensure_memory
 from ..errors import AmbientMRIError, DataFileError
-from ..files import check_count, npy_problem
+from ..files import NPY_ERRORS, check_count, npy_problem
 
 IMAGE_KINDS = ("images", "faces", "mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff")
@@ -229,8 +229,8 @@ def read_image_array(path, **options) -> ImageSet:
                 options.setdefault("labels", z["labels"].tolist() if "labels" in z else None)
         else:
             a = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataFileError(p, npy_problem(e)) from None
+    except NPY_ERRORS as e:
+        raise DataFileError(p, npy_problem(e, p)) from None
     return image_set_from_array(a, source=str(p), **options)
 
 
