@@ -91,21 +91,24 @@ def sample_folder(output) -> list[Path]:
 
 
 def write_samples(samples, output, meta: dict | None = None, stale: list[Path] | None = None) -> dict:
-    """samples.npy (all, float32 in [-1, 1] or complex64) and samples.json (``meta``) first, then sample_00000.png
+    """samples.json (``meta``) and samples.npy (all, float32 in [-1, 1] or complex64) first, then sample_00000.png
     ... (one per image) and grid.png in ``output``: a run killed while writing images leaves the whole set in
-    samples.npy, which ``memorization`` reads before any PNG. ``stale``: an earlier run's images to remove
+    samples.npy, which ``memorization`` reads before any PNG; one killed before samples.npy leaves samples.json,
+    which marks the folder as this command's for the rerun. ``stale``: an earlier run's images to remove
     (default: ``sample_folder``'s, which also refuses someone's files), so that a smaller set leaves none behind; a
     killed write's temporaries of these files are removed too."""
     out = Path(output)
     stale = sample_folder(out) if stale is None else stale
     make_folder(out)
     remove_temps(out, _OURS, ["sample_*.png"])
-    for p in stale:
+    # the earlier run's files but its samples.json, which keeps marking the folder as ours until replaced: none of
+    # them may sit beside the new meta
+    for p in [*stale, out / "samples.npy", out / "grid.png"]:
         p.unlink(missing_ok=True)
     x = samples.detach().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
-    with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:
+    write_json(out / "samples.json", meta or {})  # first: a run killed before samples.npy left a folder the rerun
+    with atomic_path(out / "samples.npy") as tmp, open(tmp, "wb") as f:  # refused as someone's files
         np.save(f, x.astype(np.complex64 if np.iscomplexobj(x) else np.float32))
-    write_json(out / "samples.json", meta or {})
     u8 = _to_uint8(x)
     width = max(5, len(str(len(x) - 1)))
     for i, im in enumerate(u8):

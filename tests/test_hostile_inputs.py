@@ -1082,6 +1082,27 @@ def test_sample_reruns_leave_only_their_own_images(tmp_path, capsys):
     assert checksums(theirs) == before
 
 
+def test_a_sample_run_killed_while_writing_leaves_a_folder_the_rerun_takes(tmp_path, capsys, monkeypatch):
+    """Killed between samples.npy and samples.json, the folder held a samples.npy the rerun refused as someone's
+    (an audit); killed before samples.npy now, it holds only this command's samples.json: never old samples
+    beside new settings."""
+    import ambient_mri.image_commands as ic
+
+    _pixel_model(tmp_path / "pix.pt")
+    out = tmp_path / "s"
+    base = ["sample", "--model", str(tmp_path / "pix.pt"), "--steps", "2", "--output", str(out), "--no-progress"]
+    assert run([*base, "--num", "3", "--seed", "1"], capsys)[0] == 0
+    with monkeypatch.context() as mp:
+        def killed(*a, **k):
+            raise KeyboardInterrupt
+        mp.setattr(ic.np, "save", killed)
+        assert run([*base, "--num", "2", "--seed", "2"], capsys)[0] == 130
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["samples.json"]
+    assert json.loads((out / "samples.json").read_text())["seed"] == 2
+    assert run([*base, "--num", "2", "--seed", "2"], capsys)[0] == 0
+    assert np.load(out / "samples.npy").shape[0] == 2 and len(list(out.glob("sample_*.png"))) == 2
+
+
 def test_two_sample_runs_into_one_folder(tmp_path, capsys):
     """The second run is refused by name and leaves the first run's images and temporaries alone (it would have
     removed them as an earlier run's)."""
