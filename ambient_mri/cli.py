@@ -71,10 +71,21 @@ def _format_warning(plain):
     return fmt
 
 
+# options and arguments that name files or folders: an empty one (an unset shell variable) meant the working folder
+_PATHS = ("recipe", "resume", "model", "input", "output", "target", "recon", "train", "samples")
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
+    for name in _PATHS:
+        values = getattr(args, name, None)
+        if any(isinstance(v, str) and not v.strip() for v in (values if isinstance(values, list) else [values])):
+            what = name if name == "recipe" else f"--{name}"
+            print(f"ambient-mri {args.command}: error: {what} is empty (an unset shell variable?); it would mean the "
+                  "working folder: name the file or folder", file=sys.stderr)
+            return 2
     plain = warnings.formatwarning
     warnings.formatwarning = _format_warning(plain)
     try:
@@ -84,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ImportError as e:  # an optional dependency (e.g. nilearn for the demo data)
         print(f"ambient-mri {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the system refused (a name too long, no permission) where no check named it
+        if e.filename is None:
+            raise
+        from .files import os_reason
+
+        print(f"ambient-mri {args.command}: error: {e.filename}: {os_reason(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -439,3 +439,19 @@ def test_grey_training_files_against_colour_samples_are_refused(tmp_path):
         with pytest.raises(AmbientMRIError, match="are grey, samples 3x.* are colour"):
             training_images_like(str(train), samples)
     assert training_images_like(str(tmp_path / "rgb"), samples).images.shape == (4, 3, SIZE, SIZE)
+
+
+def test_output_names_the_system_refuses_are_errors_not_tracebacks(trained, tmp_path, capsys, monkeypatch):
+    """sample --output with a 300-character name gave an OSError traceback; --output "" (an unset shell variable)
+    wrote the samples into the working folder (an audit)."""
+    model = str(trained["runs"]["noisy"] / "model.pt")
+    long = tmp_path / ("x" * 300)
+    assert image_cli(["sample", "--model", model, "--num", "1", "--steps", "2", "--output", str(long),
+                      "--no-progress"]) == 2
+    assert "x: File name too long" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    for argv in (["sample", "--model", model, "--num", "1", "--output", ""],
+                 ["memorization", "--samples", "s", " ", "--train", "faces"], ["train", ""]):
+        assert image_cli(argv) == 2
+        assert "is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
