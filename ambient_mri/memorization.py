@@ -350,6 +350,13 @@ def study_folder(output, labels) -> set[str]:
     """Check ``output`` before a study is written there: histogram.png, memorization.json or neighbours_*.png that
     an earlier study did not record writing (its memorization.json lists its figures) are someone's files:
     refused, nothing touched; and two labels must not share a figure name. -> the earlier study's figure names."""
+    for lab in labels:  # matplotlib failed on the first, the file system on the second, after the JSON was written
+        if not str(lab).isprintable():  # undecodable bytes of a file name come as surrogates, which are not
+            raise AmbientMRIError(f"label {lab!r} is not printable text (a folder name in another encoding?): give "
+                                  "--labels")
+        if len(f"neighbours_{_safe_name(lab)}.png".encode()) > 255:
+            raise AmbientMRIError(f"label {str(lab)[:40]!r}... is too long for its figure's file name "
+                                  "(neighbours_<label>.png, at most 255 bytes): give a shorter --labels")
     names = [_safe_name(lab) for lab in labels]
     if len(set(names)) != len(names):
         raise AmbientMRIError(f"labels {list(labels)} give the same figure name (neighbours_<label>.png with other "

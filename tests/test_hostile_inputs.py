@@ -2082,3 +2082,15 @@ def test_evaluate_shows_progress_only_when_asked(recon_dirs, capsys):
     evaluate_dirs(raw, out, progress=True)
     err = capsys.readouterr().err
     assert "evaluate:" in err and "/2 [" in err
+
+
+def test_memorization_labels_that_cannot_name_a_figure_are_refused_first(tmp_path):
+    """A samples folder named in another encoding (its label) crashed inside matplotlib, and a 250-character label
+    in the file system, both after memorization.json was written (an audit)."""
+    from ambient_mri.memorization import study_folder
+
+    for label, msg in (("caf\udce9", "is not printable text"), ("y" * 250, "too long for its figure's file name"),
+                       ("a\nb", "is not printable text")):
+        with pytest.raises(am.AmbientMRIError, match=msg):
+            study_folder(tmp_path / "out", [label])
+    assert study_folder(tmp_path / "out", ["café", "y" * 200]) == set() and not (tmp_path / "out").exists()
