@@ -85,8 +85,10 @@ def load_samples(path) -> np.ndarray:
         from PIL import Image
 
         try:
-            with Image.open(pngs[0]) as im:
-                gray = im.mode in ("L", "I", "I;16", "F")
+            with Image.open(pngs[0]) as im:  # a palette image is grey when its colours are
+                rgb = np.asarray(im.convert("RGB")) if im.mode == "P" else None
+                gray = im.mode in ("L", "LA", "I", "I;16", "F") or (
+                    rgb is not None and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()))
         except OSError as e:
             raise DataFileError(pngs[0], f"cannot be read as an image ({e})") from None
         return read_image_files(pngs, p, grayscale=gray).images

@@ -455,3 +455,18 @@ def test_output_names_the_system_refuses_are_errors_not_tracebacks(trained, tmp_
         assert image_cli(argv) == 2
         assert "is empty (an unset shell variable?)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_grey_palette_and_grey_alpha_sample_pngs_read_as_grey(tmp_path):
+    """Palette (P) and grey+alpha (LA) sample PNGs were read as RGB and refused against grey training images."""
+    rng = np.random.default_rng(0)
+    for mode in ("P", "LA"):
+        for i in range(2):
+            (tmp_path / mode).mkdir(exist_ok=True)
+            Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).convert(mode).save(
+                tmp_path / mode / f"sample_{i:05d}.png")
+        assert load_samples(tmp_path / mode).shape == (2, 1, 8, 8)
+    (tmp_path / "colour").mkdir()
+    Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).convert("P").save(
+        tmp_path / "colour" / "sample_00000.png")
+    assert load_samples(tmp_path / "colour").shape == (1, 3, 8, 8)
