@@ -11,6 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from .arrays import as_array, as_tensor
+from .devices import ensure_memory
 from .errors import H5_DAMAGE, AmbientMRIError, DataFileError
 from .files import check_count, input_files
 
@@ -277,6 +278,11 @@ def nearest_neighbours(samples, train, k: int = 1, center: bool = False, exclude
     """
     import torch
 
+    values = sum(float(np.prod(getattr(x, "shape", np.shape(x)))) for x in (samples, train))
+    # a float32 unit copy of each (a second temporary when mean-centred): past free memory the kernel's killer
+    # ended a 2000 x 2000 study with no message
+    ensure_memory(4.0 * (2.5 if center else 1.5) * values, "comparing the flattened images",
+                  "the image size or the number of images")
     s, t = _flat_unit(samples, "samples", center), _flat_unit(train, "train", center)
     if s.shape[1] != t.shape[1]:
         raise AmbientMRIError(f"samples have {s.shape[1]} values per image, training images {t.shape[1]}; "

@@ -270,6 +270,13 @@ def test_image_sets_too_large_for_memory_are_refused_before_allocating(tmp_path,
     monkeypatch.setattr(devices, "available_host_memory", lambda: 1000)
     with pytest.raises(AmbientMRIError, match="resizing 2 images to 64 x 64.*data.image_size"):
         image_set_from_array(np.zeros((2, 8, 8), np.float32), image_size=[64, 64])
+    # the memorisation study's unit copies of samples and training images (2000 x 2000 images were killed)
+    x = np.ones((3, 1, 64, 64), np.float32)
+    monkeypatch.setattr(devices, "available_host_memory", lambda: 4 * 1.5 * 6 * 64 * 64 - 1)
+    with pytest.raises(AmbientMRIError, match="comparing the flattened images needs.*lower the image size"):
+        metrics.nearest_neighbours(x, x)
+    monkeypatch.setattr(devices, "available_host_memory", lambda: 4 * 1.5 * 6 * 64 * 64)
+    assert metrics.nearest_neighbours(x, x)[0].shape == (3, 1)
     # torch's own allocation failures while the data are built are one line too, and nothing is written
     monkeypatch.setattr(devices, "available_host_memory", lambda: None)
 
