@@ -131,6 +131,10 @@ def _check_zip(path: Path) -> None:
         raise DataFileError(path, f"not a loadable ambient_mri file ({type(e).__name__}: {e})") from None
 
 
+# how torch.save's legacy (pre-zip) format begins: its magic number 0x1950a86a20f9469cfc6c, pickled with protocol 2
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
 def _foreign_kind(path: Path) -> str | None:
     """What a file that torch.save did not write looks like (None: it may be torch's zip archive or the legacy
     pickle format; torch.load then decides)."""
@@ -138,8 +142,10 @@ def _foreign_kind(path: Path) -> str | None:
         head = f.read(512)
     if not head:
         return "empty"
-    if head.startswith((b"PK\x03\x04", b"\x80")):
+    if head.startswith((b"PK\x03\x04", TORCH_LEGACY_MAGIC)):
         return None
+    if head.startswith(b"\x80"):  # torch.load's unpickler would print its protocol warning before refusing it
+        return "a plain Python pickle (pickle.dump), never loaded"
     if head.startswith(HDF5_SIGNATURE):
         return "an HDF5 file (data, not a model)"
     try:

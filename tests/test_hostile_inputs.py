@@ -1285,6 +1285,18 @@ def test_files_that_are_no_model_are_named_for_what_they_are(tmp_path):
         torch.save(bad, tmp_path / "bad.pt")
         with pytest.raises(am.DataFileError, match=f"bad.pt: .*{msg}"):
             am.load_model(tmp_path / "bad.pt")
+    # a plain pickle was handed to torch's unpickler, which printed its protocol warning before the refusal (an
+    # audit); torch.save's legacy format still reaches torch.load
+    import pickle
+
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    torch.save({"a": 1}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(am.DataFileError, match="plain.pt: is a plain Python pickle"):
+            am.load_model(tmp_path / "plain.pt")
+        with pytest.raises(am.DataFileError, match="legacy.pt: not an ambient_mri model file"):
+            am.load_model(tmp_path / "legacy.pt")
 
 
 def test_a_diverged_model_file_is_refused_by_name(tmp_path):
