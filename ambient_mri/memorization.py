@@ -91,7 +91,9 @@ def load_samples(path) -> np.ndarray:
                     rgb is not None and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()))
         except OSError as e:
             raise DataFileError(pngs[0], f"cannot be read as an image ({e})") from None
-        return read_image_files(pngs, p, grayscale=gray).images
+        return read_image_files(pngs, p, grayscale=gray,
+                                mixed_sizes="the samples of one model must share one size (as `sample` writes them)"
+                                ).images
     if p.is_file():
         raise DataFileError(p, "is neither a .npy file nor a folder; give samples.npy (np.save), a folder written by "
                                "`ambient-mri sample` or a folder of sample*.png images")

@@ -477,3 +477,7 @@ def test_grey_palette_and_grey_alpha_sample_pngs_read_as_grey(tmp_path):
     Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).convert("P").save(
         tmp_path / "colour" / "sample_00000.png")
     assert load_samples(tmp_path / "colour").shape == (1, 3, 8, 8)
+    Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "LA" / "sample_00002.png")
+    with pytest.raises(DataFileError, match="different sizes .*must share one size") as e:  # no recipe key named
+        load_samples(tmp_path / "LA")
+    assert "data.image_size" not in str(e.value)

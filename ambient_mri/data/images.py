@@ -138,8 +138,10 @@ def read_image_folder(path, image_size=None, grayscale: bool = True, resize: str
 
 
 def read_image_files(files, root, image_size=None, grayscale: bool = True, resize: str = "crop",
-                     limit: int | None = None) -> ImageSet:
-    """The images ``files`` (in this order) as an ImageSet; labels are their folders relative to ``root``."""
+                     limit: int | None = None,
+                     mixed_sizes: str = "set an image size (data.image_size) to resize them") -> ImageSet:
+    """The images ``files`` (in this order) as an ImageSet; labels are their folders relative to ``root``.
+    ``mixed_sizes``: what to do, said when images differ in size and no ``image_size`` is given."""
     from PIL import Image
 
     root = Path(root)
@@ -176,7 +178,7 @@ def read_image_files(files, root, image_size=None, grayscale: bool = True, resiz
         if size is None and len(shapes) > 1:
             (s0, f0), (s1, f1) = list(shapes.items())[:2]
             raise DataFileError(root, f"images of different sizes ({f0.name}: {s0[0]}x{s0[1]}, {f1.name}: "
-                                      f"{s1[0]}x{s1[1]}); set an image size (data.image_size) to resize them")
+                                      f"{s1[0]}x{s1[1]}); {mixed_sizes}")
         out.append(fit_images(a[None], size, resize)[0] if size is not None else a)
     labels = [str(f.parent.relative_to(root)) if f.parent != root else "" for f in files]
     return ImageSet(to_model_scale(np.stack(out)), labels, [str(f.relative_to(root)) for f in files], str(root))
