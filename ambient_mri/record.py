@@ -120,12 +120,22 @@ class TrainingRecord:
             # refused by name where it is read
             raise AmbientMRIError(f"the training record's image_shape {list(shape)} is not "
                                   f"{'(H, W)' if want == 2 else '(C, H, W)'} for operator {op!r}")
-        return cls(operator=op, ambient=bool(d.get("ambient", False)), image_shape=shape,
-                   widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
-                   cond=tuple(d.get("cond") or ()),
-                   further=FurtherCorruption(**_known(FurtherCorruption, d.get("further") or {})),
-                   sigma_n=float(d.get("sigma_n") or 0.0), sigma=sigma,
-                   sigma_data=float(d.get("sigma_data", 0.5)), acquisition=acq, data=data, recipe=recipe)
+        rec = cls(operator=op, ambient=bool(d.get("ambient", False)), image_shape=shape,
+                  widths=tuple(int(v) for v in d.get("widths") or shape[-1:]),
+                  cond=tuple(d.get("cond") or ()),
+                  further=FurtherCorruption(**_known(FurtherCorruption, d.get("further") or {})),
+                  sigma_n=float(d.get("sigma_n") or 0.0), sigma=sigma,
+                  sigma_data=float(d.get("sigma_data", 0.5)), acquisition=acq, data=data, recipe=recipe)
+        # what sampling computes with: a NaN or out-of-range value here gave NaN or near-blank samples silently
+        for name, value, ok in (("sigma_n", rec.sigma_n, 0 <= rec.sigma_n <= MAX_SIGMA_N),
+                                ("sigma.P_mean", sigma.P_mean, math.isfinite(sigma.P_mean)),
+                                ("sigma.P_std", sigma.P_std, 0 < sigma.P_std < math.inf),
+                                ("sigma_data", rec.sigma_data, 0 < rec.sigma_data < math.inf),
+                                ("acquisition.p", acq.p, 0 <= acq.p < 1)):
+            if not ok:  # NaN fails every comparison
+                raise AmbientMRIError(f"the training record's {name} is {value!r}, out of range (a damaged or "
+                                      "hand-edited model file)")
+        return rec
 
 
 def _known(cls, values: dict) -> dict:

@@ -1280,7 +1280,12 @@ def test_files_that_are_no_model_are_named_for_what_they_are(tmp_path):
     obj = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     for key, value, msg in (("image_shape", "abc", "training record \\(info\\) cannot be read \\(ValueError"),
                             ("operator", "bogus", "operator 'bogus' is not one of"),
-                            ("image_shape", [64], r"image_shape \[64\] is not \(H, W\) for operator 'multicoil'")):
+                            ("image_shape", [64], r"image_shape \[64\] is not \(H, W\) for operator 'multicoil'"),
+                            # sampling divided by or stopped at these: NaN or near-blank samples, silently (an audit)
+                            ("sigma_n", float("nan"), "record's sigma_n is nan, out of range"),
+                            ("sigma_data", -0.5, "record's sigma_data is -0.5, out of range"),
+                            ("sigma", {"P_mean": float("nan"), "P_std": 1.2}, "record's sigma.P_mean is nan"),
+                            ("acquisition", {"p": 1.5}, "record's acquisition.p is 1.5, out of range")):
         bad = {**obj, "info": {**obj["info"], key: value}}
         torch.save(bad, tmp_path / "bad.pt")
         with pytest.raises(am.DataFileError, match=f"bad.pt: .*{msg}"):
