@@ -19,7 +19,6 @@ from .files import (
     content_digest,
     file_sha256,
     input_files,
-    make_folder,
     refuse_file_name_for_folder,
     refuse_overwrite,
     remove_temps,
@@ -283,30 +282,30 @@ def _refuse_foreign_metrics(out: Path) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .metrics import evaluate_dirs
+    from .metrics import check_folders, evaluate_dirs
 
     out = Path(args.output or args.recon)
     refuse_overwrite(list(Path(args.target).glob("*.h5")) + list(Path(args.recon).glob("*.h5")),
                      [out / "metrics.csv", out / "metrics.json"])
     _refuse_foreign_metrics(out)
-    res = evaluate_dirs(args.target, args.recon, strict=False, progress=None)  # a bar on terminals only
-    make_folder(out)
-    rows = res["volumes"]
-    print(f"{'volume':<32} {'PSNR':>8} {'SSIM':>8} {'NMSE':>9}")
-    for r in rows:
-        print(f"{r['file']:<32} {r['PSNR']:8.3f} {r['SSIM']:8.4f} {r['NMSE']:9.5f}")
-    m = res["mean"]
-    label = f"mean of {len(rows)}/{res['targets']}"
-    print(f"{label:<32} {m['PSNR']:8.3f} {m['SSIM']:8.4f} {m['NMSE']:9.5f}")
-    for r in rows:
-        if "warning" in r:
-            print(f"warning: {r['warning']}: scored as {r['file']}", file=sys.stderr)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_HEADER.split(","), extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows + [{"file": "mean", **m}])
-    # a reconstruct still writing into this folder is refused here, before metrics of a half-done folder land
-    with run_lock(out, f"evaluate {args.recon} against {args.target}"):
+    check_folders(args.target, args.recon)  # before the lock, which would make a missing --recon (the default out)
+    # locked from the first read: a reconstruct still writing into this folder must not be scored half done
+    with removed_if_left_empty(out), run_lock(out, f"evaluate {args.recon} against {args.target}"):
+        res = evaluate_dirs(args.target, args.recon, strict=False, progress=None)  # a bar on terminals only
+        rows = res["volumes"]
+        print(f"{'volume':<32} {'PSNR':>8} {'SSIM':>8} {'NMSE':>9}")
+        for r in rows:
+            print(f"{r['file']:<32} {r['PSNR']:8.3f} {r['SSIM']:8.4f} {r['NMSE']:9.5f}")
+        m = res["mean"]
+        label = f"mean of {len(rows)}/{res['targets']}"
+        print(f"{label:<32} {m['PSNR']:8.3f} {m['SSIM']:8.4f} {m['NMSE']:9.5f}")
+        for r in rows:
+            if "warning" in r:
+                print(f"warning: {r['warning']}: scored as {r['file']}", file=sys.stderr)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_HEADER.split(","), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows + [{"file": "mean", **m}])
         remove_temps(out, ["metrics.csv", "metrics.json", *(f"{Path(r['file']).stem}.png" for r in rows)])
         earlier, ours = _earlier_figures(out)
         bad = [(Path(f["path"]), f["reason"]) for f in res["failed"]]

@@ -172,6 +172,13 @@ def recorded_settings(recon_file) -> dict | None:
         return None
 
 
+def check_folders(*folders) -> None:
+    """Each of ``folders`` must be an existing folder."""
+    for d in folders:
+        if not Path(d).is_dir():
+            raise AmbientMRIError(f"{d}: not a directory")
+
+
 def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: bool = True,
                   progress: bool | None = False) -> dict:
     """Evaluate every reconstruction in ``recon_dir`` against the same-named file in ``target_dir``
@@ -184,9 +191,7 @@ def evaluate_dirs(target_dir, recon_dir, target_key: str | None = None, strict: 
     is listed in "failed". ``progress``: a bar per volume (None: on terminals only).
     """
     target_dir, recon_dir = Path(target_dir), Path(recon_dir)
-    for d in (target_dir, recon_dir):
-        if not d.is_dir():
-            raise AmbientMRIError(f"{d}: not a directory")
+    check_folders(target_dir, recon_dir)
     targets, unusable = input_files(target_dir, what="fastMRI reference files", hint="rename it to *.h5")
     rows, missing = [], []
     # a target folder's files that are not *.h5 or cannot be read, and reconstructions without a target, are

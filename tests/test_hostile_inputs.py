@@ -702,8 +702,11 @@ def test_evaluate_waits_for_no_one_and_clears_only_its_own_temporaries(recon_dir
     stayed for ever (a data-safety audit)."""
     raw, out = recon_dirs
     with files.run_lock(out, "reconstruct still running"):
-        code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
+        code, stdout, err = run(["evaluate", "--target", str(raw), "--recon", str(out)], capsys)
     assert code == 2 and "another run is writing here" in err and "reconstruct still running" in err
+    assert "mean of" not in stdout  # refused before scoring: a half-done folder is never scored
+    code, _, err = run(["evaluate", "--target", str(raw), "--recon", str(out.parent / "missing")], capsys)
+    assert code == 2 and "missing: not a directory" in err and not (out.parent / "missing").exists()
     assert not (out / "metrics.json").exists() and not (out / "metrics.csv").exists()
     for name in (".metrics.json.k1ll3d.tmp", ".vol0.png.k1ll3d.tmp", ".notes.txt.x.tmp"):
         (out / name).write_text("half")
