@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in _PATHS:
         values = getattr(args, name, None)
-        if any(isinstance(v, str) and not v.strip() for v in (values if isinstance(values, list) else [values])):
+        if any(v == "" for v in (values if isinstance(values, list) else [values])):  # " " may name a folder
             what = name if name == "recipe" else f"--{name}"
             print(f"ambient-mri {args.command}: error: {what} is empty (an unset shell variable?); it would mean the "
                   "working folder: name the file or folder", file=sys.stderr)

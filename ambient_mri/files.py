@@ -450,8 +450,8 @@ def npy_problem(err: Exception, path: str | os.PathLike) -> str:
                 head = f.read(6)
         except OSError:
             head = b""
-        # an .npy header, or the PROTO opcode every pickle since protocol 2 starts with
-        if not (head == b"\x93NUMPY" or head[:1] == b"\x80"):
+        # an .npy header, an .npz (zip) archive, or the PROTO opcode every pickle since protocol 2 starts with
+        if not (head == b"\x93NUMPY" or head[:2] == b"PK" or head[:1] == b"\x80"):
             return "is not a numpy file (no .npy header, not an .npz archive): save arrays with np.save / np.savez"
         return "holds Python objects (a pickle), which are never loaded: save a plain numeric array (np.save)"
     return f"cannot be read as a numpy array ({err})"

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -355,9 +357,10 @@ def study_folder(output, labels) -> set[str]:
     an earlier study did not record writing (its memorization.json lists its figures) are someone's files:
     refused, nothing touched; and two labels must not share a figure name. -> the earlier study's figure names."""
     for lab in labels:  # matplotlib failed on the first, the file system on the second, after the JSON was written
-        if not str(lab).isprintable():  # undecodable bytes of a file name come as surrogates, which are not
-            raise AmbientMRIError(f"label {lab!r} is not printable text (a folder name in another encoding?): give "
-                                  "--labels")
+        # undecodable bytes of a file name come as surrogates (Cs); control characters (Cc) break a title too
+        if any(unicodedata.category(ch) in ("Cs", "Cc") for ch in str(lab)):
+            raise AmbientMRIError(f"label {lab!r} holds control characters or undecodable bytes (a folder name in "
+                                  "another encoding?): give --labels")
         if len(f"neighbours_{_safe_name(lab)}.png".encode()) > 255:
             raise AmbientMRIError(f"label {str(lab)[:40]!r}... is too long for its figure's file name "
                                   "(neighbours_<label>.png, at most 255 bytes): give a shorter --labels")
@@ -398,7 +401,8 @@ def write_study(result: dict, output, num_pairs: int = 8) -> dict:
         earlier = study_folder(out, list(result["models"]))
         remove_temps(out, [STUDY_JSON, "histogram.png"], ["neighbours_*.png"])
         for name in earlier - {Path(p).name for p in paths.values()}:  # unlisted, it would later read as someone's
-            (out / name).unlink(missing_ok=True)
+            if name == "histogram.png" or re.fullmatch(r"neighbours_.*\.png", name):  # never what a damaged JSON
+                (out / name).unlink(missing_ok=True)  # names besides, e.g. the samples.npy in this folder
         # the numbers and the figures' names first: a run stopped while drawing leaves figures a rerun may replace
         write_json(out / STUDY_JSON, clean)
         plot_histogram(result, paths["histogram"])

@@ -283,11 +283,11 @@ def nearest_neighbours(samples, train, k: int = 1, center: bool = False, exclude
     """
     import torch
 
-    values = sum(float(np.prod(getattr(x, "shape", np.shape(x)))) for x in (samples, train))
+    samples, train = as_tensor(samples, "samples", copy=False), as_tensor(train, "train", copy=False)  # views
     # a float32 unit copy of each (a second temporary when mean-centred): past free memory the kernel's killer
     # ended a 2000 x 2000 study with no message
-    ensure_memory(4.0 * (2.5 if center else 1.5) * values, "comparing the flattened images",
-                  "the image size or the number of images")
+    ensure_memory(4.0 * (2.5 if center else 1.5) * (samples.numel() + train.numel()), "comparing the flattened "
+                  "images", "the image size or the number of images")
     s, t = _flat_unit(samples, "samples", center), _flat_unit(train, "train", center)
     if s.shape[1] != t.shape[1]:
         raise AmbientMRIError(f"samples have {s.shape[1]} values per image, training images {t.shape[1]}; "

@@ -44,7 +44,13 @@ import numpy as np
 from ambient_mri.data.augment import AugmentConfig, augment_images
 from ambient_mri.devices import ensure_memory
 from ambient_mri.errors import H5_DAMAGE, AmbientMRIError, DataFileError
-from ambient_mri.files import refuse_unless_truncated_h5, remove_temps, run_lock, write_json
+from ambient_mri.files import (
+    refuse_unless_truncated_h5,
+    remove_temps,
+    removed_if_left_empty,
+    run_lock,
+    write_json,
+)
 
 from .prepare import prepare_fastmri
 from .simulate import make_fastmri_volume
@@ -129,17 +135,19 @@ def build_demo(output: str | os.PathLike, size: int = 64, coils: int = 8, slices
     augmented = {raw_train / f"demo_train_aug{k}_{v:02d}.h5": (k, train_ids[j: j + VOLUME_SLICES])
                  for k in range(1, aug.copies + 1) for v, j in enumerate(range(0, len(train_ids), VOLUME_SLICES))}
     aug_record = {**dataclasses.asdict(aug), "seed": AUGMENT_SEED}
-    _check_record(out / "demo.json", size, coils, noise_std, train_ids, val_ids)
-    _check_augmented(raw_train, augmented, aug_record)
-    foreign = sorted(p for d in (raw_train, raw_val) for p in d.glob("*.h5")
-                     if p not in volumes and p not in augmented and not p.name.startswith("demo_train_aug"))
-    if foreign:  # prepare takes every .h5 of these folders: it would be trained or scored on
-        raise AmbientMRIError(f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "") +
-                              ": not a demo volume, in the demo's raw data folders; it would be prepared and used: "
-                              "move it, or use another --output")
-    for path in [*volumes, *augmented]:
-        check_own_volume(path)
-    with run_lock(out, f"prepare demo -> {out}"):  # two builds of one folder would write the same volumes
+    # checked under the lock: a second build with other settings, checked before the first wrote its
+    # demo.json, would have mixed two demos
+    with removed_if_left_empty(out), run_lock(out, f"prepare demo -> {out}"):
+        _check_record(out / "demo.json", size, coils, noise_std, train_ids, val_ids)
+        _check_augmented(raw_train, augmented, aug_record)
+        foreign = sorted(p for d in (raw_train, raw_val) for p in d.glob("*.h5")
+                         if p not in volumes and p not in augmented and not p.name.startswith("demo_train_aug"))
+        if foreign:  # prepare takes every .h5 of these folders: it would be trained or scored on
+            raise AmbientMRIError(f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "") +
+                                  ": not a demo volume, in the demo's raw data folders; it would be prepared and used: "
+                                  "move it, or use another --output")
+        for path in [*volumes, *augmented]:
+            check_own_volume(path)
         for path in [*volumes, *augmented, out / "demo.json"]:  # what a killed build left half-written
             remove_temps(path.parent, [path.name])
         _simulate(volumes, size, coils, noise_std, axis, first_seed=1000)

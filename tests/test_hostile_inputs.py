@@ -1234,6 +1234,13 @@ def test_memorization_reads_sample_arrays_in_their_scale_and_never_overwrites_a_
     assert [p.name for p in relabel.glob(".*.tmp")] == [".my_notes.tmp"]
     with files.run_lock(relabel, "another study"), pytest.raises(am.DataFileError, match="another run is writing"):
         mem.write_study(result, relabel)
+    # a damaged record of an earlier study that lists a user's file as a figure: that file is never removed
+    meta = json.loads((relabel / "memorization.json").read_text())
+    meta["figures"]["neighbours_a"] = str(relabel / "samples.npy")
+    (relabel / "memorization.json").write_text(json.dumps(meta))
+    np.save(relabel / "samples.npy", np.zeros(3))
+    mem.write_study(result, relabel)
+    assert (relabel / "samples.npy").is_file()
     np.save(tmp_path / "far.npy", (over * 100).astype(np.float32))
     with pytest.raises(am.DataFileError, match="outside the value range"):
         load_samples(tmp_path / "far.npy")
@@ -1431,12 +1438,14 @@ def test_a_pickled_npy_is_refused_without_advice_to_load_it_unsafely(tmp_path):
     flipped = bytearray(data)
     flipped[len(data) // 3] ^= 0xFF
     npz = {"empty.npz": b"", "cut.npz": data[: len(data) // 2], "flipped.npz": bytes(flipped)}
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}], dtype=object))
     npy = {"empty.npy": b"", "noise.npy": os.urandom(64), "pickle.npy": pickle.dumps({"a": 1}, protocol=4)}
     for name, content in {**npz, **npy}.items():
         (tmp_path / name).write_bytes(content)
     for name, pattern in (("empty.npz", "is empty or cut short"), ("cut.npz", "is a damaged .npz"),
                           ("flipped.npz", "is a damaged .npz"), ("empty.npy", "is empty or cut short"),
-                          ("noise.npy", "is not a numpy file"), ("pickle.npy", "holds Python objects")):
+                          ("noise.npy", "is not a numpy file"), ("pickle.npy", "holds Python objects"),
+                          ("objects.npz", "holds Python objects")):
         readers = [read_image_array] + ([load_samples] if name.endswith(".npy") else [])
         for read in readers:
             with pytest.raises(am.DataFileError, match=f"{name}: {pattern}"):
@@ -2109,8 +2118,10 @@ def test_memorization_labels_that_cannot_name_a_figure_are_refused_first(tmp_pat
     in the file system, both after memorization.json was written (an audit)."""
     from ambient_mri.memorization import study_folder
 
-    for label, msg in (("caf\udce9", "is not printable text"), ("y" * 250, "too long for its figure's file name"),
-                       ("a\nb", "is not printable text")):
+    for label, msg in (("caf\udce9", "undecodable bytes"), ("y" * 250, "too long for its figure's file name"),
+                       ("a\nb", "control characters")):
         with pytest.raises(am.AmbientMRIError, match=msg):
             study_folder(tmp_path / "out", [label])
-    assert study_folder(tmp_path / "out", ["café", "y" * 200]) == set() and not (tmp_path / "out").exists()
+    # folder names in any script are labels (a full-width space, a zero-width non-joiner, a no-break space)
+    ok = ["café", "y" * 200, "写真\u3000集", "نمونه\u200cها", "a\u00a0b"]
+    assert study_folder(tmp_path / "out", ok) == set() and not (tmp_path / "out").exists()

@@ -277,6 +277,8 @@ def test_image_sets_too_large_for_memory_are_refused_before_allocating(tmp_path,
         metrics.nearest_neighbours(x, x)
     monkeypatch.setattr(devices, "available_host_memory", lambda: 4 * 1.5 * 6 * 64 * 64)
     assert metrics.nearest_neighbours(x, x)[0].shape == (3, 1)
+    with pytest.raises(AmbientMRIError, match="samples: cannot be read as a numeric array"):  # ragged: named
+        metrics.nearest_neighbours([[1.0, 2.0], [3.0]], x)
     # torch's own allocation failures while the data are built are one line too, and nothing is written
     monkeypatch.setattr(devices, "available_host_memory", lambda: None)
 
@@ -458,7 +460,7 @@ def test_output_names_the_system_refuses_are_errors_not_tracebacks(trained, tmp_
     assert "x: File name too long" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     for argv in (["sample", "--model", model, "--num", "1", "--output", ""],
-                 ["memorization", "--samples", "s", " ", "--train", "faces"], ["train", ""]):
+                 ["memorization", "--samples", "s", "", "--train", "faces"], ["train", ""]):
         assert image_cli(argv) == 2
         assert "is empty (an unset shell variable?)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
