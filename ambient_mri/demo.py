@@ -25,7 +25,16 @@ import torch
 
 from .devices import check_threads, resolve_device
 from .errors import AmbientMRIError
-from .files import check_finite_number, file_sha256, make_folder, save_figure, write_json
+from .files import (
+    LOCK_NAME,
+    check_finite_number,
+    file_sha256,
+    make_folder,
+    remove_temps,
+    run_lock,
+    save_figure,
+    write_json,
+)
 from .metrics import evaluate_dirs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_mni_r4.yaml"
@@ -79,7 +88,7 @@ def _claim(out: Path, size: int, coils: int) -> None:
         if have != (size, coils):
             raise AmbientMRIError(f"{out} holds a demo started with --size {have[0]} --coils {have[1]}; use a new "
                                   f"--output folder for --size {size} --coils {coils}")
-    elif any(out.iterdir()) and not (out / "data" / "demo.json").is_file():
+    elif any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / "data" / "demo.json").is_file():
         raise AmbientMRIError(f"{out} is not empty and holds no demo: the demo would write over its files; use a "
                               "new --output folder")
     if not _demo_results(out / "results.json"):  # with or without a marker: a user's file there is theirs
@@ -175,67 +184,71 @@ def _run_demo(args) -> int:
     resolve_device(args.device, "--device")  # before the data are built, not at training
     threads = getattr(args, "threads", 0) or pick_threads(args.size, args.device)
     torch.set_num_threads(threads)
-    make_folder(out)
-    _claim(out, args.size, coils)
-    print(f"The demo trains for up to {args.minutes:g} min; on 2 CPU cores the whole run takes about "
-          f"{args.minutes + RECON_MINUTES:.0f} min (building the data and reconstructing take the rest).")
-    print(f"[1/4] building the demo data in {out / 'data'} ({args.size}x{args.size}, {coils} coils; "
-          f"{threads} CPU thread(s))")
-    paths = build_demo(out / "data", size=args.size, coils=coils, progress=False)
-    print(f"[2/4] training an ambient model on R=4 data only for up to {args.minutes} min "
-          f"({time.time() - tic:.0f} s so far)")
-    overrides = [f"data.path={paths['r4_train']}", f"output={out / 'runs'}", f"max_minutes={args.minutes}"]
-    if args.device:
-        overrides.append(f"device={args.device}")
-    try:
-        run = train(RECIPE, overrides)
-    except ResumeError as e:  # e.g. the demo recipe changed since this folder's model was trained
-        raise AmbientMRIError(f"{out} holds a demo model trained with another recipe or data ({e.problem}); use a "
-                              "new --output folder") from None
-    model = load_model(run / "model.pt", device=args.device)
-    steps = _trained_steps(run)
-    if steps is not None and steps < TABLE_STEPS:  # e.g. a slower or busy machine: the README's table needs more
-        print(f"note: the model trained {steps} steps; the README's table is from {TABLE_STEPS} (with 416, `fast` was "
-              "1 dB below L1-wavelet at R = 4). Running this command again with --minutes M trains M more minutes "
-              "(it resumes).")
-    print(f"[3/4] reconstructing the held-out volume at R=4 and R=8 ({time.time() - tic:.0f} s so far)")
-    results: dict = {}
-    for R in (4, 8):
-        cf = demo_center_fraction(args.size, R)
-        for method in DEMO_METHODS:
-            folder = out / "recon" / f"r{R}" / method
-            t0 = time.time()
-            nfe = 0
-            for f in sorted(Path(paths["raw_val"]).glob("*.h5")):
-                opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
-                if method == "adps":
-                    opts["steps"] = args.adps_steps
-                if method == "fast":  # the mean of 2 samples beats one of twice the steps (docs/reconstruction.md)
-                    opts.update(steps=25, num_samples=2)
-                reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf,
-                                 method=method, device=args.device, progress=False, **opts)
-                with h5py.File(folder / f.name, "r") as h:
-                    nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
-            m = evaluate_dirs(paths["raw_val"], folder)["mean"]
-            # the R the mask reached: below 48 columns the ACS lines ESPIRiT needs exceed W / 8 (kspace_mask warns)
-            results[f"R{R}/{method}"] = {**m, "nfe": nfe, "achieved_R": round(achieved, 2),
-                                         "seconds": round(time.time() - t0, 2)}
-            print(f"      R={R} {method:<12} PSNR {m['PSNR']:6.2f} dB  ({time.time() - t0:5.1f} s; "
-                  f"{time.time() - tic:.0f} s so far)", flush=True)
-    print("[4/4] results (held-out slices, fastMRI metrics against reconstruction_rss)")
-    print(f"{'R':>2} {'reached':>7} {'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8} {'NFE':>5} {'sec':>7}")
-    for key, r in results.items():
-        R, method = key.split("/")
-        print(f"{R[1:]:>2} {r['achieved_R']:7.2f} {method:<12} {r['PSNR']:7.2f} {r['SSIM']:7.4f} {r['NMSE']:8.5f} "
-              f"{r['nfe']:5d} {r['seconds']:7.1f}")
-    table = {"run": str(run), "results": results,
-             "settings": {"size": args.size, "coils": coils, "minutes": args.minutes, "threads": threads,
-                          "adps_steps": args.adps_steps, "training_steps": steps},
-             "seconds": round(time.time() - tic, 1)}
-    write_json(out / "results.json", table)  # first: a run stopped while drawing leaves a figure it may redraw
-    _figure(out, paths["raw_val"])
-    write_json(out / "results.json", {**table, "figure_sha256": file_sha256(out / "results.png")})
-    print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
+    # two demos into one folder mixed one's model and reconstructions with the other's table; the data build and
+    # the training take their own folders' locks inside this one
+    with run_lock(make_folder(out), f"demo -> {out}"):
+        _claim(out, args.size, coils)
+        remove_temps(out, ["results.json", "results.png"])  # a killed demo's
+        print(f"The demo trains for up to {args.minutes:g} min; on 2 CPU cores the whole run takes about "
+              f"{args.minutes + RECON_MINUTES:.0f} min (building the data and reconstructing take the rest).")
+        print(f"[1/4] building the demo data in {out / 'data'} ({args.size}x{args.size}, {coils} coils; "
+              f"{threads} CPU thread(s))")
+        paths = build_demo(out / "data", size=args.size, coils=coils, progress=False)
+        print(f"[2/4] training an ambient model on R=4 data only for up to {args.minutes} min "
+              f"({time.time() - tic:.0f} s so far)")
+        overrides = [f"data.path={paths['r4_train']}", f"output={out / 'runs'}", f"max_minutes={args.minutes}"]
+        if args.device:
+            overrides.append(f"device={args.device}")
+        try:
+            run = train(RECIPE, overrides)
+        except ResumeError as e:  # e.g. the demo recipe changed since this folder's model was trained
+            raise AmbientMRIError(f"{out} holds a demo model trained with another recipe or data ({e.problem}); use a "
+                                  "new --output folder") from None
+        model = load_model(run / "model.pt", device=args.device)
+        steps = _trained_steps(run)
+        if steps is not None and steps < TABLE_STEPS:  # e.g. a slower or busy machine: the README's table needs more
+            print(f"note: the model trained {steps} steps; the README's table is from {TABLE_STEPS} (with 416, "
+                  "`fast` was 1 dB below L1-wavelet at R = 4). Running this command again with --minutes M trains M "
+                  "more minutes (it resumes).")
+        print(f"[3/4] reconstructing the held-out volume at R=4 and R=8 ({time.time() - tic:.0f} s so far)")
+        results: dict = {}
+        for R in (4, 8):
+            cf = demo_center_fraction(args.size, R)
+            for method in DEMO_METHODS:
+                folder = out / "recon" / f"r{R}" / method
+                t0 = time.time()
+                nfe = 0
+                for f in sorted(Path(paths["raw_val"]).glob("*.h5")):
+                    opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
+                    if method == "adps":
+                        opts["steps"] = args.adps_steps
+                    if method == "fast":  # the mean of 2 samples beats one of twice the steps (docs/reconstruction.md)
+                        opts.update(steps=25, num_samples=2)
+                    remove_temps(folder, [f.name])
+                    reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf,
+                                     method=method, device=args.device, progress=False, **opts)
+                    with h5py.File(folder / f.name, "r") as h:
+                        nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
+                m = evaluate_dirs(paths["raw_val"], folder)["mean"]
+                # the R the mask reached: below 48 columns the ACS lines ESPIRiT needs exceed W / 8 (kspace_mask warns)
+                results[f"R{R}/{method}"] = {**m, "nfe": nfe, "achieved_R": round(achieved, 2),
+                                             "seconds": round(time.time() - t0, 2)}
+                print(f"      R={R} {method:<12} PSNR {m['PSNR']:6.2f} dB  ({time.time() - t0:5.1f} s; "
+                      f"{time.time() - tic:.0f} s so far)", flush=True)
+        print("[4/4] results (held-out slices, fastMRI metrics against reconstruction_rss)")
+        print(f"{'R':>2} {'reached':>7} {'method':<12} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8} {'NFE':>5} {'sec':>7}")
+        for key, r in results.items():
+            R, method = key.split("/")
+            print(f"{R[1:]:>2} {r['achieved_R']:7.2f} {method:<12} {r['PSNR']:7.2f} {r['SSIM']:7.4f} {r['NMSE']:8.5f} "
+                  f"{r['nfe']:5d} {r['seconds']:7.1f}")
+        table = {"run": str(run), "results": results,
+                 "settings": {"size": args.size, "coils": coils, "minutes": args.minutes, "threads": threads,
+                              "adps_steps": args.adps_steps, "training_steps": steps},
+                 "seconds": round(time.time() - tic, 1)}
+        write_json(out / "results.json", table)  # first: a run stopped while drawing leaves a figure it may redraw
+        _figure(out, paths["raw_val"])
+        write_json(out / "results.json", {**table, "figure_sha256": file_sha256(out / "results.png")})
+        print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
     return 0
 
 

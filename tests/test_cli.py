@@ -242,6 +242,13 @@ def test_demo_claims_only_its_own_folders(tmp_path, capsys):
 
     code, err = demo("--output", str(theirs), "--size", "16", "--coils", "2")
     assert code == 2 and "is not empty and holds no demo" in err
+    # two demos into one folder mixed one's model and reconstructions with the other's table (an audit)
+    from ambient_mri.files import run_lock
+
+    with run_lock(tmp_path / "busy", "demo (the first)"):
+        code, err = demo("--output", str(tmp_path / "busy"), "--size", "16", "--coils", "2")
+    assert code == 2 and "another run is writing here (`demo (the first)`" in err
+    assert not list((tmp_path / "busy").iterdir())
     assert (theirs / "results.json").read_text() == '{"my": "precious results"}'
     assert sorted(p.name for p in theirs.rglob("*")) == ["data", "my_scan.h5", "raw", "results.json", "train"]
     # an older demo's folder (its data record, no marker) whose results.json is someone else's table
