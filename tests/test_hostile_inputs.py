@@ -1677,6 +1677,31 @@ def test_a_new_run_never_writes_over_a_users_files_in_its_folder(tmp_path):
     assert train(r, progress=False) == run_dir and (run_dir / "checkpoint.pt").is_file()
 
 
+def test_a_checkpoint_that_is_not_ours_is_refused_before_the_folder_is_touched(tmp_path):
+    """A checkpoint.pt without a training state (a user's torch file, or model.pt copied over it) was refused only
+    after recipe.yaml had been written over and train.log appended to (an audit); a damaged byte in log.jsonl
+    stopped a resume with a UnicodeDecodeError."""
+    _pngs(tmp_path / "imgs")
+    r = _image_recipe(tmp_path, tmp_path / "imgs")
+    theirs = Path(r["output"]) / r["name"]
+    theirs.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, theirs / "checkpoint.pt")
+    (theirs / "recipe.yaml").write_text("my notes\n")
+    before = checksums(theirs)
+    with pytest.raises(am.DataFileError, match="checkpoint.pt: not a training checkpoint \\(no ema, model, "
+                                               "optimizer, step; this is a model file\\)"):
+        train(r, progress=False)
+    assert checksums(theirs) == before and not (theirs / "train.log").exists()
+    shutil.rmtree(theirs)
+    run_dir = train(r, progress=False)
+    with open(run_dir / "log.jsonl", "ab") as f:
+        f.write(b"\xff\n")
+    r["training"] = {**r.get("training", {}), "steps": r["training"]["steps"] + 1}
+    assert train(r, progress=False) == run_dir
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == r["training"]["steps"]
+
+
 def test_a_finished_run_without_its_checkpoint_is_never_trained_over(tmp_path):
     """A user who deleted checkpoint.pt to save space (model.pt is what the docs point to) lost the model: a new
     run with the same name wrote over model.pt and log.jsonl without a word."""

@@ -140,13 +140,21 @@ def _same(a, b) -> bool:
 NEW_DATA_FIELDS = frozenset({"content_sha256"})  # data summary fields older checkpoints lack
 
 
+RESUME_KEYS = frozenset({"model", "ema", "optimizer", "step"})  # what restore reads from a checkpoint
+
+
 def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     """Refuse to resume ``ckpt_path`` under a recipe or data that differ from the ones it was trained with, naming
     each changed field. Data may move (their summary, not their place, must match); fields the checkpoint's
     version did not have yet are not compared."""
     ck = safe_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path))  # mapped: only the recipe is read
-    if not isinstance(ck, dict) or not isinstance(ck.get("recipe"), dict):
-        return  # not a checkpoint: restore says so
+    missing = sorted(RESUME_KEYS - set(ck)) if isinstance(ck, dict) else sorted(RESUME_KEYS)
+    if missing:  # refused here, before run_folder writes recipe.yaml over the one that could tell what it was
+        raise ResumeError(ckpt_path, f"not a training checkpoint (no {', '.join(missing)}"
+                          f"{'; this is a model file' if isinstance(ck, dict) and 'state_dict' in ck else ''}); "
+                          "train under another name or output, or move it")
+    if not isinstance(ck.get("recipe"), dict):
+        return  # a checkpoint of a version that recorded no recipe: nothing to compare
     old, new = _flat(plain_values(ck["recipe"])), _flat(plain_values(r.to_dict()))
     changed = [f"{k} ({old[k]!r} -> {new[k]!r})" for k in sorted(old.keys() & new.keys())
                if k not in RESUMABLE and not _same(old[k], new[k])]
@@ -255,7 +263,7 @@ def trim_log(path: Path, start: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # a damaged byte spoils its line only
         try:
             if int(json.loads(line)["step"]) <= start:
                 keep.append(line)
