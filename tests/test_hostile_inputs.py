@@ -915,6 +915,23 @@ def test_a_recipe_file_that_is_not_text_is_refused(tmp_path, capsys):
     assert code == 2 and "bin.yaml: not a YAML recipe (not UTF-8 text)" in err
 
 
+def test_a_recipe_that_is_a_folder_or_bad_yaml_gets_one_line(tmp_path, capsys, monkeypatch):
+    """A folder named like a recipe was "not found"; a python tag or broken YAML gave PyYAML's four-line message
+    with a caret excerpt (an audit). The tag's code never runs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dir.yaml").mkdir()
+    (tmp_path / "tag.yaml").write_text('name: x\nbad: !!python/object/apply:os.system ["touch PWNED"]\n')
+    (tmp_path / "broken.yaml").write_text("name: [x\n")
+    for name, msg in (("dir.yaml", "dir.yaml: a folder, not a recipe file"),
+                      ("tag.yaml", "tag.yaml: not valid YAML (could not determine a constructor for the tag "
+                                   "'tag:yaml.org,2002:python/object/apply:os.system' at line 2, column 6)"),
+                      ("broken.yaml", "broken.yaml: not valid YAML (while parsing a flow sequence: expected ',' "
+                                      "or ']', but got '<stream end>' at line 2, column 1)")):
+        code, _, err = run(["train", str(tmp_path / name)], capsys)
+        assert code == 2 and msg in err and err.count("\n") == 1, err
+    assert not (tmp_path / "PWNED").exists()
+
+
 def test_train_output_that_is_a_file_names_it(tmp_path, prepared, capsys):
     (tmp_path / "afile").write_text("x")
     code, _, err = run(["train", str(_recipe_file(tmp_path, prepared)), "--set", f"output={tmp_path / 'afile'}",

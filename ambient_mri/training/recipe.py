@@ -163,7 +163,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise RecipeError(f"override {key.strip()!r}: {raw!r} is not a plain YAML value ({str(e).splitlines()[0]})") \
+        raise RecipeError(f"override {key.strip()!r}: {raw!r} is not a plain YAML value ({_yaml_problem(e)})") \
             from None
     if len(path) == 1 and path[0] not in {f.name for f in fields(Recipe)}:
         owners = [s for s, cls in SECTIONS.items() if path[0] in {f.name for f in fields(cls)}]
@@ -172,6 +172,17 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
                               f"ambiguous key {path[0]!r}: write one of {', '.join(o + '.' + path[0] for o in owners)}")
         path = [owners[0], path[0]]
     return path, value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where (its caret excerpt of the file left out)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem is None:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(e, "context", None)
+    return f"{f'{context}: ' if context else ''}{problem}{where}"
 
 
 def validate(recipe: Recipe) -> Recipe:
@@ -364,14 +375,16 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | dict 
         values = dict(recipe)
     else:
         path = Path(recipe)
+        if path.is_dir():
+            raise RecipeError(f"{path}: a folder, not a recipe file (a YAML file such as recipes/demo_mni_r4.yaml)")
         if not path.is_file():
             raise RecipeError(f"{path}: recipe file not found")
         try:
             text = path.read_text(encoding="utf-8")
             _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
             values = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        except yaml.YAMLError as e:  # one line: PyYAML's message goes on with a caret excerpt of the file
+            raise RecipeError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
         except RecursionError:  # PyYAML's composer recurses once per nesting level
             raise RecipeError(f"{path}: not a YAML recipe (nested too deeply to read)") from None
         except RecipeError as e:  # a key given twice
