@@ -6,6 +6,7 @@ back with ``torch.load(weights_only=True)``, so loading never runs pickled code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,15 @@ def load_model(path, device=None) -> Denoiser:
     if record.operator not in OPERATORS:
         raise DataFileError(path, f"the training record's operator {record.operator!r} is not one of "
                             f"{', '.join(OPERATORS)}")
+    cfg = obj["config"] if isinstance(obj["config"], dict) else {}
+    want = 2 if record.is_mri else (record.image_shape[0] if record.image_shape else None)  # real, imag for MRI
+    have, sd = cfg.get("img_channels"), cfg.get("sigma_data", 0.5)
+    if want is not None and have is not None and have != want:  # sampling failed on the first network call
+        raise DataFileError(path, f"its network takes {have} image channel(s) but its training record describes "
+                            f"{want} (a damaged or hand-edited model file)")
+    if not (isinstance(sd, (int, float)) and not isinstance(sd, bool) and 0 < sd < math.inf):  # NaN samples
+        raise DataFileError(path, f"its network's sigma_data is {sd!r}, not a positive number (a damaged or "
+                            "hand-edited model file)")
     try:
         model = Denoiser(obj["config"], record)
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))

@@ -1317,6 +1317,12 @@ def test_files_that_are_no_model_are_named_for_what_they_are(tmp_path):
         torch.save(bad, tmp_path / "bad.pt")
         with pytest.raises(am.DataFileError, match=f"bad.pt: .*{msg}"):
             am.load_model(tmp_path / "bad.pt")
+    # a record and a network config that disagree (hand-edited): the first network call failed, or NaN samples
+    for cfg, msg in (({"img_channels": 5}, "network takes 5 image channel\\(s\\) but its training record describes 2"),
+                     ({"sigma_data": float("nan")}, "network's sigma_data is nan, not a positive number")):
+        torch.save({**obj, "config": {**obj["config"], **cfg}}, tmp_path / "bad.pt")
+        with pytest.raises(am.DataFileError, match=f"bad.pt: its {msg}"):
+            am.load_model(tmp_path / "bad.pt")
     # a plain pickle was handed to torch's unpickler, which printed its protocol warning before the refusal (an
     # audit); torch.save's legacy format still reaches torch.load
     import pickle
