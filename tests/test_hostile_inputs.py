@@ -922,11 +922,15 @@ def test_a_recipe_that_is_a_folder_or_bad_yaml_gets_one_line(tmp_path, capsys, m
     (tmp_path / "dir.yaml").mkdir()
     (tmp_path / "tag.yaml").write_text('name: x\nbad: !!python/object/apply:os.system ["touch PWNED"]\n')
     (tmp_path / "broken.yaml").write_text("name: [x\n")
+    (tmp_path / "nokey.yaml").write_text("name: x\nfoo\nbar: 1\n")
     for name, msg in (("dir.yaml", "dir.yaml: a folder, not a recipe file"),
                       ("tag.yaml", "tag.yaml: not valid YAML (could not determine a constructor for the tag "
                                    "'tag:yaml.org,2002:python/object/apply:os.system' at line 2, column 6)"),
-                      ("broken.yaml", "broken.yaml: not valid YAML (while parsing a flow sequence: expected ',' "
-                                      "or ']', but got '<stream end>' at line 2, column 1)")):
+                      ("broken.yaml", "broken.yaml: not valid YAML (while parsing a flow sequence (line 1, column "
+                                      "7): expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+                      # the mistake (line 2) is named, not only where PyYAML noticed it (line 3)
+                      ("nokey.yaml", "nokey.yaml: not valid YAML (while scanning a simple key (line 2, column 1): "
+                                     "could not find expected ':' at line 3, column 1)")):
         code, _, err = run(["train", str(tmp_path / name)], capsys)
         assert code == 2 and msg in err and err.count("\n") == 1, err
     assert not (tmp_path / "PWNED").exists()

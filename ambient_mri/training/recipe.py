@@ -175,14 +175,20 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
-    """PyYAML's error in one line: what is wrong and where (its caret excerpt of the file left out)."""
+    """PyYAML's error in one line: what is wrong and where, with where the construct it was reading began (often the
+    mistake itself, lines above where PyYAML noticed), its caret excerpts of the file left out."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
     problem = getattr(e, "problem", None)
-    mark = getattr(e, "problem_mark", None)
-    if problem is None:
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    context = getattr(e, "context", None)
-    return f"{f'{context}: ' if context else ''}{problem}{where}"
+    if problem is None:  # a reader error (e.g. a NUL byte) or a bare one: its first line, and the position it names
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        position = getattr(e, "position", None)
+        return first if position is None else f"{first} at character {position}"
+    context, cm, pm = getattr(e, "context", None), getattr(e, "context_mark", None), getattr(e, "problem_mark", None)
+    began = f" ({at(cm)})" if cm is not None and (pm is None or (cm.line, cm.column) != (pm.line, pm.column)) else ""
+    where = f" at {at(pm)}" if pm is not None else ""
+    return f"{f'{context}{began}: ' if context else ''}{problem}{where}"
 
 
 def validate(recipe: Recipe) -> Recipe:
