@@ -218,17 +218,18 @@ def _run_demo(args) -> int:
                 folder = out / "recon" / f"r{R}" / method
                 t0 = time.time()
                 nfe = 0
-                for f in sorted(Path(paths["raw_val"]).glob("*.h5")):
-                    opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
-                    if method == "adps":
-                        opts["steps"] = args.adps_steps
-                    if method == "fast":  # the mean of 2 samples beats one of twice the steps (docs/reconstruction.md)
-                        opts.update(steps=25, num_samples=2)
-                    remove_temps(folder, [f.name])
-                    reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf,
-                                     method=method, device=args.device, progress=False, **opts)
-                    with h5py.File(folder / f.name, "r") as h:
-                        nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
+                with run_lock(folder, f"demo -> {folder}"):  # its own lock: remove_temps clears this folder
+                    for f in sorted(Path(paths["raw_val"]).glob("*.h5")):
+                        opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
+                        if method == "adps":
+                            opts["steps"] = args.adps_steps
+                        if method == "fast":  # 2 samples averaged beat 1 of twice the steps (docs/reconstruction.md)
+                            opts.update(steps=25, num_samples=2)
+                        remove_temps(folder, [f.name])
+                        reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf,
+                                         method=method, device=args.device, progress=False, **opts)
+                        with h5py.File(folder / f.name, "r") as h:
+                            nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
                 m = evaluate_dirs(paths["raw_val"], folder)["mean"]
                 # the R the mask reached: below 48 columns the ACS lines ESPIRiT needs exceed W / 8 (kspace_mask warns)
                 results[f"R{R}/{method}"] = {**m, "nfe": nfe, "achieved_R": round(achieved, 2),

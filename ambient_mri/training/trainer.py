@@ -150,7 +150,7 @@ def check_resume(ckpt_path: Path, r: Recipe, data_info: dict) -> None:
     ck = safe_load(ckpt_path, mmap=zipfile.is_zipfile(ckpt_path))  # mapped: only the recipe is read
     missing = sorted(RESUME_KEYS - set(ck)) if isinstance(ck, dict) else sorted(RESUME_KEYS)
     if missing:  # refused here, before run_folder writes recipe.yaml over the one that could tell what it was
-        raise ResumeError(ckpt_path, f"not a training checkpoint (no {', '.join(missing)}"
+        raise DataFileError(ckpt_path, f"not a training checkpoint (no {', '.join(missing)}"
                           f"{'; this is a model file' if isinstance(ck, dict) and 'state_dict' in ck else ''}); "
                           "train under another name or output, or move it")
     if not isinstance(ck.get("recipe"), dict):
