@@ -206,11 +206,20 @@ def load_model(path, device=None) -> Denoiser:
         model.load_state_dict(obj.get("ema", obj.get("state_dict")))
     except (RuntimeError, TypeError, ValueError) as e:
         raise DataFileError(path, f"weights do not match the recorded network config ({str(e)[:200]})") from None
-    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_tensors(model.state_dict())
     if bad:  # a diverged run: every reconstruction would be NaN
         raise DataFileError(path, f"weights contain NaN or Inf ({len(bad)} tensor(s), e.g. {bad[0]}): the training "
                             "run diverged; use an earlier checkpoint or retrain (e.g. lower training.lr)")
     return model.eval().to(dev)
+
+
+def nonfinite_tensors(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` that hold NaN or Inf (one host sync for all)."""
+    names = [k for k, t in state_dict.items() if t.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state_dict[k]).all() for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
 
 
 def plain_values(obj):

@@ -32,7 +32,7 @@ from ..corruption import is_complex
 from ..devices import ensure_memory, out_of_memory_as_error, resolve_device
 from ..errors import AmbientMRIError, DataFileError
 from ..files import ensure_space, make_folder, refuse_overwrite, remove_temps, run_lock, write_text
-from ..model import Denoiser, atomic_torch_save, plain_values, safe_load, save_model
+from ..model import Denoiser, atomic_torch_save, nonfinite_tensors, plain_values, safe_load, save_model
 from ..record import FurtherCorruption, SigmaDistribution, TrainingRecord, acquisition_from_summary
 from .losses import consistency_loss, measurement_loss, sample_sigma
 from .preview import preview
@@ -514,8 +514,8 @@ def check_finite_weights(model, ema, step: int) -> None:
     """Raise when the weights or their EMA hold NaN or Inf, before a checkpoint: a loss that stayed finite while
     the weights overflowed (e.g. a huge lr) passes ``check_divergence``. Every rank checks its (identical) copy, so
     all stop together."""
-    bad = [f"{which}.{name}" for net, which in ((model, "model"), (ema, "ema")) for name, p in net.state_dict().items()
-           if p.is_floating_point() and not torch.isfinite(p).all()]
+    bad = [f"{which}.{name}" for net, which in ((model, "model"), (ema, "ema"))
+           for name in nonfinite_tensors(net.state_dict())]
     if bad:
         raise AmbientMRIError(f"training diverged: at step {step} {len(bad)} weight tensor(s) hold NaN or Inf "
                               f"(e.g. {bad[0]}); this step's checkpoint and model are not written. Lower "
