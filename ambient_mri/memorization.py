@@ -64,6 +64,12 @@ def model_scale_images(a, source: str, warn: bool = True) -> np.ndarray:
     return images
 
 
+def _channels_equal(images: np.ndarray, axis: int) -> bool:
+    """Whether every pixel has equal values in all channels along ``axis``: a grey image stored as colour."""
+    first = np.take(images, [0], axis=axis)
+    return bool((images == first).all())
+
+
 def load_samples(path) -> np.ndarray:
     """Generated samples (N, C, H, W) in [-1, 1]: a folder written by ``ambient-mri sample`` (its samples.npy),
     a folder of PNG images, or a .npy file: floats in [-1, 1] (the model's scale) or uint8 in [0, 255], (N, H, W),
@@ -88,9 +94,8 @@ def load_samples(path) -> np.ndarray:
 
         try:
             with Image.open(pngs[0]) as im:  # a palette image is grey when its colours are
-                rgb = np.asarray(im.convert("RGB")) if im.mode == "P" else None
                 gray = im.mode in ("L", "LA", "I", "I;16", "F") or (
-                    rgb is not None and bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()))
+                    im.mode == "P" and _channels_equal(np.asarray(im.convert("RGB")), axis=-1))
         except OSError as e:
             raise DataFileError(pngs[0], f"cannot be read as an image ({e})") from None
         return read_image_files(pngs, p, grayscale=gray,
@@ -113,8 +118,7 @@ def training_images_like(train, samples: np.ndarray, limit: int | None = None) -
         iset = ImageSet(images, [""] * len(images), [str(i) for i in range(len(images))], "array")
     else:
         iset = load_images(str(train), image_size=(H, W), grayscale=C == 1, limit=limit)
-        x = iset.images
-        if C == 3 and x.shape[1] == 3 and (x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all():
+        if C == 3 and iset.images.shape[1] == 3 and _channels_equal(iset.images, axis=1):
             # grey files are read as RGB with three equal channels: refused, as a grey .npy already is
             raise AmbientMRIError(f"training images {train} are grey, samples {C}x{H}x{W} are colour: compare "
                                   "colour samples with colour training images")
