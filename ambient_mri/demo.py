@@ -163,12 +163,9 @@ def run_demo(args) -> int:
 
 
 def _run_demo(args) -> int:
-    import h5py
-
     from data_tools.demo import build_demo, check_build, demo_center_fraction
 
     from .model import load_model
-    from .recon import reconstruct_file
     from .training.trainer import ResumeError, train
 
     tic = time.time()
@@ -217,19 +214,7 @@ def _run_demo(args) -> int:
             for method in DEMO_METHODS:
                 folder = out / "recon" / f"r{R}" / method
                 t0 = time.time()
-                nfe = 0
-                with run_lock(folder, f"demo -> {folder}"):  # its own lock: remove_temps clears this folder
-                    for f in sorted(Path(paths["raw_val"]).glob("*.h5")):
-                        opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
-                        if method == "adps":
-                            opts["steps"] = args.adps_steps
-                        if method == "fast":  # 2 samples averaged beat 1 of twice the steps (docs/reconstruction.md)
-                            opts.update(steps=25, num_samples=2)
-                        remove_temps(folder, [f.name])
-                        reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf,
-                                         method=method, device=args.device, progress=False, **opts)
-                        with h5py.File(folder / f.name, "r") as h:
-                            nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
+                nfe, achieved = _reconstruct_method(model, method, R, cf, Path(paths["raw_val"]), folder, args)
                 m = evaluate_dirs(paths["raw_val"], folder)["mean"]
                 # the R the mask reached: below 48 columns the ACS lines ESPIRiT needs exceed W / 8 (kspace_mask warns)
                 results[f"R{R}/{method}"] = {**m, "nfe": nfe, "achieved_R": round(achieved, 2),
@@ -251,6 +236,28 @@ def _run_demo(args) -> int:
         write_json(out / "results.json", {**table, "figure_sha256": file_sha256(out / "results.png")})
         print(f"table: {out / 'results.json'}; figure: {out / 'results.png'}; total {time.time() - tic:.0f} s")
     return 0
+
+
+def _reconstruct_method(model, method: str, R: int, cf: float, raw_val: Path, folder: Path, args) -> tuple[int, float]:
+    """Reconstruct every validation volume with ``method`` at ``R`` into ``folder``; -> (NFE, the R reached)."""
+    import h5py
+
+    from .recon import reconstruct_file
+
+    opts = {"model": model} if method not in ("zero_filled", "sense", "l1_wavelet") else {}
+    if method == "adps":
+        opts["steps"] = args.adps_steps
+    if method == "fast":  # the mean of 2 samples beats one of twice the steps (docs/reconstruction.md)
+        opts.update(steps=25, num_samples=2)
+    nfe, achieved = 0, float("nan")
+    with run_lock(folder, f"demo -> {folder}"):  # its own lock: remove_temps clears this folder
+        for f in sorted(raw_val.glob("*.h5")):
+            remove_temps(folder, [f.name])
+            reconstruct_file(f, folder / f.name, mask="random", acceleration=R, center_fraction=cf, method=method,
+                             device=args.device, progress=False, **opts)
+            with h5py.File(folder / f.name, "r") as h:
+                nfe, achieved = int(h.attrs["nfe"]), float(h.attrs["acceleration"])
+    return nfe, achieved
 
 
 def _trained_steps(run: Path) -> int | None:
