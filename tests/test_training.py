@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import ambient_mri as am
 from ambient_mri.data.factory import with_further
@@ -266,6 +267,17 @@ def test_every_shipped_recipe_is_valid(path):
     assert r.name == path.stem
     if r.corruption.operator == "multicoil" and r.corruption.ambient:
         assert (r.corruption.extra_lines is None) != (r.corruption.delta is None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("fastmri_*.yaml")), ids=lambda p: p.name)
+def test_recipe_headers_prepare_what_the_recipe_says(path):
+    """A header that says T2 prepares the T2 files only (the brain training folder holds four contrasts), and
+    every header prepares the training split the recipe reads (data.path = <--output>/train)."""
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    data_path = Path(yaml.safe_load(path.read_text())["data"]["path"])  # as written, not resolved
+    assert data_path.name == "train" and f"--output {data_path.parent} " in header
+    if " T2" in header.splitlines()[0]:
+        assert "file_brain_AXT2_*.h5" in header and "--input fastmri/" not in header
 
 
 def test_adps_anchor_recipes_match_the_paper_line_counts():
