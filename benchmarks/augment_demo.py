@@ -14,7 +14,6 @@ CG-SENSE and L1-wavelet. Prints a table and writes benchmarks/results/augment_de
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, write_record  # noqa: E402
+from common import machine_info, training_steps, write_record  # noqa: E402
 
 import ambient_mri as am  # noqa: E402
 from ambient_mri.metrics import evaluate_dirs  # noqa: E402
@@ -44,8 +43,7 @@ def _train(data: str, out: str, minutes: float) -> dict:
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     run = am.train(RECIPE, [f"data.path={data}", f"output={out}", f"max_minutes={minutes}"], progress=False)
-    last = (Path(run) / "log.jsonl").read_text().strip().splitlines()[-1]
-    return {"run": str(run), "last_logged_step": json.loads(last)["step"]}
+    return {"run": str(run), "last_logged_step": training_steps(Path(run) / "model.pt")}
 
 
 def _score(raw_val: Path, folder: Path, R: int, method: str, model=None, opts=None) -> float:

@@ -53,11 +53,13 @@ from helpers import blobs  # noqa: E402
 
 METHODS = {"zero_filled": {}, "sense": {}, "l1_wavelet": {}, "l1_plain": {"l2": 0.0}}  # label: options
 KINDS = {"underdetermined": "rho", "strong_lambda": "lambda", "unchecked_lambda": "acs", "noise": "noise",
-         "maps": "maps"}  # BelowZeroFilledWarning.reason: the short label of the tables
+         "maps": "maps", "maps_support": "support", "maps_unchecked": "maps?", "prior_energy": "energy"}
+# BelowZeroFilledWarning.reason: the short label of the tables; a reason added later shows as itself
 
 
 def _kinds(caught) -> list[str]:
-    return sorted({KINDS[w.message.reason] for w in caught if isinstance(w.message, am.BelowZeroFilledWarning)})
+    return sorted({KINDS.get(w.message.reason, w.message.reason) for w in caught
+                   if isinstance(w.message, am.BelowZeroFilledWarning)})
 
 
 def run_case(name: str, set_name: str, k_full: np.ndarray, target: np.ndarray, R: int, acs: int, seed) -> dict:

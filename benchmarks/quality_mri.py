@@ -228,6 +228,10 @@ def main() -> None:
             runs = {k: Path(f.result()) for k, f in futs.items()}
         train_s = time.time() - tic
     logs = {k: [json.loads(line) for line in (v / "log.jsonl").read_text().splitlines()] for k, v in runs.items()}
+    unlogged = [str(runs[k]) for k, log in logs.items() if not log]
+    if unlogged:  # fewer steps than training.log_every: nothing to report the training by
+        raise SystemExit(f"quality_mri: no training step logged in {', '.join(unlogged)}; train longer (--minutes) "
+                         "or log more often (--set training.log_every=N)")
     steps_trained = {k: log[-1]["step"] for k, log in logs.items()}
     # from each run's own log, so a model trained further (resumed) is reported as it is (with --only into an earlier
     # record these go under settings.reevaluated: the record's own settings stay those of the run that trained)
